@@ -1,0 +1,5 @@
+//! The `batchlab` binary.
+
+fn main() {
+    println!("batchlab");
+}

@@ -1,0 +1,1 @@
+//! Order-independent exact reduction. (STUB)

@@ -1,0 +1,31 @@
+//! The numeric core of batchlab: everything a data-parallel training step needs that is not
+//! networking.
+//!
+//! - [`task`]: the [`Task`](task::Task) contract (model + data) and the [`tasks`] themselves.
+//! - [`sampler`]: which samples make up step `t`'s global batch, and which worker computes what.
+//! - [`optim`], [`schedule`]: PyTorch-convention optimizers, learning-rate schedules and scaling
+//!   rules.
+//! - [`estimate`]: gradient noise scale and sharpness estimators.
+//! - [`theory`]: closed forms of the noisy quadratic model.
+//! - [`exact`]: the order-independent (fixed-point) reduction that makes a run bit-identical on
+//!   any number of workers.
+//! - [`train`]: the training step as a pure state machine, and a single-process driver.
+//!
+//! This crate does no I/O beyond reading a dataset file it is handed, and never spawns threads
+//! or sockets.
+
+pub mod error;
+pub mod estimate;
+pub mod exact;
+pub mod optim;
+pub mod rng;
+pub mod sampler;
+pub mod schedule;
+pub mod task;
+pub mod tasks;
+pub mod theory;
+pub mod train;
+pub mod vec;
+
+pub use error::ConfigError;
+pub use task::{BatchStats, ClosedForm, Evaluation, Scratch, Task};

@@ -1,0 +1,51 @@
+//! The `linreg` task. (STUB: to be implemented.)
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::{BatchStats, Evaluation, Scratch, Task};
+use crate::ConfigError;
+
+/// Settings of the `linreg` task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinregConfig {
+    /// Seed of the task's data and initial point.
+    pub seed: u64,
+}
+
+impl LinregConfig {
+    /// Validates and builds the task.
+    pub fn build(&self) -> Result<Linreg, ConfigError> {
+        unimplemented!()
+    }
+}
+
+/// The `linreg` task.
+#[derive(Debug)]
+pub struct Linreg {
+    _private: (),
+}
+
+impl Task for Linreg {
+    fn name(&self) -> &'static str {
+        "linreg"
+    }
+    fn num_params(&self) -> usize {
+        unimplemented!()
+    }
+    fn init_params(&self) -> Vec<f64> {
+        unimplemented!()
+    }
+    fn train_size(&self) -> Option<u64> {
+        unimplemented!()
+    }
+    fn loss_grad(&self, _: &[f64], _: &[u64], _: &mut [f64], _: &mut Scratch) -> BatchStats {
+        unimplemented!()
+    }
+    fn loss(&self, _: &[f64], _: &[u64], _: &mut Scratch) -> BatchStats {
+        unimplemented!()
+    }
+    fn evaluate(&self, _: &[f64], _: &mut Scratch) -> Evaluation {
+        unimplemented!()
+    }
+}

@@ -1,0 +1,51 @@
+//! The `nqm` task. (STUB: to be implemented.)
+
+use serde::{Deserialize, Serialize};
+
+use crate::task::{BatchStats, Evaluation, Scratch, Task};
+use crate::ConfigError;
+
+/// Settings of the `nqm` task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NqmConfig {
+    /// Seed of the task's data and initial point.
+    pub seed: u64,
+}
+
+impl NqmConfig {
+    /// Validates and builds the task.
+    pub fn build(&self) -> Result<Nqm, ConfigError> {
+        unimplemented!()
+    }
+}
+
+/// The `nqm` task.
+#[derive(Debug)]
+pub struct Nqm {
+    _private: (),
+}
+
+impl Task for Nqm {
+    fn name(&self) -> &'static str {
+        "nqm"
+    }
+    fn num_params(&self) -> usize {
+        unimplemented!()
+    }
+    fn init_params(&self) -> Vec<f64> {
+        unimplemented!()
+    }
+    fn train_size(&self) -> Option<u64> {
+        unimplemented!()
+    }
+    fn loss_grad(&self, _: &[f64], _: &[u64], _: &mut [f64], _: &mut Scratch) -> BatchStats {
+        unimplemented!()
+    }
+    fn loss(&self, _: &[f64], _: &[u64], _: &mut Scratch) -> BatchStats {
+        unimplemented!()
+    }
+    fn evaluate(&self, _: &[f64], _: &mut Scratch) -> Evaluation {
+        unimplemented!()
+    }
+}
