@@ -169,3 +169,33 @@ pub fn central_difference_hvp<T: Task + ?Sized>(
         *o = (*o - m) * scale;
     }
 }
+
+/// The largest error of `task`'s gradient against central finite differences of its loss,
+/// over the coordinates `coords`, at `params` over `samples`.
+///
+/// Each coordinate's error is `|analytic − numeric| / max(1, |analytic|, |numeric|)`, so it is
+/// relative for large components and absolute for small ones. Used by every task's tests.
+pub fn gradient_check_error<T: Task + ?Sized>(
+    task: &T,
+    params: &[f64],
+    samples: &[u64],
+    eps: f64,
+    coords: impl IntoIterator<Item = usize>,
+) -> f64 {
+    let mut scratch = Scratch::new();
+    let mut grad = vec![0.0; params.len()];
+    task.loss_grad(params, samples, &mut grad, &mut scratch);
+    let mut p = params.to_vec();
+    let mut worst = 0.0f64;
+    for i in coords {
+        p[i] = params[i] + eps;
+        let up = task.loss(&p, samples, &mut scratch).loss_sum;
+        p[i] = params[i] - eps;
+        let down = task.loss(&p, samples, &mut scratch).loss_sum;
+        p[i] = params[i];
+        let numeric = (up - down) / (2.0 * eps);
+        let err = (grad[i] - numeric).abs() / 1f64.max(grad[i].abs()).max(numeric.abs());
+        worst = worst.max(err);
+    }
+    worst
+}
