@@ -1,5 +1,47 @@
-//! The `batchlab` binary.
+//! The `batchlab` binary: one entry point for every experiment.
 
-fn main() {
-    println!("batchlab");
+mod config;
+mod output;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// batchlab: how training behaves as the batch grows.
+///
+/// Data-parallel training simulator: linear and square-root learning-rate scaling, warmup
+/// stability, and the critical batch size against the gradient noise scale, on exact small
+/// models (noisy quadratic, linear/logistic regression, MLPs).
+#[derive(Parser, Debug)]
+#[command(name = "batchlab", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train one run in this process and write its per-step metrics and summary.
+    Train(train::TrainArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Train(args) => train::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }

@@ -1,1 +1,672 @@
-//! The training step. (STUB)
+//! The training step as a pure state machine, and a single-process driver.
+//!
+//! One step of data-parallel SGD, as every replica sees it:
+//!
+//! ```text
+//!   begin(t) ── evaluate? target reached? budget spent? sharpness due?
+//!      │
+//!   compute: each worker, for each of its microbatches j (sampler::balanced_range),
+//!      │      gradient sum + stats  ──► Packet (exact fixed point, see `exact`)
+//!   reduce: packets summed (any order, any algorithm: same words)
+//!      │
+//!   apply(packet) ── a micro overflowed the scale? ──► Redo at the fitted scale
+//!      │           ── non-finite / loss above bound? ──► Infeasible
+//!      └─ mean gradient, noise-scale EMA, optimizer update with lr(t), metrics row
+//! ```
+//!
+//! [`Replica`] holds everything every replica has identically (parameters, optimizer state,
+//! estimators, the fixed-point scale). [`compute_micros`] is the worker's share of a step.
+//! [`Trainer`] drives both in one process; the networked runner drives the same pieces across
+//! processes, which is why `batchlab train` and a run on N workers end bit-identical.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ensure;
+use crate::estimate::{NoiseScaleEma, power_iteration, two_batch};
+use crate::exact::{FixedScale, MicroStats, Packet};
+use crate::optim::{Optimizer, OptimizerConfig};
+use crate::rng::{Stream, rng};
+use crate::sampler::{Sampler, Source};
+use crate::schedule::{Schedule, ScheduleConfig, Scaling};
+use crate::tasks::TaskConfig;
+use crate::{ConfigError, Evaluation, Scratch, Task, vec};
+
+/// Which loss the target is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetMetric {
+    /// Held-out evaluation loss (the exact population loss for `nqm` and `plateau`), checked at
+    /// every evaluation.
+    #[default]
+    Eval,
+    /// Training minibatch loss, checked every step (noisy).
+    Train,
+}
+
+/// Everything one training run needs, as in a TOML config file. Flags override fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The task: model and data (`[task]`, selected by `kind`).
+    pub task: TaskConfig,
+    /// The optimizer (`[optimizer]`).
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule (`[schedule]`).
+    pub schedule: ScheduleConfig,
+    /// Global batch size `B`.
+    pub batch: u64,
+    /// Microbatch size `m`, the unit of work; must divide `batch`. Default: `batch / k` with
+    /// `k` the largest divisor of `batch` that is at most 16.
+    pub micro: Option<u64>,
+    /// Peak learning rate at `base_batch` (after `lr_scaling`, the rate used at `batch`).
+    pub lr: f64,
+    /// How the rate scales from `base_batch` to `batch`: `none`, `linear`, `sqrt`.
+    pub lr_scaling: Scaling,
+    /// The batch size at which `lr` was chosen (default: `batch`).
+    pub base_batch: Option<u64>,
+    /// Seed of the sampler (which samples each step uses).
+    pub seed: u64,
+    /// Step budget: the run stops INCOMPLETE after this many updates.
+    pub steps: u64,
+    /// Stop COMPLETE as soon as this loss is reached.
+    pub target_loss: Option<f64>,
+    /// Which loss `target_loss` refers to: `eval` or `train`.
+    pub target_metric: TargetMetric,
+    /// Evaluate on held-out data every this many steps (and at the end); 0 = only at the end.
+    pub eval_every: u64,
+    /// Measure sharpness `λ_max` every this many steps; 0 = never.
+    pub sharpness_every: u64,
+    /// Power-iteration steps per sharpness measurement.
+    pub sharpness_iters: usize,
+    /// Decay of the EMAs in the noise-scale estimate `B_simple = EMA(tr Σ)/EMA(|G|²)`.
+    pub noise_ema: f64,
+    /// The run is INFEASIBLE once the training loss exceeds this multiple of its initial value.
+    pub divergence_factor: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            task: TaskConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            schedule: ScheduleConfig::default(),
+            batch: 64,
+            micro: None,
+            lr: 0.5,
+            lr_scaling: Scaling::None,
+            base_batch: None,
+            seed: 0,
+            steps: 1000,
+            target_loss: None,
+            target_metric: TargetMetric::Eval,
+            eval_every: 10,
+            sharpness_every: 0,
+            sharpness_iters: 50,
+            noise_ema: 0.95,
+            divergence_factor: 100.0,
+        }
+    }
+}
+
+/// The default microbatch size for batch `b`: `b / k`, `k` the largest divisor of `b` ≤ 16.
+pub fn default_micro(batch: u64) -> u64 {
+    let k = (1..=16.min(batch)).rev().find(|k| batch % k == 0).unwrap_or(1);
+    batch / k
+}
+
+/// A validated configuration with its task built.
+#[derive(Clone)]
+pub struct RunPlan {
+    /// The configuration, validated.
+    pub config: TrainConfig,
+    /// The task.
+    pub task: Arc<dyn Task>,
+    /// Microbatch size `m`.
+    pub micro: u64,
+    /// Peak rate at `batch`, after scaling.
+    pub peak_lr: f64,
+    optimizer: OptimizerConfig,
+    schedule: Schedule,
+}
+
+impl std::fmt::Debug for RunPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunPlan")
+            .field("task", &self.task.name())
+            .field("batch", &self.config.batch)
+            .field("micro", &self.micro)
+            .field("peak_lr", &self.peak_lr)
+            .finish()
+    }
+}
+
+impl TrainConfig {
+    /// Validates every field and builds the task. Nothing is trained before this succeeds.
+    pub fn build(&self) -> Result<RunPlan, ConfigError> {
+        let c = self;
+        ensure(c.batch >= 1, "batch", c.batch, "a batch size of at least 1")?;
+        let micro = c.micro.unwrap_or_else(|| default_micro(c.batch));
+        ensure(
+            micro >= 1 && c.batch % micro == 0,
+            "micro",
+            micro,
+            &format!("a divisor of batch = {}", c.batch),
+        )?;
+        ensure(c.lr.is_finite() && c.lr > 0.0, "lr", c.lr, "a finite rate > 0")?;
+        let base_batch = c.base_batch.unwrap_or(c.batch);
+        ensure(base_batch >= 1, "base_batch", base_batch, "a batch size of at least 1")?;
+        ensure(c.steps >= 1, "steps", c.steps, "at least 1 step")?;
+        if let Some(t) = c.target_loss {
+            ensure(t.is_finite(), "target_loss", t, "a finite loss")?;
+        }
+        ensure(
+            c.sharpness_iters >= 2,
+            "sharpness_iters",
+            c.sharpness_iters,
+            "at least 2 power-iteration steps",
+        )?;
+        ensure(
+            c.noise_ema >= 0.0 && c.noise_ema < 1.0,
+            "noise_ema",
+            c.noise_ema,
+            "a decay in [0, 1)",
+        )?;
+        ensure(
+            c.divergence_factor > 1.0,
+            "divergence_factor",
+            c.divergence_factor,
+            "a factor > 1 (or a huge value to only stop on non-finite losses)",
+        )?;
+        let task: Arc<dyn Task> = Arc::from(c.task.build()?);
+        c.optimizer.build(task.num_params())?; // validate now
+        let schedule = c.schedule.build(c.steps)?;
+        let peak_lr = c.lr_scaling.apply(c.lr, base_batch, c.batch);
+        Ok(RunPlan {
+            config: c.clone(),
+            task,
+            micro,
+            peak_lr,
+            optimizer: c.optimizer.clone(),
+            schedule,
+        })
+    }
+}
+
+impl RunPlan {
+    /// The sampler of this run.
+    pub fn sampler(&self) -> Sampler {
+        let source = match self.task.train_size() {
+            Some(n) => Source::Epochs { n },
+            None => Source::Stream,
+        };
+        Sampler::new(self.config.seed, self.config.batch, self.micro, source)
+            .expect("batch and micro validated by build")
+    }
+
+    /// Number of microbatches per step.
+    pub fn num_micro(&self) -> usize {
+        (self.config.batch / self.micro) as usize
+    }
+
+    /// A replica at step 0.
+    pub fn replica(&self) -> Replica {
+        let n = self.task.num_params();
+        Replica {
+            t: 0,
+            params: self.task.init_params(),
+            optimizer: self.optimizer.build(n).expect("validated by build"),
+            ema: NoiseScaleEma::new(self.config.noise_ema),
+            prev_grad: None,
+            grad: vec![0.0; n],
+            scale: FixedScale::INITIAL,
+            initial_loss: None,
+            pending: Pending::default(),
+            plan: self.clone(),
+        }
+    }
+}
+
+/// How a run ended (Shallue et al. 2018's statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    /// The target loss was reached.
+    Complete,
+    /// The step budget ran out first (or no target was set).
+    Incomplete,
+    /// The run diverged: a non-finite value, or a loss above the bound.
+    Infeasible,
+}
+
+/// One row of the per-step metrics: the state `θ_t` and the step computed from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Step index `t` (updates applied before this row's gradient).
+    pub step: u64,
+    /// Samples consumed including this step, `(t+1)·B`.
+    pub samples: u64,
+    /// Learning rate used for this step's update.
+    pub lr: f64,
+    /// Mean training loss over the global batch at `θ_t`.
+    pub train_loss: f64,
+    /// Training accuracy over the batch, for classification tasks.
+    pub train_accuracy: Option<f64>,
+    /// `|g_B|²`, the squared norm of the global-batch mean gradient (before clipping).
+    pub grad_norm_sq: f64,
+    /// `|g_b|²`: the mean over microbatches of each micro's mean-gradient squared norm.
+    pub micro_norm_sq: f64,
+    /// This step's unbiased estimate of `|G|²` (two-batch, `b = m`).
+    pub g2_est: f64,
+    /// This step's unbiased estimate of `tr Σ`.
+    pub trace_sigma_est: f64,
+    /// `B_simple = EMA(tr Σ)/EMA(|G|²)`.
+    pub b_simple: f64,
+    /// Exact `B_simple` at `θ_t`, where the task has a closed form.
+    pub b_simple_exact: Option<f64>,
+    /// Cosine between this step's and the previous step's mean gradient.
+    pub grad_cosine: Option<f64>,
+    /// `|θ_t|`.
+    pub param_norm: f64,
+    /// Momentum energy `L + ½|v|²`, with `v = θ_{t+1} − θ_t` the update just applied.
+    pub momentum_energy: f64,
+    /// `L + (η/4)|g_B|²`: the loss the step follows to first order (implicit regularisation).
+    pub modified_loss: f64,
+    /// Mean over microbatches of the dead-ReLU fraction (MLP).
+    pub dead_relu: Option<f64>,
+    /// Held-out loss at `θ_t`, on evaluation steps.
+    pub eval_loss: Option<f64>,
+    /// Held-out accuracy at `θ_t`, on evaluation steps (classification).
+    pub eval_accuracy: Option<f64>,
+    /// Sharpness `λ_max` at `θ_t`, on sharpness steps.
+    pub sharpness: Option<f64>,
+    /// `η·λ_max` with the most recent sharpness.
+    pub lr_sharpness: Option<f64>,
+    /// How many times the step was redone at a wider fixed-point scale.
+    pub redos: u32,
+}
+
+/// The summary of a finished run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// COMPLETE, INCOMPLETE or INFEASIBLE.
+    pub status: Status,
+    /// Updates applied.
+    pub steps: u64,
+    /// Samples consumed, `steps · B`.
+    pub samples: u64,
+    /// Why the run stopped, in words.
+    pub message: String,
+    /// Global batch size.
+    pub batch: u64,
+    /// Microbatch size.
+    pub micro: u64,
+    /// Peak learning rate used.
+    pub peak_lr: f64,
+    /// Held-out loss at the end (or at the target).
+    pub final_eval_loss: Option<f64>,
+    /// Held-out accuracy at the end.
+    pub final_eval_accuracy: Option<f64>,
+    /// Training loss of the last step.
+    pub final_train_loss: Option<f64>,
+    /// `B_simple` of the last step.
+    pub final_b_simple: Option<f64>,
+    /// Most recent sharpness.
+    pub last_sharpness: Option<f64>,
+    /// FNV-1a 64 of the final parameters' little-endian bytes, hex: equal digests mean
+    /// bit-identical parameters.
+    pub params_digest: String,
+}
+
+/// What [`Replica::begin`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Begin {
+    /// Compute step `t`.
+    Compute,
+    /// The run is over.
+    Finished(RunSummary),
+}
+
+/// What [`Replica::apply`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The step was applied; here is its metrics row.
+    Step(Box<StepMetrics>),
+    /// A micro exceeded the fixed-point scale: recompute the step at `replica.scale` (updated).
+    Redo,
+    /// The run ended with this step: it diverged (INFEASIBLE, the update was not applied), or
+    /// its training loss reached a `train` target (COMPLETE, the update was applied).
+    Finished(Box<StepMetrics>, RunSummary),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    eval: Option<Evaluation>,
+    sharpness: Option<f64>,
+    last_sharpness: Option<f64>,
+    last_eval: Option<Evaluation>,
+    last_train_loss: Option<f64>,
+    last_b_simple: Option<f64>,
+    redos: u32,
+}
+
+/// Everything a replica holds; identical on every replica after every step.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// Updates applied so far.
+    pub t: u64,
+    /// Current parameters `θ_t`.
+    pub params: Vec<f64>,
+    /// Fixed-point scale for the current step's packet.
+    pub scale: FixedScale,
+    optimizer: Optimizer,
+    ema: NoiseScaleEma,
+    prev_grad: Option<Vec<f64>>,
+    grad: Vec<f64>,
+    initial_loss: Option<f64>,
+    pending: Pending,
+    plan: RunPlan,
+}
+
+impl Replica {
+    /// The plan this replica runs.
+    pub fn plan(&self) -> &RunPlan {
+        &self.plan
+    }
+
+    /// Start of step `t`: evaluates and measures sharpness when due, and decides whether the
+    /// run is over. Call once per step, before computing it.
+    pub fn begin(&mut self, scratch: &mut Scratch) -> Begin {
+        let cfg = &self.plan.config;
+        let t = self.t;
+        let at_end = t >= cfg.steps;
+        let eval_due = at_end || (cfg.eval_every > 0 && t % cfg.eval_every == 0);
+        self.pending.eval = None;
+        self.pending.sharpness = None;
+        self.pending.redos = 0;
+        if eval_due {
+            let e = self.plan.task.evaluate(&self.params, scratch);
+            self.pending.eval = Some(e);
+            self.pending.last_eval = Some(e);
+            if cfg.target_metric == TargetMetric::Eval
+                && cfg.target_loss.is_some_and(|target| e.loss <= target)
+            {
+                return Begin::Finished(self.summary(
+                    Status::Complete,
+                    format!("reached eval loss {:.6e} ≤ target after {t} steps", e.loss),
+                ));
+            }
+        }
+        if at_end {
+            let message = match cfg.target_loss {
+                Some(target) => format!("budget of {t} steps spent before the target {target:e}"),
+                None => format!("ran the budget of {t} steps"),
+            };
+            return Begin::Finished(self.summary(Status::Incomplete, message));
+        }
+        if cfg.sharpness_every > 0 && t % cfg.sharpness_every == 0 {
+            let s = self.sharpness(scratch);
+            self.pending.sharpness = Some(s);
+            self.pending.last_sharpness = Some(s);
+        }
+        Begin::Compute
+    }
+
+    /// `λ_max` at the current parameters, by power iteration on the task's Hessian-vector
+    /// products over its curvature samples.
+    pub fn sharpness(&self, scratch: &mut Scratch) -> f64 {
+        use rand_distr::{Distribution, StandardNormal};
+        let task = &self.plan.task;
+        let samples = task.curvature_samples();
+        let mut r = rng(self.plan.config.seed, Stream::Sharpness, self.t);
+        let v0: Vec<f64> = (0..self.params.len()).map(|_| StandardNormal.sample(&mut r)).collect();
+        let params = &self.params;
+        power_iteration(
+            |v, out| task.hvp(params, &samples, v, out, scratch),
+            v0,
+            self.plan.config.sharpness_iters,
+            1e-4,
+        )
+        .lambda
+    }
+
+    /// Consumes the fully reduced packet of the current step and applies the update.
+    pub fn apply(&mut self, packet: &Packet) -> Applied {
+        let cfg = &self.plan.config;
+        let num_micro = self.plan.num_micro();
+        let micros = packet.decode(self.scale, &mut self.grad);
+        let max_abs = micros.iter().map(|m| m.max_abs).fold(0.0, |a: f64, x| if x.is_nan() || a.is_nan() { f64::NAN } else { a.max(x) });
+        let finite = max_abs.is_finite() && micros.iter().all(|m| m.loss_sum.is_finite());
+        if finite && !self.scale.fits(max_abs, num_micro) {
+            self.scale = self.scale.fitted(max_abs, num_micro);
+            self.pending.redos += 1;
+            return Applied::Redo;
+        }
+        let batch = cfg.batch as f64;
+        let m = self.plan.micro as f64;
+        let loss_sum: f64 = micros.iter().map(|s| s.loss_sum).sum();
+        let train_loss = loss_sum / batch;
+        vec::scale(1.0 / batch, &mut self.grad);
+        let grad_norm_sq = vec::norm_sq(&self.grad);
+        let micro_norm_sq = micros.iter().map(|s| s.grad_sum_sq / (m * m)).sum::<f64>() / num_micro as f64;
+        let (g2_est, trace_sigma_est, b_simple) = if num_micro > 1 {
+            let est = two_batch(m, micro_norm_sq, batch, grad_norm_sq);
+            let b = self.ema.update(est);
+            (est.g2, est.trace_sigma, b)
+        } else {
+            (f64::NAN, f64::NAN, f64::NAN)
+        };
+        let correct: Option<u64> = micros.iter().map(|s| s.correct).sum();
+        let dead: Option<f64> = micros.iter().map(|s| s.dead_relu).sum::<Option<f64>>().map(|d| d / num_micro as f64);
+        let lr = self.plan.schedule.lr(self.plan.peak_lr, self.t);
+        let closed = self.plan.task.closed_form().map(|c| c.b_simple(&self.params));
+        let grad_cosine = self.prev_grad.as_ref().map(|p| vec::cosine(p, &self.grad));
+        let param_norm = vec::norm_sq(&self.params).sqrt();
+        let initial = *self.initial_loss.get_or_insert(train_loss);
+        let mut row = StepMetrics {
+            step: self.t,
+            samples: (self.t + 1) * cfg.batch,
+            lr,
+            train_loss,
+            train_accuracy: correct.map(|c| c as f64 / batch),
+            grad_norm_sq,
+            micro_norm_sq,
+            g2_est,
+            trace_sigma_est,
+            b_simple,
+            b_simple_exact: closed,
+            grad_cosine,
+            param_norm,
+            momentum_energy: f64::NAN,
+            modified_loss: train_loss + lr / 4.0 * grad_norm_sq,
+            dead_relu: dead,
+            eval_loss: self.pending.eval.map(|e| e.loss),
+            eval_accuracy: self.pending.eval.and_then(|e| e.accuracy),
+            sharpness: self.pending.sharpness,
+            lr_sharpness: self.pending.last_sharpness.map(|s| s * lr),
+            redos: self.pending.redos,
+        };
+        let bound = cfg.divergence_factor * initial.abs().max(f64::MIN_POSITIVE);
+        if !finite || !train_loss.is_finite() || train_loss > bound {
+            let what = if finite && train_loss.is_finite() {
+                format!("training loss {train_loss:.6e} above the bound {bound:.3e} ({}× the initial loss)", cfg.divergence_factor)
+            } else {
+                "a non-finite loss or gradient".to_string()
+            };
+            let edge = match self.pending.last_sharpness {
+                Some(s) => format!("; η·λ_max = {:.3} (λ_max = {s:.4e})", lr * s),
+                None => String::new(),
+            };
+            let message = format!("diverged at step {}: {what} at learning rate {lr:.6e}{edge}", self.t);
+            let summary = self.summary(Status::Infeasible, message);
+            return Applied::Finished(Box::new(row), summary);
+        }
+        let prev = std::mem::take(&mut self.prev_grad);
+        let mut keep = prev.unwrap_or_else(|| vec![0.0; self.grad.len()]);
+        keep.copy_from_slice(&self.grad);
+        self.optimizer.step(&mut self.params, &mut self.grad, lr);
+        self.prev_grad = Some(keep);
+        row.momentum_energy = train_loss + 0.5 * self.optimizer.velocity_norm_sq().unwrap_or(0.0);
+        self.pending.last_train_loss = Some(train_loss);
+        self.pending.last_b_simple = Some(b_simple).filter(|b| b.is_finite());
+        if cfg.target_metric == TargetMetric::Train && cfg.target_loss.is_some_and(|x| train_loss <= x) {
+            // Reached on this step's batch: stop before the next step (the update is applied).
+            self.t += 1;
+            self.scale = self.scale.fitted(max_abs, num_micro);
+            let summary = self.summary(Status::Complete, format!("reached train loss {train_loss:.6e} ≤ target at step {}", self.t - 1));
+            return Applied::Finished(Box::new(row), summary);
+        }
+        self.t += 1;
+        self.scale = self.scale.fitted(max_abs, num_micro);
+        Applied::Step(Box::new(row))
+    }
+
+    fn summary(&self, status: Status, message: String) -> RunSummary {
+        let cfg = &self.plan.config;
+        RunSummary {
+            status,
+            steps: self.t,
+            samples: self.t * cfg.batch,
+            message,
+            batch: cfg.batch,
+            micro: self.plan.micro,
+            peak_lr: self.plan.peak_lr,
+            final_eval_loss: self.pending.last_eval.map(|e| e.loss),
+            final_eval_accuracy: self.pending.last_eval.and_then(|e| e.accuracy),
+            final_train_loss: self.pending.last_train_loss,
+            final_b_simple: self.pending.last_b_simple,
+            last_sharpness: self.pending.last_sharpness,
+            params_digest: params_digest(&self.params),
+        }
+    }
+}
+
+/// FNV-1a 64 of the parameters' little-endian bytes, as 16 hex digits.
+pub fn params_digest(params: &[f64]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in params.iter().flat_map(|p| p.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Buffers a worker reuses between steps.
+#[derive(Debug, Default)]
+pub struct WorkerScratch {
+    /// The task's scratch.
+    pub task: Scratch,
+    samples: Vec<u64>,
+    grad: Vec<f64>,
+}
+
+/// The worker's share of step `t`: the gradient sums and stats of microbatches `micros`,
+/// quantized at `scale` into `packet` (which is cleared first).
+#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
+pub fn compute_micros(
+    task: &dyn Task,
+    params: &[f64],
+    sampler: &mut Sampler,
+    t: u64,
+    micros: Range<usize>,
+    scale: FixedScale,
+    packet: &mut Packet,
+    scratch: &mut WorkerScratch,
+) {
+    packet.clear();
+    scratch.grad.resize(params.len(), 0.0);
+    for j in micros {
+        scratch.samples.clear();
+        sampler.samples_into(t, j..j + 1, &mut scratch.samples);
+        let stats = task.loss_grad(params, &scratch.samples, &mut scratch.grad, &mut scratch.task);
+        let micro = MicroStats::measure(stats, &scratch.grad);
+        packet.add_micro(j, &scratch.grad, &micro, scale);
+    }
+}
+
+/// One training run in one process: the replica and the worker's computation, driven step by
+/// step. `batchlab train` is this loop.
+#[derive(Debug)]
+pub struct Trainer {
+    replica: Replica,
+    sampler: Sampler,
+    packet: Packet,
+    scratch: WorkerScratch,
+    finished: Option<RunSummary>,
+}
+
+/// What one call of [`Trainer::step`] produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// A step was applied.
+    Step(Box<StepMetrics>),
+    /// The run ended; the metrics row of the step that ended it comes with it, if one did.
+    Done(Option<Box<StepMetrics>>, RunSummary),
+}
+
+impl Trainer {
+    /// A trainer at step 0.
+    pub fn new(plan: &RunPlan) -> Self {
+        Self {
+            replica: plan.replica(),
+            sampler: plan.sampler(),
+            packet: Packet::zeroed(plan.task.num_params(), plan.num_micro()),
+            scratch: WorkerScratch::default(),
+            finished: None,
+        }
+    }
+
+    /// The replica's state.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Runs one step (or finishes the run).
+    pub fn step(&mut self) -> Progress {
+        if let Some(s) = &self.finished {
+            return Progress::Done(None, s.clone());
+        }
+        if let Begin::Finished(summary) = self.replica.begin(&mut self.scratch.task) {
+            self.finished = Some(summary.clone());
+            return Progress::Done(None, summary);
+        }
+        let num_micro = self.replica.plan.num_micro();
+        loop {
+            compute_micros(
+                self.replica.plan.task.as_ref(),
+                &self.replica.params,
+                &mut self.sampler,
+                self.replica.t,
+                0..num_micro,
+                self.replica.scale,
+                &mut self.packet,
+                &mut self.scratch,
+            );
+            match self.replica.apply(&self.packet) {
+                Applied::Redo => continue,
+                Applied::Step(row) => return Progress::Step(row),
+                Applied::Finished(row, summary) => {
+                    self.finished = Some(summary.clone());
+                    return Progress::Done(Some(row), summary);
+                }
+            }
+        }
+    }
+
+    /// Runs to the end, handing each metrics row to `on_step`.
+    pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> RunSummary {
+        loop {
+            match self.step() {
+                Progress::Step(row) => on_step(&row),
+                Progress::Done(row, summary) => {
+                    if let Some(row) = row {
+                        on_step(&row);
+                    }
+                    return summary;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Loading a TOML config and applying command-line overrides to it.
+//!
+//! Overrides are dotted paths into the TOML document (`--set optimizer.momentum=0.9`); the
+//! named flags (`--batch 256`) are shorthands for the same mechanism, so a flag and a config
+//! field can never disagree about what they mean. Values are parsed as TOML (`0.9`, `"cosine"`,
+//! `[256, 256]`); a bare word that is not valid TOML is taken as a string.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+/// Reads `path` (or an empty document) and applies `overrides` (`key.path=value`) in order.
+pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T> {
+    let mut doc: Table = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+            text.parse().with_context(|| format!("parsing config {}", p.display()))?
+        }
+        None => Table::new(),
+    };
+    for o in overrides {
+        apply_override(&mut doc, o)?;
+    }
+    let source = path.map_or("the command line".to_string(), |p| p.display().to_string());
+    Value::Table(doc)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid config in {source}: {}", e.message().trim()))
+}
+
+/// Applies one `dotted.key=value` override.
+pub fn apply_override(doc: &mut Table, item: &str) -> Result<()> {
+    let Some((key, raw)) = item.split_once('=') else {
+        bail!("override `{item}`: expected KEY=VALUE, e.g. optimizer.momentum=0.9");
+    };
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        bail!("override `{item}`: the key `{key}` is not a dotted path like task.dim");
+    }
+    let value = parse_value(raw.trim());
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("split yields at least one part");
+    let mut table = doc;
+    for (i, part) in parts.iter().enumerate() {
+        let entry = table.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new()));
+        table = match entry {
+            Value::Table(t) => t,
+            other => bail!(
+                "override `{item}`: `{}` is {} = {other}, not a table",
+                parts[..=i].join("."),
+                other.type_str()
+            ),
+        };
+    }
+    // Choosing a different task kind starts that table afresh: the old kind's fields would be
+    // refused by the new kind.
+    if last == "kind" {
+        if let Some(Value::String(old)) = table.get("kind") {
+            if Some(old.as_str()) != value.as_str() {
+                table.clear();
+            }
+        }
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> Value {
+    let wrapped = format!("v = {raw}");
+    match wrapped.parse::<Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.to_string())),
+        Err(_) => Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_create_nested_tables_and_parse_toml_values() {
+        let mut doc = Table::new();
+        apply_override(&mut doc, "optimizer.momentum=0.9").unwrap();
+        apply_override(&mut doc, "task.kind=mlp").unwrap();
+        apply_override(&mut doc, "task.hidden=[32, 16]").unwrap();
+        apply_override(&mut doc, "batch=256").unwrap();
+        assert_eq!(doc["optimizer"]["momentum"].as_float(), Some(0.9));
+        assert_eq!(doc["task"]["kind"].as_str(), Some("mlp"));
+        assert_eq!(doc["task"]["hidden"].as_array().unwrap().len(), 2);
+        assert_eq!(doc["batch"].as_integer(), Some(256));
+    }
+
+    #[test]
+    fn changing_the_task_kind_drops_the_old_kinds_fields() {
+        let mut doc: Table = "[task]\nkind = \"nqm\"\ndim = 10\n".parse().unwrap();
+        apply_override(&mut doc, "task.kind=linreg").unwrap();
+        assert!(doc["task"].get("dim").is_none());
+        apply_override(&mut doc, "task.kind=linreg").unwrap();
+        assert_eq!(doc["task"]["kind"].as_str(), Some("linreg"));
+    }
+
+    #[test]
+    fn malformed_overrides_name_the_problem() {
+        let mut doc = Table::new();
+        let e = apply_override(&mut doc, "batch").unwrap_err().to_string();
+        assert!(e.contains("expected KEY=VALUE"), "{e}");
+        apply_override(&mut doc, "batch=3").unwrap();
+        let e = apply_override(&mut doc, "batch.x=3").unwrap_err().to_string();
+        assert!(e.contains("`batch` is integer = 3, not a table"), "{e}");
+    }
+}

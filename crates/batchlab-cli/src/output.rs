@@ -1,0 +1,58 @@
+//! Writing a run's results: per-step metrics as JSON lines and CSV, and a summary JSON.
+//!
+//! ```text
+//!   OUT/config.toml     the resolved configuration (defaults filled in)
+//!   OUT/metrics.jsonl   one StepMetrics object per line
+//!   OUT/metrics.csv     the same rows, one column per field (empty = not measured)
+//!   OUT/summary.json    RunSummary plus the configuration
+//! ```
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use batchlab_core::train::{RunSummary, StepMetrics, TrainConfig};
+
+/// Streams metrics rows to `metrics.jsonl` and `metrics.csv` in a run folder.
+pub struct MetricsWriter {
+    dir: PathBuf,
+    jsonl: BufWriter<File>,
+    csv: csv::Writer<BufWriter<File>>,
+}
+
+impl MetricsWriter {
+    /// Creates `dir` and writes the resolved config into it.
+    pub fn create(dir: &Path, config: &TrainConfig) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating output folder {}", dir.display()))?;
+        let text = toml::to_string_pretty(config).context("rendering the resolved config")?;
+        std::fs::write(dir.join("config.toml"), text).with_context(|| format!("writing {}/config.toml", dir.display()))?;
+        let open = |name: &str| -> Result<BufWriter<File>> {
+            let p = dir.join(name);
+            Ok(BufWriter::new(File::create(&p).with_context(|| format!("creating {}", p.display()))?))
+        };
+        Ok(Self { dir: dir.to_path_buf(), jsonl: open("metrics.jsonl")?, csv: csv::Writer::from_writer(open("metrics.csv")?) })
+    }
+
+    /// Appends one row to both files.
+    pub fn write(&mut self, row: &StepMetrics) -> Result<()> {
+        serde_json::to_writer(&mut self.jsonl, row)?;
+        self.jsonl.write_all(b"\n")?;
+        self.csv.serialize(row)?;
+        Ok(())
+    }
+
+    /// Flushes the metrics and writes `summary.json`.
+    pub fn finish(mut self, summary: &RunSummary, config: &TrainConfig, wall_seconds: f64) -> Result<PathBuf> {
+        self.jsonl.flush()?;
+        self.csv.flush()?;
+        let doc = serde_json::json!({
+            "summary": summary,
+            "wall_seconds": wall_seconds,
+            "config": config,
+        });
+        let p = self.dir.join("summary.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", p.display()))?;
+        Ok(p)
+    }
+}

@@ -1,0 +1,173 @@
+//! `batchlab train`: one run in one process.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use batchlab_core::train::{Progress, TrainConfig, Trainer};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config;
+use crate::output::MetricsWriter;
+
+/// Flags of `batchlab train`. Every flag overrides the config file's field of the same name.
+#[derive(Args, Debug)]
+#[command(after_long_help = TRAIN_HELP)]
+pub struct TrainArgs {
+    /// TOML config file (see `--print-config` for every field and its default).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Output folder for config.toml, metrics.jsonl, metrics.csv and summary.json.
+    /// Default: runs/train-<task>-B<batch>-lr<lr>-s<seed>.
+    #[arg(short, long)]
+    out: Option<PathBuf>,
+    /// Task kind: nqm, linreg, logreg, mlp, plateau (resets the other [task] fields).
+    #[arg(long)]
+    task: Option<String>,
+    /// Global batch size B.
+    #[arg(short, long)]
+    batch: Option<u64>,
+    /// Microbatch size m (divides B): the unit of work and of the noise-scale estimate.
+    #[arg(long)]
+    micro: Option<u64>,
+    /// Peak learning rate (at --base-batch when --lr-scaling is linear or sqrt).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning-rate scaling from the base batch: none, linear, sqrt.
+    #[arg(long)]
+    lr_scaling: Option<String>,
+    /// Batch size at which --lr was chosen.
+    #[arg(long)]
+    base_batch: Option<u64>,
+    /// Optimizer: sgd, momentum, nesterov, adam, adamw.
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Step budget.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stop as soon as this loss is reached (see target_metric).
+    #[arg(long)]
+    target_loss: Option<f64>,
+    /// Sampler seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Any config field as a dotted path, e.g. --set optimizer.momentum=0.9 --set task.dim=100.
+    /// Applied after the named flags.
+    #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the resolved configuration as TOML and exit without training.
+    #[arg(long)]
+    print_config: bool,
+}
+
+const TRAIN_HELP: &str = "\
+Outputs (in --out):
+  config.toml    the resolved configuration, defaults filled in: rerun with --config
+  metrics.jsonl  one JSON object per step (pandas.read_json(path, lines=True))
+  metrics.csv    the same rows as CSV (pandas.read_csv)
+  summary.json   status (COMPLETE, INCOMPLETE, INFEASIBLE), steps, samples, final losses
+
+Examples:
+  batchlab train                                      # NQM, d=1000, SGD, B=64
+  batchlab train --task mlp --batch 256 --lr 0.05 --steps 500
+  batchlab train --set task.kind=mlp --set task.data.source=csv \\
+                 --set task.data.path=digits.csv --optimizer momentum
+  batchlab train --print-config > run.toml            # every field, then edit";
+
+impl TrainArgs {
+    fn overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        let mut push = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                o.push(format!("{k}={v}"));
+            }
+        };
+        push("task.kind", self.task.as_ref().map(|s| format!("{s:?}")));
+        push("batch", self.batch.map(|v| v.to_string()));
+        push("micro", self.micro.map(|v| v.to_string()));
+        push("lr", self.lr.map(fmt_float));
+        push("lr_scaling", self.lr_scaling.as_ref().map(|s| format!("{s:?}")));
+        push("base_batch", self.base_batch.map(|v| v.to_string()));
+        push("optimizer.kind", self.optimizer.as_ref().map(|s| format!("{s:?}")));
+        push("steps", self.steps.map(|v| v.to_string()));
+        push("target_loss", self.target_loss.map(fmt_float));
+        push("seed", self.seed.map(|v| v.to_string()));
+        o.extend(self.set.iter().cloned());
+        o
+    }
+}
+
+/// A float as TOML, always with a decimal point or exponent so it stays a float.
+fn fmt_float(x: f64) -> String {
+    let s = format!("{x:?}");
+    if s.contains(['.', 'e', 'E']) || !x.is_finite() { s } else { format!("{s}.0") }
+}
+
+/// Runs `batchlab train`.
+pub fn run(args: TrainArgs) -> Result<()> {
+    let cfg: TrainConfig = config::load(args.config.as_deref(), &args.overrides())?;
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&cfg).context("rendering the config")?);
+        return Ok(());
+    }
+    let plan = cfg.build().context("invalid config")?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("runs/train-{}-B{}-lr{}-s{}", plan.task.name(), cfg.batch, plan.peak_lr, cfg.seed))
+    });
+    tracing::info!(
+        task = plan.task.name(),
+        params = plan.task.num_params(),
+        batch = cfg.batch,
+        micro = plan.micro,
+        lr = plan.peak_lr,
+        out = %out.display(),
+        "training"
+    );
+    let mut writer = MetricsWriter::create(&out, &cfg)?;
+    let bar = ProgressBar::new(cfg.steps).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    let mut trainer = Trainer::new(&plan);
+    let summary = loop {
+        match trainer.step() {
+            Progress::Step(row) => {
+                writer.write(&row)?;
+                bar.set_position(row.step + 1);
+                if row.step % 10 == 0 {
+                    bar.set_message(format!("loss {:.4e}  B_simple {:.1}", row.train_loss, row.b_simple));
+                }
+            }
+            Progress::Done(row, summary) => {
+                if let Some(row) = row {
+                    writer.write(&row)?;
+                }
+                break summary;
+            }
+        }
+    };
+    bar.finish_and_clear();
+    let wall = start.elapsed().as_secs_f64();
+    let path = writer.finish(&summary, &cfg, wall)?;
+    let status = serde_json::to_value(summary.status)?;
+    println!(
+        "{} after {} steps ({} samples, {:.2}s): {}",
+        status.as_str().unwrap_or("?"),
+        summary.steps,
+        summary.samples,
+        wall,
+        summary.message
+    );
+    if let Some(l) = summary.final_eval_loss {
+        print!("final eval loss {l:.6e}");
+        if let Some(a) = summary.final_eval_accuracy {
+            print!(", accuracy {:.2}%", 100.0 * a);
+        }
+        println!();
+    }
+    println!("results in {}", path.parent().unwrap_or(&out).display());
+    Ok(())
+}

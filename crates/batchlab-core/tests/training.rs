@@ -1,0 +1,319 @@
+//! Whole training runs against closed forms (science.md), stability edges, and the
+//! independence of the result from how the work is split.
+
+use batchlab_core::exact::Packet;
+use batchlab_core::optim::OptimizerKind;
+use batchlab_core::sampler::balanced_range;
+use batchlab_core::tasks::TaskConfig;
+use batchlab_core::tasks::linreg::LinregConfig;
+use batchlab_core::tasks::nqm::NqmConfig;
+use batchlab_core::train::{
+    Applied, Begin, RunSummary, Status, StepMetrics, TargetMetric, TrainConfig, Trainer, WorkerScratch,
+    compute_micros,
+};
+
+fn nqm(dim: usize, noise_scale: f64) -> TaskConfig {
+    TaskConfig::Nqm(NqmConfig { dim, noise_scale, ..NqmConfig::default() })
+}
+
+fn run(cfg: &TrainConfig) -> (Vec<StepMetrics>, RunSummary) {
+    let plan = cfg.build().expect("valid config");
+    let mut rows = Vec::new();
+    let summary = Trainer::new(&plan).run(|r| rows.push(r.clone()));
+    (rows, summary)
+}
+
+/// Science.md, NQM under SGD: `s_i(t) = s*_i + (1−αh_i)^{2t}(s_i(0) − s*_i)`,
+/// `s*_i = αc_i/(Bh_i(2 − αh_i))`, `E[L](t) = ½ Σ h_i s_i(t)`; here `h_i = c_i = 1/i`, `θ₀ = 1`.
+fn nqm_expected_loss(dim: usize, lr: f64, batch: f64, t: u64) -> f64 {
+    (1..=dim)
+        .map(|i| {
+            let h = 1.0 / i as f64;
+            let s_star = lr * h / (batch * h * (2.0 - lr * h));
+            let s = s_star + (1.0 - lr * h).powi(2 * t as i32) * (1.0 - s_star);
+            0.5 * h * s
+        })
+        .sum()
+}
+
+#[test]
+fn nqm_mean_loss_over_seeds_matches_the_closed_form_expected_loss() {
+    let (dim, batch, lr, steps, runs) = (20, 4u64, 0.6, 40u64, 400u64);
+    let mut sums = vec![(0.0, 0.0); steps as usize];
+    for seed in 0..runs {
+        let cfg = TrainConfig {
+            task: nqm(dim, 1.0),
+            batch,
+            micro: Some(1),
+            lr,
+            seed,
+            steps,
+            eval_every: 1,
+            ..TrainConfig::default()
+        };
+        let (rows, _) = run(&cfg);
+        for r in &rows {
+            let l = r.eval_loss.expect("evaluated every step");
+            sums[r.step as usize].0 += l;
+            sums[r.step as usize].1 += l * l;
+        }
+    }
+    let n = runs as f64;
+    for t in [0u64, 1, 5, 10, 20, 39] {
+        let (s, s2) = sums[t as usize];
+        let mean = s / n;
+        let se = ((s2 / n - mean * mean).max(0.0) / (n - 1.0)).sqrt();
+        let expected = nqm_expected_loss(dim, lr, batch as f64, t);
+        // Five standard errors, plus 1e-12 for step 0 where every run has the same loss.
+        assert!(
+            (mean - expected).abs() <= 5.0 * se + 1e-12,
+            "step {t}: mean loss {mean:.6} vs closed form {expected:.6} (se {se:.2e})"
+        );
+    }
+}
+
+/// Runs `reps` independent global batches at the initial parameters and returns the mean of the
+/// two-batch `|G|²` and `tr Σ` estimates with their standard errors.
+fn two_batch_means(task: TaskConfig, batch: u64, micro: u64, reps: u64) -> ([f64; 2], [f64; 2], f64, f64) {
+    let mut acc = [[0.0; 2]; 2];
+    let mut exact = (0.0, 0.0);
+    for seed in 0..reps {
+        let cfg = TrainConfig { task: task.clone(), batch, micro: Some(micro), seed, steps: 1, ..TrainConfig::default() };
+        let (rows, _) = run(&cfg);
+        let r = &rows[0];
+        for (k, x) in [r.g2_est, r.trace_sigma_est].into_iter().enumerate() {
+            acc[k][0] += x;
+            acc[k][1] += x * x;
+        }
+        if seed == 0 {
+            let plan = cfg.build().unwrap();
+            let cf = plan.task.closed_form().expect("closed form");
+            let p = plan.task.init_params();
+            let g = cf.true_gradient(&p);
+            exact = (g.iter().map(|x| x * x).sum(), cf.trace_sigma(&p));
+        }
+    }
+    let n = reps as f64;
+    let stat = |k: usize| {
+        let m = acc[k][0] / n;
+        (m, ((acc[k][1] / n - m * m) / (n - 1.0)).sqrt())
+    };
+    let ((g2, g2_se), (tr, tr_se)) = (stat(0), stat(1));
+    ([g2, tr], [g2_se, tr_se], exact.0, exact.1)
+}
+
+#[test]
+fn nqm_noise_scale_estimates_match_the_exact_values_at_the_same_state() {
+    let ([g2, tr], [g2_se, tr_se], g2_exact, tr_exact) = two_batch_means(nqm(50, 1.0), 64, 8, 300);
+    assert!((g2 - g2_exact).abs() <= 5.0 * g2_se, "|G|² {g2} ± {g2_se} vs {g2_exact}");
+    assert!((tr - tr_exact).abs() <= 5.0 * tr_se, "tr Σ {tr} ± {tr_se} vs {tr_exact}");
+    // B_simple = tr Σ / |G|² from the means, within its delta-method standard error.
+    let b = tr / g2;
+    let b_se = b * ((tr_se / tr).powi(2) + (g2_se / g2).powi(2)).sqrt();
+    let b_exact = tr_exact / g2_exact;
+    assert!((b - b_exact).abs() <= 5.0 * b_se, "B_simple {b} ± {b_se} vs {b_exact}");
+    assert!(b_se < 0.1 * b_exact, "the check is sharp enough to mean something: se {b_se}");
+}
+
+#[test]
+fn linreg_noise_scale_estimates_match_the_closed_form() {
+    let task = TaskConfig::Linreg(LinregConfig { dim: 30, ..LinregConfig::default() });
+    let ([g2, tr], [g2_se, tr_se], g2_exact, tr_exact) = two_batch_means(task, 64, 8, 300);
+    assert!((g2 - g2_exact).abs() <= 5.0 * g2_se, "|G|² {g2} ± {g2_se} vs {g2_exact}");
+    assert!((tr - tr_exact).abs() <= 5.0 * tr_se, "tr Σ {tr} ± {tr_se} vs {tr_exact}");
+}
+
+/// Full-batch-like gradient descent on the noiseless NQM (`λ_max = h_1 = 1`) at `factor` times
+/// the optimizer's stability edge; returns the run's status.
+fn edge_status(kind: OptimizerKind, edge: f64, factor: f64) -> (Status, String) {
+    let mut cfg = TrainConfig {
+        task: nqm(10, 0.0),
+        batch: 1,
+        lr: edge * factor,
+        steps: 3000,
+        eval_every: 0,
+        ..TrainConfig::default()
+    };
+    cfg.optimizer.kind = kind;
+    cfg.optimizer.momentum = 0.9;
+    let (_, s) = run(&cfg);
+    (s.status, s.message)
+}
+
+#[test]
+fn gradient_descent_is_stable_just_below_two_over_lambda_max_and_diverges_just_above() {
+    let mu: f64 = 0.9;
+    let cases = [
+        (OptimizerKind::Sgd, 2.0),
+        (OptimizerKind::Momentum, 2.0 * (1.0 + mu)),
+        (OptimizerKind::Nesterov, (2.0 + 2.0 * mu) / (1.0 + 2.0 * mu)),
+    ];
+    for (kind, edge) in cases {
+        let (below, msg) = edge_status(kind, edge, 0.98);
+        assert_eq!(below, Status::Incomplete, "{kind:?} at 0.98 × edge: {msg}");
+        let (above, msg) = edge_status(kind, edge, 1.02);
+        assert_eq!(above, Status::Infeasible, "{kind:?} at 1.02 × edge: {msg}");
+        assert!(msg.contains("diverged at step") && msg.contains("learning rate"), "{msg}");
+    }
+}
+
+#[test]
+fn power_iteration_recovers_lambda_max_within_one_percent() {
+    // linreg's Hessian is the feature covariance diag(1/i): λ_max = 1. The default HVP of the
+    // mean over the curvature samples is an empirical covariance, so compare with the NQM's
+    // exact Hessian too.
+    for task in [nqm(40, 1.0), TaskConfig::Linreg(LinregConfig { dim: 40, ..LinregConfig::default() })] {
+        let cfg = TrainConfig { task, steps: 1, sharpness_every: 1, sharpness_iters: 300, ..TrainConfig::default() };
+        let plan = cfg.build().unwrap();
+        let replica = plan.replica();
+        let lambda = replica.sharpness(&mut batchlab_core::Scratch::new());
+        let exact = plan.task.closed_form().and_then(|c| c.lambda_max(&replica.params)).unwrap_or(1.0);
+        assert!((lambda - exact).abs() <= 0.01 * exact, "{}: λ {lambda} vs {exact}", plan.task.name());
+    }
+}
+
+#[test]
+fn divergence_message_gives_step_rate_and_lr_times_sharpness() {
+    let cfg = TrainConfig {
+        task: nqm(10, 0.0),
+        batch: 1,
+        lr: 2.5,
+        steps: 500,
+        sharpness_every: 1,
+        eval_every: 0,
+        ..TrainConfig::default()
+    };
+    let (rows, s) = run(&cfg);
+    assert_eq!(s.status, Status::Infeasible);
+    let last = rows.last().unwrap();
+    assert_eq!(s.steps, last.step, "the diverged step's update is not applied");
+    assert!(s.message.contains(&format!("diverged at step {}", last.step)), "{}", s.message);
+    assert!(s.message.contains("η·λ_max = 2.50"), "{}", s.message);
+}
+
+#[test]
+fn the_same_seed_gives_bit_identical_metrics() {
+    let cfg = TrainConfig {
+        task: TaskConfig::Linreg(LinregConfig { dim: 20, ..LinregConfig::default() }),
+        batch: 32,
+        lr: 0.3,
+        steps: 50,
+        eval_every: 5,
+        ..TrainConfig::default()
+    };
+    let (a, sa) = run(&cfg);
+    let (b, sb) = run(&cfg);
+    let bits = |rows: &[StepMetrics]| serde_json::to_string(rows).unwrap();
+    assert_eq!(bits(&a), bits(&b));
+    assert_eq!(sa, sb);
+    let (c, _) = run(&TrainConfig { seed: 1, ..cfg });
+    assert_ne!(bits(&a), bits(&c), "a different seed gives a different run");
+}
+
+/// Drives a run with the step's microbatches split over `world` in-memory workers whose packets
+/// are merged in reverse rank order: the data-parallel step without the network.
+fn run_split(cfg: &TrainConfig, world: usize) -> (Vec<StepMetrics>, RunSummary) {
+    let plan = cfg.build().unwrap();
+    let mut replica = plan.replica();
+    let n = plan.num_micro();
+    let mut workers: Vec<_> = (0..world)
+        .map(|_| (plan.sampler(), Packet::zeroed(plan.task.num_params(), n), WorkerScratch::default()))
+        .collect();
+    let mut total = Packet::zeroed(plan.task.num_params(), n);
+    let mut rows = Vec::new();
+    let mut eval_scratch = batchlab_core::Scratch::new();
+    loop {
+        if let Begin::Finished(s) = replica.begin(&mut eval_scratch) {
+            return (rows, s);
+        }
+        loop {
+            for (rank, (sampler, packet, scratch)) in workers.iter_mut().enumerate() {
+                let range = balanced_range(n, rank, world);
+                compute_micros(plan.task.as_ref(), &replica.params, sampler, replica.t, range, replica.scale, packet, scratch);
+            }
+            total.clear();
+            for (_, packet, _) in workers.iter().rev() {
+                total.merge(packet);
+            }
+            match replica.apply(&total) {
+                Applied::Redo => continue,
+                Applied::Step(r) => rows.push(*r),
+                Applied::Finished(r, s) => {
+                    rows.push(*r);
+                    return (rows, s);
+                }
+            }
+            break;
+        }
+    }
+}
+
+#[test]
+fn any_number_of_workers_gives_bit_identical_runs() {
+    let cfg = TrainConfig {
+        task: TaskConfig::Linreg(LinregConfig { dim: 20, train_size: Some(500), ..LinregConfig::default() }),
+        batch: 60,
+        micro: Some(5),
+        lr: 0.5,
+        steps: 40,
+        eval_every: 10,
+        ..TrainConfig::default()
+    };
+    cfg.build().unwrap();
+    let (reference, summary) = run(&cfg);
+    let json = serde_json::to_string(&reference).unwrap();
+    for world in [1, 2, 3, 4, 7, 12] {
+        let (rows, s) = run_split(&cfg, world);
+        assert_eq!(serde_json::to_string(&rows).unwrap(), json, "world {world}");
+        assert_eq!(s.params_digest, summary.params_digest, "world {world}");
+    }
+}
+
+#[test]
+fn a_gradient_beyond_the_initial_fixed_point_range_is_redone_not_wrapped() {
+    // NQM with θ₀ = 1e9: gradients ~1e9 per sample exceed the initial scale's 2^26 bound.
+    let task = TaskConfig::Nqm(NqmConfig { dim: 5, init: 1e9, noise_scale: 0.0, ..NqmConfig::default() });
+    let cfg = TrainConfig { task, batch: 4, micro: Some(1), lr: 0.1, steps: 3, ..TrainConfig::default() };
+    let (rows, _) = run(&cfg);
+    assert!(rows[0].redos >= 1, "first step redone at a wider scale");
+    assert_eq!(rows[1].redos, 0, "later steps start from the fitted scale");
+    // Noise-free GD: θ₁ = (1 − lr·h)θ₀ exactly in every coordinate, up to fixed-point rounding.
+    let expected_loss_0: f64 = (1..=5).map(|i| 0.5 / i as f64 * 1e18).sum();
+    assert!((rows[0].train_loss - expected_loss_0).abs() <= 1e-12 * expected_loss_0);
+    let expected_loss_1: f64 = (1..=5).map(|i| 0.5 / i as f64 * (1e9 * (1.0 - 0.1 / i as f64)).powi(2)).sum();
+    assert!((rows[1].train_loss - expected_loss_1).abs() <= 1e-12 * expected_loss_1);
+}
+
+#[test]
+fn a_train_target_completes_with_the_step_that_reached_it() {
+    let cfg = TrainConfig {
+        task: nqm(10, 0.0),
+        batch: 1,
+        lr: 1.0,
+        steps: 1000,
+        target_loss: Some(0.01),
+        target_metric: TargetMetric::Train,
+        ..TrainConfig::default()
+    };
+    let (rows, s) = run(&cfg);
+    assert_eq!(s.status, Status::Complete);
+    let last = rows.last().unwrap();
+    assert!(last.train_loss <= 0.01 && rows[rows.len() - 2].train_loss > 0.01);
+    // Noise-free GD with lr = 1 on h_i = 1/i: L(t) = ½ Σ h_i (1 − h_i)^{2t}; first t with L ≤ 0.01.
+    let loss = |t: i32| (1..=10).map(|i| 0.5 / i as f64 * (1.0 - 1.0 / i as f64).powi(2 * t)).sum::<f64>();
+    let t_star = (0..).find(|&t| loss(t) <= 0.01).unwrap();
+    assert_eq!(last.step, t_star as u64);
+}
+
+#[test]
+fn bad_configs_are_refused_before_any_work_naming_the_field() {
+    let bad = |f: fn(&mut TrainConfig)| {
+        let mut c = TrainConfig::default();
+        f(&mut c);
+        c.build().unwrap_err().to_string()
+    };
+    assert_eq!(bad(|c| c.batch = 0), "batch = 0: expected a batch size of at least 1");
+    assert_eq!(bad(|c| c.micro = Some(7)), "micro = 7: expected a divisor of batch = 64");
+    assert_eq!(bad(|c| c.lr = f64::NAN), "lr = NaN: expected a finite rate > 0");
+    assert!(bad(|c| c.noise_ema = 1.0).starts_with("noise_ema = 1"));
+}
