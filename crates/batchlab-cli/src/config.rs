@@ -15,18 +15,25 @@ use toml::{Table, Value};
 pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T> {
     let mut doc: Table = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-            text.parse().with_context(|| format!("parsing config {}", p.display()))?
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            text.parse()
+                .with_context(|| format!("parsing config {}", p.display()))?
         }
         None => Table::new(),
     };
     for o in overrides {
         apply_override(&mut doc, o)?;
     }
-    let source = path.map_or("the command line".to_string(), |p| p.display().to_string());
-    Value::Table(doc)
-        .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("invalid config in {source}: {}", e.message().trim()))
+    // Deserialize from the rendered text, not the table, so that an error quotes the offending
+    // line (which names the field) with a caret under the bad value.
+    let text = toml::to_string(&doc).context("rendering the config")?;
+    let source = match (path, overrides.is_empty()) {
+        (Some(p), true) => p.display().to_string(),
+        (Some(p), false) => format!("{} with the command-line overrides", p.display()),
+        (None, _) => "the command-line overrides".to_string(),
+    };
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config ({source}): {e}"))
 }
 
 /// Applies one `dotted.key=value` override.
@@ -43,7 +50,9 @@ pub fn apply_override(doc: &mut Table, item: &str) -> Result<()> {
     let last = parts.pop().expect("split yields at least one part");
     let mut table = doc;
     for (i, part) in parts.iter().enumerate() {
-        let entry = table.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new()));
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
         table = match entry {
             Value::Table(t) => t,
             other => bail!(
@@ -69,7 +78,9 @@ pub fn apply_override(doc: &mut Table, item: &str) -> Result<()> {
 fn parse_value(raw: &str) -> Value {
     let wrapped = format!("v = {raw}");
     match wrapped.parse::<Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.to_string())),
         Err(_) => Value::String(raw.to_string()),
     }
 }
@@ -106,7 +117,9 @@ mod tests {
         let e = apply_override(&mut doc, "batch").unwrap_err().to_string();
         assert!(e.contains("expected KEY=VALUE"), "{e}");
         apply_override(&mut doc, "batch=3").unwrap();
-        let e = apply_override(&mut doc, "batch.x=3").unwrap_err().to_string();
+        let e = apply_override(&mut doc, "batch.x=3")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`batch` is integer = 3, not a table"), "{e}");
     }
 }

@@ -24,14 +24,22 @@ pub struct MetricsWriter {
 impl MetricsWriter {
     /// Creates `dir` and writes the resolved config into it.
     pub fn create(dir: &Path, config: &TrainConfig) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating output folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating output folder {}", dir.display()))?;
         let text = toml::to_string_pretty(config).context("rendering the resolved config")?;
-        std::fs::write(dir.join("config.toml"), text).with_context(|| format!("writing {}/config.toml", dir.display()))?;
+        std::fs::write(dir.join("config.toml"), text)
+            .with_context(|| format!("writing {}/config.toml", dir.display()))?;
         let open = |name: &str| -> Result<BufWriter<File>> {
             let p = dir.join(name);
-            Ok(BufWriter::new(File::create(&p).with_context(|| format!("creating {}", p.display()))?))
+            Ok(BufWriter::new(
+                File::create(&p).with_context(|| format!("creating {}", p.display()))?,
+            ))
         };
-        Ok(Self { dir: dir.to_path_buf(), jsonl: open("metrics.jsonl")?, csv: csv::Writer::from_writer(open("metrics.csv")?) })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            jsonl: open("metrics.jsonl")?,
+            csv: csv::Writer::from_writer(open("metrics.csv")?),
+        })
     }
 
     /// Appends one row to both files.
@@ -43,7 +51,12 @@ impl MetricsWriter {
     }
 
     /// Flushes the metrics and writes `summary.json`.
-    pub fn finish(mut self, summary: &RunSummary, config: &TrainConfig, wall_seconds: f64) -> Result<PathBuf> {
+    pub fn finish(
+        mut self,
+        summary: &RunSummary,
+        config: &TrainConfig,
+        wall_seconds: f64,
+    ) -> Result<PathBuf> {
         self.jsonl.flush()?;
         self.csv.flush()?;
         let doc = serde_json::json!({
@@ -52,7 +65,8 @@ impl MetricsWriter {
             "config": config,
         });
         let p = self.dir.join("summary.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(&p, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
         Ok(p)
     }
 }

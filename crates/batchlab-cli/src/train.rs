@@ -87,9 +87,15 @@ impl TrainArgs {
         push("batch", self.batch.map(|v| v.to_string()));
         push("micro", self.micro.map(|v| v.to_string()));
         push("lr", self.lr.map(fmt_float));
-        push("lr_scaling", self.lr_scaling.as_ref().map(|s| format!("{s:?}")));
+        push(
+            "lr_scaling",
+            self.lr_scaling.as_ref().map(|s| format!("{s:?}")),
+        );
         push("base_batch", self.base_batch.map(|v| v.to_string()));
-        push("optimizer.kind", self.optimizer.as_ref().map(|s| format!("{s:?}")));
+        push(
+            "optimizer.kind",
+            self.optimizer.as_ref().map(|s| format!("{s:?}")),
+        );
         push("steps", self.steps.map(|v| v.to_string()));
         push("target_loss", self.target_loss.map(fmt_float));
         push("seed", self.seed.map(|v| v.to_string()));
@@ -101,19 +107,32 @@ impl TrainArgs {
 /// A float as TOML, always with a decimal point or exponent so it stays a float.
 fn fmt_float(x: f64) -> String {
     let s = format!("{x:?}");
-    if s.contains(['.', 'e', 'E']) || !x.is_finite() { s } else { format!("{s}.0") }
+    if s.contains(['.', 'e', 'E']) || !x.is_finite() {
+        s
+    } else {
+        format!("{s}.0")
+    }
 }
 
 /// Runs `batchlab train`.
 pub fn run(args: TrainArgs) -> Result<()> {
     let cfg: TrainConfig = config::load(args.config.as_deref(), &args.overrides())?;
     if args.print_config {
-        print!("{}", toml::to_string_pretty(&cfg).context("rendering the config")?);
+        print!(
+            "{}",
+            toml::to_string_pretty(&cfg).context("rendering the config")?
+        );
         return Ok(());
     }
     let plan = cfg.build().context("invalid config")?;
     let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("runs/train-{}-B{}-lr{}-s{}", plan.task.name(), cfg.batch, plan.peak_lr, cfg.seed))
+        PathBuf::from(format!(
+            "runs/train-{}-B{}-lr{}-s{}",
+            plan.task.name(),
+            cfg.batch,
+            plan.peak_lr,
+            cfg.seed
+        ))
     });
     tracing::info!(
         task = plan.task.name(),
@@ -138,7 +157,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 writer.write(&row)?;
                 bar.set_position(row.step + 1);
                 if row.step % 10 == 0 {
-                    bar.set_message(format!("loss {:.4e}  B_simple {:.1}", row.train_loss, row.b_simple));
+                    bar.set_message(format!(
+                        "loss {:.4e}  B_simple {:.1}",
+                        row.train_loss, row.b_simple
+                    ));
                 }
             }
             Progress::Done(row, summary) => {

@@ -37,12 +37,29 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// `field = value: expected ...`.
-    pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, expected: impl Into<String>) -> Self {
-        Self::Invalid { field: field.into(), value: value.to_string(), expected: expected.into() }
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
     }
 }
 
 /// Returns `Err(ConfigError::Invalid)` unless `ok`.
-pub fn ensure(ok: bool, field: &str, value: impl std::fmt::Display, expected: &str) -> Result<(), ConfigError> {
-    if ok { Ok(()) } else { Err(ConfigError::invalid(field, value, expected)) }
+pub fn ensure(
+    ok: bool,
+    field: &str,
+    value: impl std::fmt::Display,
+    expected: &str,
+) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(field, value, expected))
+    }
 }

@@ -65,7 +65,9 @@ impl FixedScale {
         }
         let limit_bits = Self::word_limit(num_micro).log2().floor() as i32;
         let top = max_abs.log2().floor() as i32 + 1; // max_abs < 2^top
-        Self { frac_bits: (limit_bits - top - HEADROOM_BITS).clamp(-1000, 1000) }
+        Self {
+            frac_bits: (limit_bits - top - HEADROOM_BITS).clamp(-1000, 1000),
+        }
     }
 
     /// Whether a micro whose largest component is `max_abs` fits at this scale.
@@ -151,7 +153,11 @@ pub struct Packet {
 impl Packet {
     /// An all-zero packet for `dim` parameters and `num_micro` microbatches.
     pub fn zeroed(dim: usize, num_micro: usize) -> Self {
-        Self { dim, num_micro, words: vec![0; dim + num_micro * MICRO_FIELDS] }
+        Self {
+            dim,
+            num_micro,
+            words: vec![0; dim + num_micro * MICRO_FIELDS],
+        }
     }
 
     /// Number of words: `dim + num_micro · MICRO_FIELDS`.
@@ -183,16 +189,29 @@ impl Packet {
     ///
     /// Values are quantized even when they exceed the scale's bound (the words then wrap); the
     /// receiver sees `stats.max_abs` and redoes the step, so nothing wrong is ever applied.
-    pub fn add_micro(&mut self, index: usize, grad_sum: &[f64], stats: &MicroStats, scale: FixedScale) {
+    pub fn add_micro(
+        &mut self,
+        index: usize,
+        grad_sum: &[f64],
+        stats: &MicroStats,
+        scale: FixedScale,
+    ) {
         assert_eq!(grad_sum.len(), self.dim, "gradient length");
-        assert!(index < self.num_micro, "micro {index} of {}", self.num_micro);
+        assert!(
+            index < self.num_micro,
+            "micro {index} of {}",
+            self.num_micro
+        );
         let s = scale.to_fixed();
         for (w, &x) in self.words[..self.dim].iter_mut().zip(grad_sum) {
             // `as` saturates and maps NaN to 0; a non-finite gradient is caught by `max_abs`.
             *w = w.wrapping_add((x * s).round_ties_even() as i64);
         }
         let slot = self.dim + index * MICRO_FIELDS;
-        for (w, e) in self.words[slot..slot + MICRO_FIELDS].iter_mut().zip(stats.encode()) {
+        for (w, e) in self.words[slot..slot + MICRO_FIELDS]
+            .iter_mut()
+            .zip(stats.encode())
+        {
             *w = w.wrapping_add(e);
         }
     }
@@ -211,7 +230,10 @@ impl Packet {
         for (g, &w) in grad_sum.iter_mut().zip(&self.words[..self.dim]) {
             *g = w as f64 * inv;
         }
-        self.words[self.dim..].chunks_exact(MICRO_FIELDS).map(MicroStats::decode).collect()
+        self.words[self.dim..]
+            .chunks_exact(MICRO_FIELDS)
+            .map(MicroStats::decode)
+            .collect()
     }
 }
 
@@ -229,15 +251,23 @@ mod tests {
     use rand::Rng;
 
     fn stats(loss: f64, g: &[f64]) -> MicroStats {
-        MicroStats::measure(BatchStats { loss_sum: loss, correct: Some(3), dead_relu: None }, g)
+        MicroStats::measure(
+            BatchStats {
+                loss_sum: loss,
+                correct: Some(3),
+                dead_relu: None,
+            },
+            g,
+        )
     }
 
     #[test]
     fn any_grouping_and_order_gives_identical_words() {
         let (dim, n) = (37, 9);
         let mut r = rng(1, Stream::Aux, 0);
-        let grads: Vec<Vec<f64>> =
-            (0..n).map(|_| (0..dim).map(|_| r.random_range(-1e3..1e3)).collect()).collect();
+        let grads: Vec<Vec<f64>> = (0..n)
+            .map(|_| (0..dim).map(|_| r.random_range(-1e3..1e3)).collect())
+            .collect();
         let scale = FixedScale::INITIAL.fitted(1e3, n);
         let mut whole = Packet::zeroed(dim, n);
         for (j, g) in grads.iter().enumerate() {
@@ -265,7 +295,12 @@ mod tests {
     #[test]
     fn decoded_sum_is_within_one_unit_per_micro_of_the_true_sum() {
         let (dim, n) = (5, 4);
-        let grads = [[1.5, -2.25, 1e-9, 3.0, 0.1], [0.5, 0.25, 1e-9, -3.0, 0.2], [0.0; 5], [1.0; 5]];
+        let grads = [
+            [1.5, -2.25, 1e-9, 3.0, 0.1],
+            [0.5, 0.25, 1e-9, -3.0, 0.2],
+            [0.0; 5],
+            [1.0; 5],
+        ];
         let scale = FixedScale::INITIAL.fitted(3.0, n);
         let mut p = Packet::zeroed(dim, n);
         for (j, g) in grads.iter().enumerate() {
@@ -276,13 +311,20 @@ mod tests {
         let unit = (2f64).powi(-scale.frac_bits);
         for i in 0..dim {
             let exact: f64 = grads.iter().map(|g| g[i]).sum();
-            assert!((sum[i] - exact).abs() <= n as f64 * 0.5 * unit, "{i}: {} vs {exact}", sum[i]);
+            assert!(
+                (sum[i] - exact).abs() <= n as f64 * 0.5 * unit,
+                "{i}: {} vs {exact}",
+                sum[i]
+            );
         }
         // Resolution: 2^62/4 bound, top bit of 3.0 is 2, headroom 8 => f = 60 - 2 - 8 = 50.
         assert_eq!(scale.frac_bits, 50);
         assert_eq!(micro.len(), n);
         assert_eq!(micro[1].max_abs, 3.0);
-        assert_eq!(micro[0].grad_sum_sq, 1.5f64.powi(2) + 2.25f64.powi(2) + 1e-18 + 9.0 + 0.01);
+        assert_eq!(
+            micro[0].grad_sum_sq,
+            1.5f64.powi(2) + 2.25f64.powi(2) + 1e-18 + 9.0 + 0.01
+        );
         assert_eq!(micro[3].correct, Some(3));
         assert_eq!(micro[3].dead_relu, None);
     }
@@ -296,7 +338,10 @@ mod tests {
         assert!(!scale.fits((2f64).powi(26) * 1.01, n));
         let refit = scale.fitted(1e12, n);
         assert!(refit.fits(1e12, n) && refit.fits(1e12 * 255.0, n));
-        assert!(!refit.fits(1e12 * 1024.0, n), "headroom is 8 bits, not more");
+        assert!(
+            !refit.fits(1e12 * 1024.0, n),
+            "headroom is 8 bits, not more"
+        );
         assert!(!scale.fits(f64::NAN, n) && !scale.fits(f64::INFINITY, n));
     }
 

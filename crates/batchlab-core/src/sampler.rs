@@ -55,7 +55,12 @@ impl Sampler {
     /// A sampler of global batch `batch` in microbatches of `micro` samples.
     pub fn new(seed: u64, batch: u64, micro: u64, source: Source) -> Result<Self, ConfigError> {
         ensure(batch >= 1, "batch", batch, "a batch size of at least 1")?;
-        ensure(micro >= 1, "micro", micro, "a microbatch size of at least 1")?;
+        ensure(
+            micro >= 1,
+            "micro",
+            micro,
+            "a microbatch size of at least 1",
+        )?;
         ensure(
             batch % micro == 0,
             "micro",
@@ -65,7 +70,13 @@ impl Sampler {
         if let Source::Epochs { n } = source {
             ensure(n >= 1, "dataset size", n, "at least 1 sample")?;
         }
-        Ok(Self { seed, batch, micro, source, cache: None })
+        Ok(Self {
+            seed,
+            batch,
+            micro,
+            source,
+            cache: None,
+        })
     }
 
     /// Global batch size `B`.
@@ -146,7 +157,10 @@ mod tests {
                     assert_eq!(w[0].end, w[1].start);
                 }
                 let lens: Vec<_> = ranges.iter().map(|r| r.len()).collect();
-                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1, "{lens:?}");
+                assert!(
+                    lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1,
+                    "{lens:?}"
+                );
             }
         }
     }
@@ -189,9 +203,16 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused_with_the_value() {
-        let e = Sampler::new(0, 10, 4, Source::Stream).unwrap_err().to_string();
-        assert!(e.contains("micro = 4") && e.contains("divisor of the batch size 10"), "{e}");
-        let e = Sampler::new(0, 0, 1, Source::Stream).unwrap_err().to_string();
+        let e = Sampler::new(0, 10, 4, Source::Stream)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("micro = 4") && e.contains("divisor of the batch size 10"),
+            "{e}"
+        );
+        let e = Sampler::new(0, 0, 1, Source::Stream)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batch = 0"), "{e}");
     }
 }

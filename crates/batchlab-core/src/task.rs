@@ -40,7 +40,9 @@ pub struct Scratch {
 
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scratch").field("used", &self.slot.is_some()).finish()
+        f.debug_struct("Scratch")
+            .field("used", &self.slot.is_some())
+            .finish()
     }
 }
 
@@ -129,7 +131,14 @@ pub trait Task: Send + Sync {
     ///
     /// The default is the central difference `(∇L(θ+εv) − ∇L(θ−εv)) / 2ε` with
     /// `ε = 1e-4 / max(|v|, 1e-12)`-scaled steps; tasks with an analytic form override it.
-    fn hvp(&self, params: &[f64], samples: &[u64], v: &[f64], out: &mut [f64], scratch: &mut Scratch) {
+    fn hvp(
+        &self,
+        params: &[f64],
+        samples: &[u64],
+        v: &[f64],
+        out: &mut [f64],
+        scratch: &mut Scratch,
+    ) {
         central_difference_hvp(self, params, samples, v, out, scratch);
     }
 
@@ -159,7 +168,11 @@ pub fn central_difference_hvp<T: Task + ?Sized>(
     let pnorm = crate::vec::norm_sq(params).sqrt();
     let eps = 1e-4 * (1.0 + pnorm) / vnorm;
     let shifted = |sign: f64| -> Vec<f64> {
-        params.iter().zip(v).map(|(p, d)| p + sign * eps * d).collect()
+        params
+            .iter()
+            .zip(v)
+            .map(|(p, d)| p + sign * eps * d)
+            .collect()
     };
     let mut g_minus = vec![0.0; params.len()];
     task.loss_grad(&shifted(1.0), samples, out, scratch);

@@ -30,7 +30,7 @@ use crate::exact::{FixedScale, MicroStats, Packet};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::{Stream, rng};
 use crate::sampler::{Sampler, Source};
-use crate::schedule::{Schedule, ScheduleConfig, Scaling};
+use crate::schedule::{Scaling, Schedule, ScheduleConfig};
 use crate::tasks::TaskConfig;
 use crate::{ConfigError, Evaluation, Scratch, Task, vec};
 
@@ -113,7 +113,10 @@ impl Default for TrainConfig {
 
 /// The default microbatch size for batch `b`: `b / k`, `k` the largest divisor of `b` ≤ 16.
 pub fn default_micro(batch: u64) -> u64 {
-    let k = (1..=16.min(batch)).rev().find(|k| batch % k == 0).unwrap_or(1);
+    let k = (1..=16.min(batch))
+        .rev()
+        .find(|k| batch % k == 0)
+        .unwrap_or(1);
     batch / k
 }
 
@@ -155,9 +158,19 @@ impl TrainConfig {
             micro,
             &format!("a divisor of batch = {}", c.batch),
         )?;
-        ensure(c.lr.is_finite() && c.lr > 0.0, "lr", c.lr, "a finite rate > 0")?;
+        ensure(
+            c.lr.is_finite() && c.lr > 0.0,
+            "lr",
+            c.lr,
+            "a finite rate > 0",
+        )?;
         let base_batch = c.base_batch.unwrap_or(c.batch);
-        ensure(base_batch >= 1, "base_batch", base_batch, "a batch size of at least 1")?;
+        ensure(
+            base_batch >= 1,
+            "base_batch",
+            base_batch,
+            "a batch size of at least 1",
+        )?;
         ensure(c.steps >= 1, "steps", c.steps, "at least 1 step")?;
         if let Some(t) = c.target_loss {
             ensure(t.is_finite(), "target_loss", t, "a finite loss")?;
@@ -421,7 +434,9 @@ impl Replica {
         let task = &self.plan.task;
         let samples = task.curvature_samples();
         let mut r = rng(self.plan.config.seed, Stream::Sharpness, self.t);
-        let v0: Vec<f64> = (0..self.params.len()).map(|_| StandardNormal.sample(&mut r)).collect();
+        let v0: Vec<f64> = (0..self.params.len())
+            .map(|_| StandardNormal.sample(&mut r))
+            .collect();
         let params = &self.params;
         power_iteration(
             |v, out| task.hvp(params, &samples, v, out, scratch),
@@ -437,7 +452,13 @@ impl Replica {
         let cfg = &self.plan.config;
         let num_micro = self.plan.num_micro();
         let micros = packet.decode(self.scale, &mut self.grad);
-        let max_abs = micros.iter().map(|m| m.max_abs).fold(0.0, |a: f64, x| if x.is_nan() || a.is_nan() { f64::NAN } else { a.max(x) });
+        let max_abs = micros.iter().map(|m| m.max_abs).fold(0.0, |a: f64, x| {
+            if x.is_nan() || a.is_nan() {
+                f64::NAN
+            } else {
+                a.max(x)
+            }
+        });
         let finite = max_abs.is_finite() && micros.iter().all(|m| m.loss_sum.is_finite());
         if finite && !self.scale.fits(max_abs, num_micro) {
             self.scale = self.scale.fitted(max_abs, num_micro);
@@ -450,7 +471,8 @@ impl Replica {
         let train_loss = loss_sum / batch;
         vec::scale(1.0 / batch, &mut self.grad);
         let grad_norm_sq = vec::norm_sq(&self.grad);
-        let micro_norm_sq = micros.iter().map(|s| s.grad_sum_sq / (m * m)).sum::<f64>() / num_micro as f64;
+        let micro_norm_sq =
+            micros.iter().map(|s| s.grad_sum_sq / (m * m)).sum::<f64>() / num_micro as f64;
         let (g2_est, trace_sigma_est, b_simple) = if num_micro > 1 {
             let est = two_batch(m, micro_norm_sq, batch, grad_norm_sq);
             let b = self.ema.update(est);
@@ -459,9 +481,17 @@ impl Replica {
             (f64::NAN, f64::NAN, f64::NAN)
         };
         let correct: Option<u64> = micros.iter().map(|s| s.correct).sum();
-        let dead: Option<f64> = micros.iter().map(|s| s.dead_relu).sum::<Option<f64>>().map(|d| d / num_micro as f64);
+        let dead: Option<f64> = micros
+            .iter()
+            .map(|s| s.dead_relu)
+            .sum::<Option<f64>>()
+            .map(|d| d / num_micro as f64);
         let lr = self.plan.schedule.lr(self.plan.peak_lr, self.t);
-        let closed = self.plan.task.closed_form().map(|c| c.b_simple(&self.params));
+        let closed = self
+            .plan
+            .task
+            .closed_form()
+            .map(|c| c.b_simple(&self.params));
         let grad_cosine = self.prev_grad.as_ref().map(|p| vec::cosine(p, &self.grad));
         let param_norm = vec::norm_sq(&self.params).sqrt();
         let initial = *self.initial_loss.get_or_insert(train_loss);
@@ -491,7 +521,10 @@ impl Replica {
         let bound = cfg.divergence_factor * initial.abs().max(f64::MIN_POSITIVE);
         if !finite || !train_loss.is_finite() || train_loss > bound {
             let what = if finite && train_loss.is_finite() {
-                format!("training loss {train_loss:.6e} above the bound {bound:.3e} ({}× the initial loss)", cfg.divergence_factor)
+                format!(
+                    "training loss {train_loss:.6e} above the bound {bound:.3e} ({}× the initial loss)",
+                    cfg.divergence_factor
+                )
             } else {
                 "a non-finite loss or gradient".to_string()
             };
@@ -499,7 +532,10 @@ impl Replica {
                 Some(s) => format!("; η·λ_max = {:.3} (λ_max = {s:.4e})", lr * s),
                 None => String::new(),
             };
-            let message = format!("diverged at step {}: {what} at learning rate {lr:.6e}{edge}", self.t);
+            let message = format!(
+                "diverged at step {}: {what} at learning rate {lr:.6e}{edge}",
+                self.t
+            );
             let summary = self.summary(Status::Infeasible, message);
             return Applied::Finished(Box::new(row), summary);
         }
@@ -511,11 +547,19 @@ impl Replica {
         row.momentum_energy = train_loss + 0.5 * self.optimizer.velocity_norm_sq().unwrap_or(0.0);
         self.pending.last_train_loss = Some(train_loss);
         self.pending.last_b_simple = Some(b_simple).filter(|b| b.is_finite());
-        if cfg.target_metric == TargetMetric::Train && cfg.target_loss.is_some_and(|x| train_loss <= x) {
+        if cfg.target_metric == TargetMetric::Train
+            && cfg.target_loss.is_some_and(|x| train_loss <= x)
+        {
             // Reached on this step's batch: stop before the next step (the update is applied).
             self.t += 1;
             self.scale = self.scale.fitted(max_abs, num_micro);
-            let summary = self.summary(Status::Complete, format!("reached train loss {train_loss:.6e} ≤ target at step {}", self.t - 1));
+            let summary = self.summary(
+                Status::Complete,
+                format!(
+                    "reached train loss {train_loss:.6e} ≤ target at step {}",
+                    self.t - 1
+                ),
+            );
             return Applied::Finished(Box::new(row), summary);
         }
         self.t += 1;
@@ -580,7 +624,12 @@ pub fn compute_micros(
     for j in micros {
         scratch.samples.clear();
         sampler.samples_into(t, j..j + 1, &mut scratch.samples);
-        let stats = task.loss_grad(params, &scratch.samples, &mut scratch.grad, &mut scratch.task);
+        let stats = task.loss_grad(
+            params,
+            &scratch.samples,
+            &mut scratch.grad,
+            &mut scratch.task,
+        );
         let micro = MicroStats::measure(stats, &scratch.grad);
         packet.add_micro(j, &scratch.grad, &micro, scale);
     }

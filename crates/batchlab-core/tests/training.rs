@@ -8,12 +8,16 @@ use batchlab_core::tasks::TaskConfig;
 use batchlab_core::tasks::linreg::LinregConfig;
 use batchlab_core::tasks::nqm::NqmConfig;
 use batchlab_core::train::{
-    Applied, Begin, RunSummary, Status, StepMetrics, TargetMetric, TrainConfig, Trainer, WorkerScratch,
-    compute_micros,
+    Applied, Begin, RunSummary, Status, StepMetrics, TargetMetric, TrainConfig, Trainer,
+    WorkerScratch, compute_micros,
 };
 
 fn nqm(dim: usize, noise_scale: f64) -> TaskConfig {
-    TaskConfig::Nqm(NqmConfig { dim, noise_scale, ..NqmConfig::default() })
+    TaskConfig::Nqm(NqmConfig {
+        dim,
+        noise_scale,
+        ..NqmConfig::default()
+    })
 }
 
 fn run(cfg: &TrainConfig) -> (Vec<StepMetrics>, RunSummary) {
@@ -74,11 +78,23 @@ fn nqm_mean_loss_over_seeds_matches_the_closed_form_expected_loss() {
 
 /// Runs `reps` independent global batches at the initial parameters and returns the mean of the
 /// two-batch `|G|²` and `tr Σ` estimates with their standard errors.
-fn two_batch_means(task: TaskConfig, batch: u64, micro: u64, reps: u64) -> ([f64; 2], [f64; 2], f64, f64) {
+fn two_batch_means(
+    task: TaskConfig,
+    batch: u64,
+    micro: u64,
+    reps: u64,
+) -> ([f64; 2], [f64; 2], f64, f64) {
     let mut acc = [[0.0; 2]; 2];
     let mut exact = (0.0, 0.0);
     for seed in 0..reps {
-        let cfg = TrainConfig { task: task.clone(), batch, micro: Some(micro), seed, steps: 1, ..TrainConfig::default() };
+        let cfg = TrainConfig {
+            task: task.clone(),
+            batch,
+            micro: Some(micro),
+            seed,
+            steps: 1,
+            ..TrainConfig::default()
+        };
         let (rows, _) = run(&cfg);
         let r = &rows[0];
         for (k, x) in [r.g2_est, r.trace_sigma_est].into_iter().enumerate() {
@@ -105,22 +121,43 @@ fn two_batch_means(task: TaskConfig, batch: u64, micro: u64, reps: u64) -> ([f64
 #[test]
 fn nqm_noise_scale_estimates_match_the_exact_values_at_the_same_state() {
     let ([g2, tr], [g2_se, tr_se], g2_exact, tr_exact) = two_batch_means(nqm(50, 1.0), 64, 8, 300);
-    assert!((g2 - g2_exact).abs() <= 5.0 * g2_se, "|G|² {g2} ± {g2_se} vs {g2_exact}");
-    assert!((tr - tr_exact).abs() <= 5.0 * tr_se, "tr Σ {tr} ± {tr_se} vs {tr_exact}");
+    assert!(
+        (g2 - g2_exact).abs() <= 5.0 * g2_se,
+        "|G|² {g2} ± {g2_se} vs {g2_exact}"
+    );
+    assert!(
+        (tr - tr_exact).abs() <= 5.0 * tr_se,
+        "tr Σ {tr} ± {tr_se} vs {tr_exact}"
+    );
     // B_simple = tr Σ / |G|² from the means, within its delta-method standard error.
     let b = tr / g2;
     let b_se = b * ((tr_se / tr).powi(2) + (g2_se / g2).powi(2)).sqrt();
     let b_exact = tr_exact / g2_exact;
-    assert!((b - b_exact).abs() <= 5.0 * b_se, "B_simple {b} ± {b_se} vs {b_exact}");
-    assert!(b_se < 0.1 * b_exact, "the check is sharp enough to mean something: se {b_se}");
+    assert!(
+        (b - b_exact).abs() <= 5.0 * b_se,
+        "B_simple {b} ± {b_se} vs {b_exact}"
+    );
+    assert!(
+        b_se < 0.1 * b_exact,
+        "the check is sharp enough to mean something: se {b_se}"
+    );
 }
 
 #[test]
 fn linreg_noise_scale_estimates_match_the_closed_form() {
-    let task = TaskConfig::Linreg(LinregConfig { dim: 30, ..LinregConfig::default() });
+    let task = TaskConfig::Linreg(LinregConfig {
+        dim: 30,
+        ..LinregConfig::default()
+    });
     let ([g2, tr], [g2_se, tr_se], g2_exact, tr_exact) = two_batch_means(task, 64, 8, 300);
-    assert!((g2 - g2_exact).abs() <= 5.0 * g2_se, "|G|² {g2} ± {g2_se} vs {g2_exact}");
-    assert!((tr - tr_exact).abs() <= 5.0 * tr_se, "tr Σ {tr} ± {tr_se} vs {tr_exact}");
+    assert!(
+        (g2 - g2_exact).abs() <= 5.0 * g2_se,
+        "|G|² {g2} ± {g2_se} vs {g2_exact}"
+    );
+    assert!(
+        (tr - tr_exact).abs() <= 5.0 * tr_se,
+        "tr Σ {tr} ± {tr_se} vs {tr_exact}"
+    );
 }
 
 /// Full-batch-like gradient descent on the noiseless NQM (`λ_max = h_1 = 1`) at `factor` times
@@ -153,7 +190,10 @@ fn gradient_descent_is_stable_just_below_two_over_lambda_max_and_diverges_just_a
         assert_eq!(below, Status::Incomplete, "{kind:?} at 0.98 × edge: {msg}");
         let (above, msg) = edge_status(kind, edge, 1.02);
         assert_eq!(above, Status::Infeasible, "{kind:?} at 1.02 × edge: {msg}");
-        assert!(msg.contains("diverged at step") && msg.contains("learning rate"), "{msg}");
+        assert!(
+            msg.contains("diverged at step") && msg.contains("learning rate"),
+            "{msg}"
+        );
     }
 }
 
@@ -162,13 +202,33 @@ fn power_iteration_recovers_lambda_max_within_one_percent() {
     // linreg's Hessian is the feature covariance diag(1/i): λ_max = 1. The default HVP of the
     // mean over the curvature samples is an empirical covariance, so compare with the NQM's
     // exact Hessian too.
-    for task in [nqm(40, 1.0), TaskConfig::Linreg(LinregConfig { dim: 40, ..LinregConfig::default() })] {
-        let cfg = TrainConfig { task, steps: 1, sharpness_every: 1, sharpness_iters: 300, ..TrainConfig::default() };
+    for task in [
+        nqm(40, 1.0),
+        TaskConfig::Linreg(LinregConfig {
+            dim: 40,
+            ..LinregConfig::default()
+        }),
+    ] {
+        let cfg = TrainConfig {
+            task,
+            steps: 1,
+            sharpness_every: 1,
+            sharpness_iters: 300,
+            ..TrainConfig::default()
+        };
         let plan = cfg.build().unwrap();
         let replica = plan.replica();
         let lambda = replica.sharpness(&mut batchlab_core::Scratch::new());
-        let exact = plan.task.closed_form().and_then(|c| c.lambda_max(&replica.params)).unwrap_or(1.0);
-        assert!((lambda - exact).abs() <= 0.01 * exact, "{}: λ {lambda} vs {exact}", plan.task.name());
+        let exact = plan
+            .task
+            .closed_form()
+            .and_then(|c| c.lambda_max(&replica.params))
+            .unwrap_or(1.0);
+        assert!(
+            (lambda - exact).abs() <= 0.01 * exact,
+            "{}: λ {lambda} vs {exact}",
+            plan.task.name()
+        );
     }
 }
 
@@ -186,15 +246,26 @@ fn divergence_message_gives_step_rate_and_lr_times_sharpness() {
     let (rows, s) = run(&cfg);
     assert_eq!(s.status, Status::Infeasible);
     let last = rows.last().unwrap();
-    assert_eq!(s.steps, last.step, "the diverged step's update is not applied");
-    assert!(s.message.contains(&format!("diverged at step {}", last.step)), "{}", s.message);
+    assert_eq!(
+        s.steps, last.step,
+        "the diverged step's update is not applied"
+    );
+    assert!(
+        s.message
+            .contains(&format!("diverged at step {}", last.step)),
+        "{}",
+        s.message
+    );
     assert!(s.message.contains("η·λ_max = 2.50"), "{}", s.message);
 }
 
 #[test]
 fn the_same_seed_gives_bit_identical_metrics() {
     let cfg = TrainConfig {
-        task: TaskConfig::Linreg(LinregConfig { dim: 20, ..LinregConfig::default() }),
+        task: TaskConfig::Linreg(LinregConfig {
+            dim: 20,
+            ..LinregConfig::default()
+        }),
         batch: 32,
         lr: 0.3,
         steps: 50,
@@ -217,7 +288,13 @@ fn run_split(cfg: &TrainConfig, world: usize) -> (Vec<StepMetrics>, RunSummary) 
     let mut replica = plan.replica();
     let n = plan.num_micro();
     let mut workers: Vec<_> = (0..world)
-        .map(|_| (plan.sampler(), Packet::zeroed(plan.task.num_params(), n), WorkerScratch::default()))
+        .map(|_| {
+            (
+                plan.sampler(),
+                Packet::zeroed(plan.task.num_params(), n),
+                WorkerScratch::default(),
+            )
+        })
         .collect();
     let mut total = Packet::zeroed(plan.task.num_params(), n);
     let mut rows = Vec::new();
@@ -229,7 +306,16 @@ fn run_split(cfg: &TrainConfig, world: usize) -> (Vec<StepMetrics>, RunSummary) 
         loop {
             for (rank, (sampler, packet, scratch)) in workers.iter_mut().enumerate() {
                 let range = balanced_range(n, rank, world);
-                compute_micros(plan.task.as_ref(), &replica.params, sampler, replica.t, range, replica.scale, packet, scratch);
+                compute_micros(
+                    plan.task.as_ref(),
+                    &replica.params,
+                    sampler,
+                    replica.t,
+                    range,
+                    replica.scale,
+                    packet,
+                    scratch,
+                );
             }
             total.clear();
             for (_, packet, _) in workers.iter().rev() {
@@ -251,7 +337,11 @@ fn run_split(cfg: &TrainConfig, world: usize) -> (Vec<StepMetrics>, RunSummary) 
 #[test]
 fn any_number_of_workers_gives_bit_identical_runs() {
     let cfg = TrainConfig {
-        task: TaskConfig::Linreg(LinregConfig { dim: 20, train_size: Some(500), ..LinregConfig::default() }),
+        task: TaskConfig::Linreg(LinregConfig {
+            dim: 20,
+            train_size: Some(500),
+            ..LinregConfig::default()
+        }),
         batch: 60,
         micro: Some(5),
         lr: 0.5,
@@ -272,15 +362,29 @@ fn any_number_of_workers_gives_bit_identical_runs() {
 #[test]
 fn a_gradient_beyond_the_initial_fixed_point_range_is_redone_not_wrapped() {
     // NQM with θ₀ = 1e9: gradients ~1e9 per sample exceed the initial scale's 2^26 bound.
-    let task = TaskConfig::Nqm(NqmConfig { dim: 5, init: 1e9, noise_scale: 0.0, ..NqmConfig::default() });
-    let cfg = TrainConfig { task, batch: 4, micro: Some(1), lr: 0.1, steps: 3, ..TrainConfig::default() };
+    let task = TaskConfig::Nqm(NqmConfig {
+        dim: 5,
+        init: 1e9,
+        noise_scale: 0.0,
+        ..NqmConfig::default()
+    });
+    let cfg = TrainConfig {
+        task,
+        batch: 4,
+        micro: Some(1),
+        lr: 0.1,
+        steps: 3,
+        ..TrainConfig::default()
+    };
     let (rows, _) = run(&cfg);
     assert!(rows[0].redos >= 1, "first step redone at a wider scale");
     assert_eq!(rows[1].redos, 0, "later steps start from the fitted scale");
     // Noise-free GD: θ₁ = (1 − lr·h)θ₀ exactly in every coordinate, up to fixed-point rounding.
     let expected_loss_0: f64 = (1..=5).map(|i| 0.5 / i as f64 * 1e18).sum();
     assert!((rows[0].train_loss - expected_loss_0).abs() <= 1e-12 * expected_loss_0);
-    let expected_loss_1: f64 = (1..=5).map(|i| 0.5 / i as f64 * (1e9 * (1.0 - 0.1 / i as f64)).powi(2)).sum();
+    let expected_loss_1: f64 = (1..=5)
+        .map(|i| 0.5 / i as f64 * (1e9 * (1.0 - 0.1 / i as f64)).powi(2))
+        .sum();
     assert!((rows[1].train_loss - expected_loss_1).abs() <= 1e-12 * expected_loss_1);
 }
 
@@ -300,7 +404,11 @@ fn a_train_target_completes_with_the_step_that_reached_it() {
     let last = rows.last().unwrap();
     assert!(last.train_loss <= 0.01 && rows[rows.len() - 2].train_loss > 0.01);
     // Noise-free GD with lr = 1 on h_i = 1/i: L(t) = ½ Σ h_i (1 − h_i)^{2t}; first t with L ≤ 0.01.
-    let loss = |t: i32| (1..=10).map(|i| 0.5 / i as f64 * (1.0 - 1.0 / i as f64).powi(2 * t)).sum::<f64>();
+    let loss = |t: i32| {
+        (1..=10)
+            .map(|i| 0.5 / i as f64 * (1.0 - 1.0 / i as f64).powi(2 * t))
+            .sum::<f64>()
+    };
     let t_star = (0..).find(|&t| loss(t) <= 0.01).unwrap();
     assert_eq!(last.step, t_star as u64);
 }
@@ -312,8 +420,17 @@ fn bad_configs_are_refused_before_any_work_naming_the_field() {
         f(&mut c);
         c.build().unwrap_err().to_string()
     };
-    assert_eq!(bad(|c| c.batch = 0), "batch = 0: expected a batch size of at least 1");
-    assert_eq!(bad(|c| c.micro = Some(7)), "micro = 7: expected a divisor of batch = 64");
-    assert_eq!(bad(|c| c.lr = f64::NAN), "lr = NaN: expected a finite rate > 0");
+    assert_eq!(
+        bad(|c| c.batch = 0),
+        "batch = 0: expected a batch size of at least 1"
+    );
+    assert_eq!(
+        bad(|c| c.micro = Some(7)),
+        "micro = 7: expected a divisor of batch = 64"
+    );
+    assert_eq!(
+        bad(|c| c.lr = f64::NAN),
+        "lr = NaN: expected a finite rate > 0"
+    );
     assert!(bad(|c| c.noise_ema = 1.0).starts_with("noise_ema = 1"));
 }

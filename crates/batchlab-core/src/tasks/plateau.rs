@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::task::{BatchStats, Evaluation, Scratch, Task};
 use crate::ConfigError;
+use crate::task::{BatchStats, Evaluation, Scratch, Task};
 
 /// Settings of the `plateau` task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
