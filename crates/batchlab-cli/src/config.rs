@@ -11,8 +11,24 @@ use anyhow::{Context, Result, bail};
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
-/// Reads `path` (or an empty document) and applies `overrides` (`key.path=value`) in order.
-pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T> {
+/// A table selected by a tag field, and the tag to assume when the table is given without one
+/// (so that `--set task.dim=10` works on the default task).
+pub struct DefaultTag {
+    /// Dotted path of the table, e.g. `task`.
+    pub table: &'static str,
+    /// The tag field, e.g. `kind`.
+    pub tag: &'static str,
+    /// The tag's default value.
+    pub default: String,
+}
+
+/// Reads `path` (or an empty document), applies `overrides` (`key.path=value`) in order, fills
+/// in missing tags, and deserializes.
+pub fn load<T: DeserializeOwned>(
+    path: Option<&Path>,
+    overrides: &[String],
+    tags: &[DefaultTag],
+) -> Result<T> {
     let mut doc: Table = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
@@ -24,6 +40,19 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> R
     };
     for o in overrides {
         apply_override(&mut doc, o)?;
+    }
+    for t in tags {
+        let mut table = Some(&mut doc);
+        for part in t.table.split('.') {
+            table = table
+                .and_then(|tb| tb.get_mut(part))
+                .and_then(Value::as_table_mut);
+        }
+        if let Some(table) = table {
+            table
+                .entry(t.tag)
+                .or_insert_with(|| Value::String(t.default.clone()));
+        }
     }
     // Deserialize from the rendered text, not the table, so that an error quotes the offending
     // line (which names the field) with a caret under the bad value.

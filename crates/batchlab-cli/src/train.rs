@@ -19,10 +19,10 @@ pub struct TrainArgs {
     #[arg(short, long)]
     config: Option<PathBuf>,
     /// Output folder for config.toml, metrics.jsonl, metrics.csv and summary.json.
-    /// Default: runs/train-<task>-B<batch>-lr<lr>-s<seed>.
+    /// Default: runs/train-{task}-B{batch}-lr{lr}-s{seed}.
     #[arg(short, long)]
     out: Option<PathBuf>,
-    /// Task kind: nqm, linreg, logreg, mlp, plateau (resets the other [task] fields).
+    /// Task kind: nqm, linreg, logreg, mlp, plateau (resets the other task.* fields).
     #[arg(long)]
     task: Option<String>,
     /// Global batch size B.
@@ -114,9 +114,21 @@ fn fmt_float(x: f64) -> String {
     }
 }
 
+/// The tags assumed when a config gives a tagged table without its tag.
+fn default_tags() -> Vec<config::DefaultTag> {
+    vec![config::DefaultTag {
+        table: "task",
+        tag: "kind",
+        default: batchlab_core::tasks::TaskConfig::default()
+            .name()
+            .to_string(),
+    }]
+}
+
 /// Runs `batchlab train`.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let cfg: TrainConfig = config::load(args.config.as_deref(), &args.overrides())?;
+    let cfg: TrainConfig =
+        config::load(args.config.as_deref(), &args.overrides(), &default_tags())?;
     if args.print_config {
         print!(
             "{}",

@@ -1,7 +1,7 @@
 //! The numeric core of batchlab: everything a data-parallel training step needs that is not
 //! networking.
 //!
-//! - [`task`]: the [`Task`](task::Task) contract (model + data) and the [`tasks`] themselves.
+//! - [`task`]: the [`Task`] contract (model + data) and the [`tasks`] themselves.
 //! - [`sampler`]: which samples make up step `t`'s global batch, and which worker computes what.
 //! - [`optim`], [`schedule`]: PyTorch-convention optimizers, learning-rate schedules and scaling
 //!   rules.

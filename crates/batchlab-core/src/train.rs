@@ -427,11 +427,10 @@ impl Replica {
         Begin::Compute
     }
 
-    /// `λ_max` at the current parameters, by power iteration on the task's Hessian-vector
-    /// products over its curvature samples.
+    /// `λ_max` at the current parameters, by power iteration on [`curvature_hvp`].
     pub fn sharpness(&self, scratch: &mut Scratch) -> f64 {
         use rand_distr::{Distribution, StandardNormal};
-        let task = &self.plan.task;
+        let task = self.plan.task.as_ref();
         let samples = task.curvature_samples();
         let mut r = rng(self.plan.config.seed, Stream::Sharpness, self.t);
         let v0: Vec<f64> = (0..self.params.len())
@@ -439,7 +438,7 @@ impl Replica {
             .collect();
         let params = &self.params;
         power_iteration(
-            |v, out| task.hvp(params, &samples, v, out, scratch),
+            |v, out| curvature_hvp(task, params, &samples, v, out, scratch),
             v0,
             self.plan.config.sharpness_iters,
             1e-4,
@@ -584,6 +583,23 @@ impl Replica {
             last_sharpness: self.pending.last_sharpness,
             params_digest: params_digest(&self.params),
         }
+    }
+}
+
+/// The Hessian of the training loss times `v`, the operator whose top eigenvalue is the
+/// sharpness: the population Hessian where the task has a closed form (an infinite stream's
+/// training loss is the population loss), else the task's HVP over `samples`.
+pub fn curvature_hvp(
+    task: &dyn Task,
+    params: &[f64],
+    samples: &[u64],
+    v: &[f64],
+    out: &mut [f64],
+    scratch: &mut Scratch,
+) {
+    match task.closed_form() {
+        Some(cf) => cf.hessian_vec(params, v, out),
+        None => task.hvp(params, samples, v, out, scratch),
     }
 }
 
