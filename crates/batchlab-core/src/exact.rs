@@ -13,10 +13,10 @@
 //!  packet = [ grad: dim words (fixed point, 2^-f units) | micro 0 fields | micro 1 fields | ... ]
 //! ```
 //!
-//! - **Gradients** are quantized per microbatch to `round(x·2^f)` (ties to even) and summed as
+//! - **Gradients** are quantized per microbatch to `round(x·2^f)` (halves away from zero) and summed as
 //!   `i64` with wrapping addition, which is associative and commutative: every grouping gives the
-//!   same integers. Each micro's words are bounded by `2^62 / num_micro`, so the exact total
-//!   cannot overflow; a micro that exceeds the bound marks the step for a redo.
+//!   same integers. Each micro's words are bounded by `min(2^51, 2^62 / num_micro)`, so the exact
+//!   total cannot overflow; a micro that exceeds the bound marks the step for a redo.
 //! - **Per-micro scalars** (loss, squared norm, max |x|, ...) travel as raw `f64` bits in the
 //!   micro's own slot; every other contribution to that slot is zero, and `x + 0 = x` in
 //!   integers, so after the sum every replica holds every micro's scalars exactly and adds them
@@ -27,9 +27,9 @@
 //!   whole step is recomputed at the scale that fits: the decision depends on micro values only,
 //!   never on the number of workers.
 //!
-//! The resolution is `2^-f`: about `2^-(61 - HEADROOM_BITS - log2 num_micro)` relative to the
-//! largest gradient component, i.e. close to `f64` precision for typical sizes (`num_micro = 64`
-//! gives 47 significant bits for the largest element).
+//! The resolution is `2^-f`, with `2^(51 - HEADROOM_BITS)` units below the largest gradient
+//! component of the previous step (up to 2048 microbatches; fewer bits beyond): 43 significant
+//! bits for the largest element, against `f32`'s 24.
 
 use crate::task::BatchStats;
 
@@ -52,9 +52,10 @@ impl FixedScale {
     /// to about `2^(62 - 32 - log2 num_micro)`; a larger first gradient costs one redo.
     pub const INITIAL: Self = Self { frac_bits: 32 };
 
-    /// Largest `|q|` a single micro may contribute so that `num_micro` of them cannot overflow.
+    /// Largest `|q|` a single micro may contribute: `num_micro` of them cannot overflow `i64`,
+    /// and each is within the exact range of the rounding in `quantize` (`2^51`).
     fn word_limit(num_micro: usize) -> f64 {
-        (2f64).powi(62) / num_micro.max(1) as f64
+        ((2f64).powi(62) / num_micro.max(1) as f64).min((2f64).powi(51))
     }
 
     /// The scale for gradients whose largest per-micro component was `max_abs`, with
@@ -98,20 +99,14 @@ pub struct MicroStats {
 impl MicroStats {
     /// The stats of a micro from its task statistics and gradient sum.
     pub fn measure(stats: BatchStats, grad_sum: &[f64]) -> Self {
-        let mut sq = 0.0;
-        let mut max_abs = 0.0f64;
-        for &x in grad_sum {
-            sq += x * x;
-            // `f64::max` drops NaN; keep it visible instead.
-            if x.is_nan() {
-                max_abs = f64::NAN;
-            } else if !max_abs.is_nan() {
-                max_abs = max_abs.max(x.abs());
-            }
-        }
+        let (grad_sum_sq, max_abs) = norm_and_max(grad_sum);
+        Self::from_parts(stats, grad_sum_sq, max_abs)
+    }
+
+    fn from_parts(stats: BatchStats, grad_sum_sq: f64, max_abs: f64) -> Self {
         Self {
             loss_sum: stats.loss_sum,
-            grad_sum_sq: sq,
+            grad_sum_sq,
             max_abs,
             correct: stats.correct,
             dead_relu: stats.dead_relu,
@@ -185,17 +180,18 @@ impl Packet {
         &mut self.words
     }
 
-    /// Adds micro `index`'s gradient sum at `scale` and stores its stats in its slot.
+    /// Adds micro `index`'s gradient sum at `scale`, stores its stats in its slot, and returns
+    /// them. One pass over the gradient measures and quantizes it.
     ///
     /// Values are quantized even when they exceed the scale's bound (the words then wrap); the
-    /// receiver sees `stats.max_abs` and redoes the step, so nothing wrong is ever applied.
+    /// receiver sees `max_abs` and redoes the step, so nothing wrong is ever applied.
     pub fn add_micro(
         &mut self,
         index: usize,
         grad_sum: &[f64],
-        stats: &MicroStats,
+        stats: BatchStats,
         scale: FixedScale,
-    ) {
+    ) -> MicroStats {
         assert_eq!(grad_sum.len(), self.dim, "gradient length");
         assert!(
             index < self.num_micro,
@@ -203,17 +199,16 @@ impl Packet {
             self.num_micro
         );
         let s = scale.to_fixed();
-        for (w, &x) in self.words[..self.dim].iter_mut().zip(grad_sum) {
-            // `as` saturates and maps NaN to 0; a non-finite gradient is caught by `max_abs`.
-            *w = w.wrapping_add((x * s).round_ties_even() as i64);
-        }
+        let (sq, max_abs) = fused_pass(&mut self.words[..self.dim], grad_sum, s);
+        let micro = MicroStats::from_parts(stats, sq, max_abs);
         let slot = self.dim + index * MICRO_FIELDS;
         for (w, e) in self.words[slot..slot + MICRO_FIELDS]
             .iter_mut()
-            .zip(stats.encode())
+            .zip(micro.encode())
         {
             *w = w.wrapping_add(e);
         }
+        micro
     }
 
     /// Adds another packet into this one (wrapping, so any order gives the same words).
@@ -237,6 +232,53 @@ impl Packet {
     }
 }
 
+/// `1.5 · 2^52`: adding it to `|y| ≤ 2^51` leaves a number in `[2^52, 2^53)`, whose unit in the
+/// last place is 1, so the addition itself rounds `y` to the nearest integer (ties to even) and
+/// the integer sits in the low mantissa bits.
+const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
+
+/// `y` rounded to the nearest integer (ties to even) for `|y| ≤ 2^51`, as `i64`, with no branch
+/// and no libm call, so the loop vectorizes. Outside that range the result is a deterministic
+/// wrong value; callers detect those micros through `max_abs` and redo the step.
+#[inline(always)]
+fn quantize(y: f64) -> i64 {
+    ((y + ROUND_MAGIC).to_bits() as i64).wrapping_sub(ROUND_MAGIC.to_bits() as i64)
+}
+
+/// Accumulators per lane: independent chains that the compiler keeps in vector registers.
+const LANES: usize = 8;
+
+/// One pass over a micro's gradient: `words += quantize(x·s)`, and `(Σ x², max |x|)` with NaN as
+/// the max when any `x` is NaN (a NaN makes `Σ x²` NaN, squares being non-negative otherwise).
+fn fused_pass(words: &mut [i64], xs: &[f64], s: f64) -> (f64, f64) {
+    let mut sq = [0.0f64; LANES];
+    let mut mx = [0.0f64; LANES];
+    let mut wc = words.chunks_exact_mut(LANES);
+    let mut xc = xs.chunks_exact(LANES);
+    for (w, x) in (&mut wc).zip(&mut xc) {
+        for k in 0..LANES {
+            sq[k] += x[k] * x[k];
+            let a = x[k].abs();
+            mx[k] = if a > mx[k] { a } else { mx[k] };
+            w[k] = w[k].wrapping_add(quantize(x[k] * s));
+        }
+    }
+    for (w, &x) in wc.into_remainder().iter_mut().zip(xc.remainder()) {
+        sq[0] += x * x;
+        mx[0] = mx[0].max(x.abs());
+        *w = w.wrapping_add(quantize(x * s));
+    }
+    let total: f64 = sq.iter().sum();
+    let max_abs = mx.iter().fold(0.0f64, |a, &b| a.max(b));
+    (total, if total.is_nan() { f64::NAN } else { max_abs })
+}
+
+/// `(Σ x², max |x|)`, with NaN as the max when any `x` is NaN.
+fn norm_and_max(xs: &[f64]) -> (f64, f64) {
+    let mut scratch = vec![0; xs.len()];
+    fused_pass(&mut scratch, xs, 0.0)
+}
+
 /// `acc[i] ← acc[i] + x[i]` with wrapping: the one reduction operator of exact mode.
 pub fn merge_words(acc: &mut [i64], x: &[i64]) {
     for (a, b) in acc.iter_mut().zip(x) {
@@ -250,15 +292,12 @@ mod tests {
     use crate::rng::{Stream, rng};
     use rand::Rng;
 
-    fn stats(loss: f64, g: &[f64]) -> MicroStats {
-        MicroStats::measure(
-            BatchStats {
-                loss_sum: loss,
-                correct: Some(3),
-                dead_relu: None,
-            },
-            g,
-        )
+    fn stats(loss: f64) -> BatchStats {
+        BatchStats {
+            loss_sum: loss,
+            correct: Some(3),
+            dead_relu: None,
+        }
     }
 
     #[test]
@@ -271,7 +310,7 @@ mod tests {
         let scale = FixedScale::INITIAL.fitted(1e3, n);
         let mut whole = Packet::zeroed(dim, n);
         for (j, g) in grads.iter().enumerate() {
-            whole.add_micro(j, g, &stats(j as f64, g), scale);
+            whole.add_micro(j, g, stats(j as f64), scale);
         }
         // Three workers with uneven shares, merged in reverse order.
         let shares = [0..2, 2..7, 7..9];
@@ -280,7 +319,7 @@ mod tests {
             .map(|range| {
                 let mut p = Packet::zeroed(dim, n);
                 for j in range.clone() {
-                    p.add_micro(j, &grads[j], &stats(j as f64, &grads[j]), scale);
+                    p.add_micro(j, &grads[j], stats(j as f64), scale);
                 }
                 p
             })
@@ -304,7 +343,7 @@ mod tests {
         let scale = FixedScale::INITIAL.fitted(3.0, n);
         let mut p = Packet::zeroed(dim, n);
         for (j, g) in grads.iter().enumerate() {
-            p.add_micro(j, g, &stats(1.0, g), scale);
+            p.add_micro(j, g, stats(1.0), scale);
         }
         let mut sum = vec![0.0; dim];
         let micro = p.decode(scale, &mut sum);
@@ -317,8 +356,8 @@ mod tests {
                 sum[i]
             );
         }
-        // Resolution: 2^62/4 bound, top bit of 3.0 is 2, headroom 8 => f = 60 - 2 - 8 = 50.
-        assert_eq!(scale.frac_bits, 50);
+        // Bound min(2^51, 2^62/4) = 2^51, 3.0 < 2^2, headroom 8 => f = 51 - 2 - 8 = 41.
+        assert_eq!(scale.frac_bits, 41);
         assert_eq!(micro.len(), n);
         assert_eq!(micro[1].max_abs, 3.0);
         assert_eq!(
@@ -333,9 +372,13 @@ mod tests {
     fn a_micro_beyond_the_bound_is_detected_and_the_fitted_scale_fits() {
         let n = 16;
         let scale = FixedScale::INITIAL;
-        // Bound at f = 32: 2^62/16 / 2^32 = 2^26.
-        assert!(scale.fits((2f64).powi(26), n));
-        assert!(!scale.fits((2f64).powi(26) * 1.01, n));
+        // Bound at f = 32: min(2^51, 2^62/16) / 2^32 = 2^19.
+        assert!(scale.fits((2f64).powi(19), n));
+        assert!(!scale.fits((2f64).powi(19) * 1.01, n));
+        // With 2^14 micros the i64 total is the tighter bound: 2^62/2^14 / 2^32 = 2^16.
+        assert!(
+            scale.fits((2f64).powi(16), 1 << 14) && !scale.fits((2f64).powi(16) * 1.01, 1 << 14)
+        );
         let refit = scale.fitted(1e12, n);
         assert!(refit.fits(1e12, n) && refit.fits(1e12 * 255.0, n));
         assert!(
@@ -346,10 +389,42 @@ mod tests {
     }
 
     #[test]
+    fn quantize_rounds_to_nearest_with_ties_to_even_over_its_whole_range() {
+        for (y, q) in [
+            (0.0, 0),
+            (0.4, 0),
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (-2.7, -3),
+        ] {
+            assert_eq!(quantize(y), q, "{y}");
+        }
+        let top = (2f64).powi(51);
+        assert_eq!(quantize(top), 1i64 << 51);
+        assert_eq!(quantize(-top), -(1i64 << 51));
+        assert_eq!(
+            quantize(top - 0.5),
+            1i64 << 51,
+            "tie goes to the even neighbour"
+        );
+        assert_eq!(
+            quantize(top - 1.5),
+            (1i64 << 51) - 2,
+            "tie goes to the even neighbour"
+        );
+        assert_eq!(quantize(-(top - 1.0)), 1 - (1i64 << 51));
+    }
+
+    #[test]
     fn nan_gradients_surface_in_max_abs() {
-        let s = stats(0.0, &[1.0, f64::NAN, 2.0]);
+        let s = MicroStats::measure(stats(0.0), &[1.0, f64::NAN, 2.0]);
         assert!(s.max_abs.is_nan());
-        let s = stats(0.0, &[f64::NAN, 1.0]);
+        let mut p = Packet::zeroed(2, 1);
+        let s = p.add_micro(0, &[f64::NAN, 1.0], stats(0.0), FixedScale::INITIAL);
         assert!(s.max_abs.is_nan());
+        assert_eq!(MicroStats::measure(stats(0.0), &[-3.0, 2.0]).max_abs, 3.0);
     }
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ensure;
 use crate::estimate::{NoiseScaleEma, power_iteration, two_batch};
-use crate::exact::{FixedScale, MicroStats, Packet};
+use crate::exact::{FixedScale, Packet};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::{Stream, rng};
 use crate::sampler::{Sampler, Source};
@@ -646,8 +646,7 @@ pub fn compute_micros(
             &mut scratch.grad,
             &mut scratch.task,
         );
-        let micro = MicroStats::measure(stats, &scratch.grad);
-        packet.add_micro(j, &scratch.grad, &micro, scale);
+        packet.add_micro(j, &scratch.grad, stats, scale);
     }
 }
 
