@@ -1,5 +1,6 @@
 //! The `batchlab` binary: one entry point for every experiment.
 
+mod cluster;
 mod config;
 mod output;
 mod train;
@@ -22,6 +23,12 @@ struct Cli {
 enum Command {
     /// Train one run in this process and write its per-step metrics and summary.
     Train(train::TrainArgs),
+    /// Train one run on N local worker processes (coordinator in this process, loopback).
+    Run(cluster::RunArgs),
+    /// Wait for workers on --listen, train the configured run on them, shut them down.
+    Coordinator(cluster::CoordinatorArgs),
+    /// Join a coordinator and train whatever it hands out until it says stop.
+    Worker(cluster::WorkerArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +36,9 @@ fn main() -> std::process::ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
+        Command::Run(args) => cluster::run(args),
+        Command::Coordinator(args) => cluster::coordinator(args),
+        Command::Worker(args) => cluster::worker(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use batchlab_core::train::{Progress, TrainConfig, Trainer};
+use batchlab_core::train::{Progress, RunPlan, RunSummary, StepMetrics, TrainConfig, Trainer};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -116,92 +116,123 @@ fn fmt_float(x: f64) -> String {
 
 /// The tags assumed when a config gives a tagged table without its tag.
 fn default_tags() -> Vec<config::DefaultTag> {
-    vec![config::DefaultTag {
-        table: "task",
-        tag: "kind",
-        default: batchlab_core::tasks::TaskConfig::default()
-            .name()
-            .to_string(),
-    }]
+    vec![
+        config::DefaultTag {
+            table: "task",
+            tag: "kind",
+            default: batchlab_core::tasks::TaskConfig::default().name().to_string(),
+        },
+        // The MLP's data source.
+        config::DefaultTag { table: "task.data", tag: "source", default: "teacher".to_string() },
+    ]
+}
+
+/// A validated run: its configuration, plan and output folder.
+pub struct Prepared {
+    /// The resolved configuration.
+    pub cfg: TrainConfig,
+    /// The built plan.
+    pub plan: RunPlan,
+    /// Where results go.
+    pub out: PathBuf,
+}
+
+impl TrainArgs {
+    /// Loads and validates the configuration; `None` when `--print-config` printed it.
+    pub fn prepare(&self, prefix: &str) -> Result<Option<Prepared>> {
+        let cfg: TrainConfig = config::load(self.config.as_deref(), &self.overrides(), &default_tags())?;
+        if self.print_config {
+            print!("{}", toml::to_string_pretty(&cfg).context("rendering the config")?);
+            return Ok(None);
+        }
+        let plan = cfg.build().context("invalid config")?;
+        let out = self.out.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("runs/{prefix}-{}-B{}-lr{}-s{}", plan.task.name(), cfg.batch, plan.peak_lr, cfg.seed))
+        });
+        Ok(Some(Prepared { cfg, plan, out }))
+    }
+}
+
+/// Where a run's rows go: the metrics files and the progress bar.
+pub struct Sink {
+    writer: MetricsWriter,
+    bar: ProgressBar,
+    start: Instant,
+    out: PathBuf,
+}
+
+impl Sink {
+    /// Creates the output folder and the progress bar.
+    pub fn create(p: &Prepared) -> Result<Self> {
+        let writer = MetricsWriter::create(&p.out, &p.cfg)?;
+        let bar = ProgressBar::new(p.cfg.steps).with_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        Ok(Self { writer, bar, start: Instant::now(), out: p.out.clone() })
+    }
+
+    /// Records one metrics row.
+    pub fn row(&mut self, row: &StepMetrics) -> Result<()> {
+        self.writer.write(row)?;
+        self.bar.set_position(row.step + 1);
+        if row.step % 10 == 0 {
+            self.bar.set_message(format!("loss {:.4e}  B_simple {:.1}", row.train_loss, row.b_simple));
+        }
+        Ok(())
+    }
+
+    /// Writes the summary and prints the outcome.
+    pub fn finish(self, summary: &RunSummary, cfg: &TrainConfig) -> Result<()> {
+        self.bar.finish_and_clear();
+        let wall = self.start.elapsed().as_secs_f64();
+        let path = self.writer.finish(summary, cfg, wall)?;
+        let status = serde_json::to_value(summary.status)?;
+        println!(
+            "{} after {} steps ({} samples, {:.2}s): {}",
+            status.as_str().unwrap_or("?"),
+            summary.steps,
+            summary.samples,
+            wall,
+            summary.message
+        );
+        if let Some(l) = summary.final_eval_loss {
+            print!("final eval loss {l:.6e}");
+            if let Some(a) = summary.final_eval_accuracy {
+                print!(", accuracy {:.2}%", 100.0 * a);
+            }
+            println!();
+        }
+        println!("results in {}", path.parent().unwrap_or(&self.out).display());
+        Ok(())
+    }
 }
 
 /// Runs `batchlab train`.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let cfg: TrainConfig =
-        config::load(args.config.as_deref(), &args.overrides(), &default_tags())?;
-    if args.print_config {
-        print!(
-            "{}",
-            toml::to_string_pretty(&cfg).context("rendering the config")?
-        );
-        return Ok(());
-    }
-    let plan = cfg.build().context("invalid config")?;
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "runs/train-{}-B{}-lr{}-s{}",
-            plan.task.name(),
-            cfg.batch,
-            plan.peak_lr,
-            cfg.seed
-        ))
-    });
+    let Some(p) = args.prepare("train")? else { return Ok(()) };
     tracing::info!(
-        task = plan.task.name(),
-        params = plan.task.num_params(),
-        batch = cfg.batch,
-        micro = plan.micro,
-        lr = plan.peak_lr,
-        out = %out.display(),
+        task = p.plan.task.name(),
+        params = p.plan.task.num_params(),
+        batch = p.cfg.batch,
+        micro = p.plan.micro,
+        lr = p.plan.peak_lr,
+        out = %p.out.display(),
         "training"
     );
-    let mut writer = MetricsWriter::create(&out, &cfg)?;
-    let bar = ProgressBar::new(cfg.steps).with_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    let start = Instant::now();
-    let mut trainer = Trainer::new(&plan);
+    let mut sink = Sink::create(&p)?;
+    let mut trainer = Trainer::new(&p.plan);
     let summary = loop {
         match trainer.step() {
-            Progress::Step(row) => {
-                writer.write(&row)?;
-                bar.set_position(row.step + 1);
-                if row.step % 10 == 0 {
-                    bar.set_message(format!(
-                        "loss {:.4e}  B_simple {:.1}",
-                        row.train_loss, row.b_simple
-                    ));
-                }
-            }
+            Progress::Step(row) => sink.row(&row)?,
             Progress::Done(row, summary) => {
                 if let Some(row) = row {
-                    writer.write(&row)?;
+                    sink.row(&row)?;
                 }
                 break summary;
             }
         }
     };
-    bar.finish_and_clear();
-    let wall = start.elapsed().as_secs_f64();
-    let path = writer.finish(&summary, &cfg, wall)?;
-    let status = serde_json::to_value(summary.status)?;
-    println!(
-        "{} after {} steps ({} samples, {:.2}s): {}",
-        status.as_str().unwrap_or("?"),
-        summary.steps,
-        summary.samples,
-        wall,
-        summary.message
-    );
-    if let Some(l) = summary.final_eval_loss {
-        print!("final eval loss {l:.6e}");
-        if let Some(a) = summary.final_eval_accuracy {
-            print!(", accuracy {:.2}%", 100.0 * a);
-        }
-        println!();
-    }
-    println!("results in {}", path.parent().unwrap_or(&out).display());
-    Ok(())
+    sink.finish(&summary, &p.cfg)
 }

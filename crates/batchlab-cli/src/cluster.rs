@@ -1,0 +1,307 @@
+//! `batchlab coordinator`, `batchlab worker` and `batchlab run`: training across processes.
+//!
+//! `run` is the embedded default: a coordinator in this process on loopback and N worker
+//! processes of this same binary, which are killed when this process stops (error, Ctrl-C or
+//! success alike).
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use batchlab_net::{Coordinator, CoordinatorConfig, WorkerConfig};
+use batchlab_proto::v1::RunSpec;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+use crate::train::{Prepared, Sink, TrainArgs};
+
+/// How the workers reduce gradients.
+#[derive(Args, Debug, Clone)]
+pub struct ReduceArgs {
+    /// All-reduce algorithm: ring, tree, rhd (recursive halving-doubling), centralized.
+    #[arg(long, default_value = "ring")]
+    allreduce: String,
+    /// Reduction: exact (fixed point: bit-identical on any number of workers).
+    #[arg(long, default_value = "exact")]
+    reduce: String,
+    /// Largest piece of a collective message, in bytes (1–16 MiB avoids every size cliff).
+    #[arg(long, default_value_t = 4 << 20)]
+    chunk_bytes: u64,
+    /// Deadline for any one receive from a peer, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    peer_timeout_ms: u64,
+    /// A worker silent for this many milliseconds is lost and the run stops.
+    #[arg(long, default_value_t = 5_000)]
+    heartbeat_timeout_ms: u64,
+}
+
+impl ReduceArgs {
+    fn spec(&self, p: &Prepared) -> Result<RunSpec> {
+        self.allreduce
+            .parse::<batchlab_collective::Algorithm>()
+            .map_err(|e| anyhow!("--allreduce {}: {e}", self.allreduce))?;
+        if self.reduce != "exact" {
+            bail!("--reduce {}: expected exact", self.reduce);
+        }
+        if !(1..=(64 << 20)).contains(&self.chunk_bytes) {
+            bail!("--chunk-bytes {}: expected 1 to {} bytes", self.chunk_bytes, 64 << 20);
+        }
+        Ok(RunSpec {
+            config_toml: toml::to_string(&p.cfg).context("rendering the config")?,
+            allreduce: self.allreduce.clone(),
+            reduce: self.reduce.clone(),
+            chunk_bytes: self.chunk_bytes,
+            peer_timeout_ms: self.peer_timeout_ms,
+        })
+    }
+
+    fn coordinator_config(&self, workers: usize, token: String) -> CoordinatorConfig {
+        let mut c = CoordinatorConfig::new(workers, token);
+        c.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(100));
+        c.heartbeat_interval = (c.heartbeat_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
+        c
+    }
+}
+
+/// Flags of `batchlab run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Number of local worker processes.
+    #[arg(short = 'w', long, default_value_t = 2)]
+    workers: usize,
+    #[command(flatten)]
+    reduce: ReduceArgs,
+}
+
+/// Flags of `batchlab coordinator`.
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Address to listen on. A non-loopback address requires --token.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Number of workers to wait for (default: WORLD_SIZE or SLURM_NTASKS, else 1).
+    #[arg(short = 'w', long)]
+    workers: Option<usize>,
+    /// The run's shared secret; every worker must give the same.
+    #[arg(long, env = "BATCHLAB_TOKEN", hide_env_values = true, default_value = "")]
+    token: String,
+    #[command(flatten)]
+    reduce: ReduceArgs,
+}
+
+/// Flags of `batchlab worker`.
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The coordinator's address (default: MASTER_ADDR:MASTER_PORT when set).
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// The run's shared secret.
+    #[arg(long, env = "BATCHLAB_TOKEN", hide_env_values = true, default_value = "")]
+    token: String,
+    /// Where this worker's peer service listens.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// The address other workers reach this one at (for hosts with several interfaces).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Rank to request (default: RANK, SLURM_PROCID or JOB_COMPLETION_INDEX when set).
+    #[arg(long)]
+    rank: Option<u32>,
+    /// Seconds to keep trying to reach the coordinator and the peers.
+    #[arg(long, default_value_t = 60)]
+    connect_timeout: u64,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn env_number(names: &[&str]) -> Result<Option<u64>> {
+    for name in names {
+        if let Ok(v) = std::env::var(name) {
+            let n = v.trim().parse().map_err(|_| anyhow!("{name}={v}: expected a non-negative integer"))?;
+            return Ok(Some(n));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs `batchlab worker`.
+pub fn worker(args: WorkerArgs) -> Result<()> {
+    let coordinator = match args.coordinator {
+        Some(c) => c,
+        None => match (std::env::var("MASTER_ADDR"), std::env::var("MASTER_PORT")) {
+            (Ok(a), Ok(p)) => format!("{a}:{p}"),
+            _ => bail!("no coordinator address: give --coordinator HOST:PORT or set MASTER_ADDR and MASTER_PORT"),
+        },
+    };
+    let requested_rank = match args.rank {
+        Some(r) => Some(r),
+        None => env_number(&["RANK", "SLURM_PROCID", "JOB_COMPLETION_INDEX"])?
+            .map(|r| u32::try_from(r).context("rank out of range"))
+            .transpose()?,
+    };
+    let cfg = WorkerConfig {
+        coordinator,
+        token: args.token,
+        listen: args.listen,
+        advertise: args.advertise,
+        requested_rank,
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+    };
+    runtime()?.block_on(batchlab_net::run_worker(cfg)).map_err(|e| anyhow!(e))
+}
+
+/// Runs `batchlab coordinator`: waits for the workers, runs the configured training on them,
+/// writes the results, and shuts the workers down.
+pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let Some(p) = args.train.prepare("run")? else { return Ok(()) };
+    if args.token.is_empty() && !args.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {} without a token: anyone who reaches it could join. \
+             Set --token or BATCHLAB_TOKEN (the same on every worker)",
+            args.listen
+        );
+    }
+    let workers = match args.workers {
+        Some(w) => w,
+        None => env_number(&["WORLD_SIZE", "SLURM_NTASKS"])?.map_or(1, |w| w as usize),
+    };
+    if workers == 0 {
+        bail!("--workers 0: expected at least 1 worker");
+    }
+    let spec = args.reduce.spec(&p)?;
+    let cfg = args.reduce.coordinator_config(workers, args.token.clone());
+    let listen = args.listen;
+    runtime()?.block_on(async move {
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        tracing::info!(addr = %listener.local_addr()?, workers, "coordinator listening");
+        let coordinator = Coordinator::new(cfg);
+        let (stop, server) = serve(&coordinator, listener);
+        let result = drive(&coordinator, &p, spec, None).await;
+        coordinator.shutdown_workers(if result.is_ok() { "run finished" } else { "run failed" });
+        // Give workers a moment to hear the shutdown before the server goes away.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = stop.send(true);
+        let _ = server.await;
+        result
+    })
+}
+
+fn serve(
+    coordinator: &Coordinator,
+    listener: TcpListener,
+) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let c = coordinator.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(e) = c.serve(listener, shutdown).await {
+            tracing::error!("coordinator server: {e}");
+        }
+    });
+    (stop, server)
+}
+
+/// Waits for the workers and runs the training, with Ctrl-C and dead children ending it.
+async fn drive(coordinator: &Coordinator, p: &Prepared, spec: RunSpec, children: Option<&mut Vec<Child>>) -> Result<()> {
+    let mut sink = Sink::create(p)?;
+    let mut write_error = None;
+    let work = async {
+        coordinator.wait_ready(Duration::from_secs(120)).await?;
+        tracing::info!(task = p.plan.task.name(), params = p.plan.task.num_params(), "all workers joined; training");
+        coordinator
+            .run(spec, |row| {
+                if let Err(e) = sink.row(&row) {
+                    write_error.get_or_insert(e);
+                }
+            })
+            .await
+    };
+    let dead_child = async {
+        match children {
+            Some(children) => loop {
+                for (i, c) in children.iter_mut().enumerate() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        return anyhow!("worker process {i} exited early with {status}");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let summary = tokio::select! {
+        r = work => r.map_err(|e| anyhow!(e))?,
+        e = dead_child => return Err(e),
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    };
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    sink.finish(&summary, &p.cfg)
+}
+
+/// A random token for a loopback cluster.
+fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for a token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Runs `batchlab run --workers N`.
+pub fn run(args: RunArgs) -> Result<()> {
+    let Some(p) = args.train.prepare("run")? else { return Ok(()) };
+    if args.workers == 0 {
+        bail!("--workers 0: expected at least 1 worker");
+    }
+    let spec = args.reduce.spec(&p)?;
+    let token = random_token()?;
+    let cfg = args.reduce.coordinator_config(args.workers, token.clone());
+    let exe = std::env::current_exe().context("locating the batchlab binary")?;
+    runtime()?.block_on(async move {
+        let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
+        let addr = listener.local_addr()?;
+        let coordinator = Coordinator::new(cfg);
+        let (stop, server) = serve(&coordinator, listener);
+        let mut children = Vec::with_capacity(args.workers);
+        for _ in 0..args.workers {
+            let child = Command::new(&exe)
+                .args(["worker", "--coordinator", &addr.to_string(), "--listen", "127.0.0.1:0"])
+                .env("BATCHLAB_TOKEN", &token)
+                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()))
+                .env_remove("RANK")
+                .env_remove("SLURM_PROCID")
+                .env_remove("JOB_COMPLETION_INDEX")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting worker {}", exe.display()))?;
+            children.push(child);
+        }
+        tracing::info!(workers = args.workers, %addr, "started local workers");
+        let result = drive(&coordinator, &p, spec, Some(&mut children)).await;
+        coordinator.shutdown_workers(if result.is_ok() { "run finished" } else { "run failed" });
+        // Workers exit on their own after the shutdown; anything still running is killed.
+        for child in &mut children {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        let _ = stop.send(true);
+        let _ = server.await;
+        result
+    })
+}

@@ -1,0 +1,74 @@
+//! Errors of the network layer, and their one mapping to `tonic::Status`.
+
+use std::time::Duration;
+
+/// What went wrong between processes. Every message names the peer, the address and what was
+/// expected.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A call was refused for authentication or protocol reasons.
+    #[error("{0}")]
+    Refused(String),
+    /// A peer or the coordinator could not be reached.
+    #[error("cannot reach {what} at {addr}: {source}")]
+    Unreachable {
+        /// Who: `coordinator`, `rank 3`.
+        what: String,
+        /// Its address.
+        addr: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// A wait ran past its deadline.
+    #[error("timed out after {:.1}s waiting for {what}", .after.as_secs_f64())]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        after: Duration,
+    },
+    /// A peer vanished or sent something other than what the protocol expects.
+    #[error("{0}")]
+    Peer(String),
+    /// An RPC failed.
+    #[error("{what}: {status}")]
+    Rpc {
+        /// Which call, to whom.
+        what: String,
+        /// The status returned.
+        status: tonic::Status,
+    },
+    /// The run's configuration was refused.
+    #[error("invalid run configuration: {0}")]
+    Config(String),
+    /// The run was aborted by the coordinator.
+    #[error("run aborted: {0}")]
+    Aborted(String),
+    /// Local I/O (binding a port).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl NetError {
+    /// An RPC failure of `what`.
+    pub fn rpc(what: impl Into<String>, status: tonic::Status) -> Self {
+        Self::Rpc { what: what.into(), status }
+    }
+}
+
+/// The one place where errors become gRPC statuses.
+pub fn to_status(e: NetError) -> tonic::Status {
+    match e {
+        NetError::Refused(m) => tonic::Status::permission_denied(m),
+        NetError::Timeout { .. } => tonic::Status::deadline_exceeded(e.to_string()),
+        NetError::Config(_) | NetError::Peer(_) => tonic::Status::invalid_argument(e.to_string()),
+        NetError::Aborted(_) => tonic::Status::aborted(e.to_string()),
+        NetError::Rpc { status, .. } => status,
+        other => tonic::Status::unavailable(other.to_string()),
+    }
+}

@@ -1,0 +1,359 @@
+//! The peer mesh: every worker's `Peer` service, its outgoing streams, and the networked
+//! executor of `batchlab-collective` plans.
+//!
+//! ```text
+//!   rank a ──Exchange stream (a→b, ordered)──► rank b's Peer service ──► inbox[a] of rank b
+//!   rank b ──Exchange stream (b→a, ordered)──► rank a's Peer service ──► inbox[b] of rank a
+//! ```
+//!
+//! One long-lived client stream per ordered pair carries the sender's chunks in order; the
+//! receiving service routes each chunk into the inbox of its sender. The executor runs a plan
+//! step by step: it encodes all of a step's sends from the buffer as it was at the start of
+//! the step, then takes each receive from the matching inbox in order, checks it (collective
+//! number, step, length), and reduces or copies it into the buffer. Every wait has a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchlab_collective::{Op, Plan};
+use batchlab_proto::v1::peer_client::PeerClient;
+use batchlab_proto::v1::peer_server::{Peer, PeerServer};
+use batchlab_proto::v1::{Chunk, ExchangeAck};
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::NetError;
+use crate::auth::{Check, Stamp};
+use crate::transport;
+
+/// What a receiver gets from a peer's stream.
+#[derive(Debug)]
+enum Inbound {
+    Chunk(Chunk),
+    /// The peer's stream ended or broke.
+    Closed(String),
+}
+
+/// Where chunks from each rank go, installed once the world is known.
+#[derive(Debug)]
+struct Routes {
+    session: String,
+    generation: u64,
+    inboxes: Vec<mpsc::UnboundedSender<Inbound>>,
+}
+
+/// The `Peer` service of one worker.
+#[derive(Clone)]
+pub struct PeerService {
+    routes: watch::Receiver<Option<Arc<Routes>>>,
+    route_timeout: Duration,
+}
+
+type ExchangeResult = Result<Response<ExchangeAck>, Status>;
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn exchange(&self, request: Request<Streaming<Chunk>>) -> ExchangeResult {
+        let from_addr = request.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
+        let mut stream = request.into_inner();
+        let mut routes = self.routes.clone();
+        let routes = tokio::time::timeout(self.route_timeout, routes.wait_for(Option::is_some))
+            .await
+            .map_err(|_| Status::unavailable("this worker has not joined a cluster yet"))?
+            .map_err(|_| Status::unavailable("this worker is shutting down"))?
+            .clone()
+            .expect("waited for Some");
+        let mut from: Option<usize> = None;
+        loop {
+            match stream.next().await {
+                Some(Ok(chunk)) => {
+                    if chunk.session != routes.session {
+                        return Err(Status::permission_denied(format!(
+                            "chunk from {from_addr} belongs to coordinator session {:?}, this worker's is {:?}: \
+                             a worker of another cluster is talking to this one",
+                            chunk.session, routes.session
+                        )));
+                    }
+                    if chunk.generation != routes.generation {
+                        return Err(Status::failed_precondition(format!(
+                            "chunk from {from_addr} is of generation {}, this worker is in generation {}",
+                            chunk.generation, routes.generation
+                        )));
+                    }
+                    let rank = chunk.from_rank as usize;
+                    let Some(inbox) = routes.inboxes.get(rank) else {
+                        return Err(Status::invalid_argument(format!(
+                            "chunk from {from_addr} claims rank {rank}, the world has {} ranks",
+                            routes.inboxes.len()
+                        )));
+                    };
+                    if from.is_some_and(|f| f != rank) {
+                        return Err(Status::invalid_argument(format!(
+                            "stream from {from_addr} switched from rank {} to rank {rank}",
+                            from.unwrap_or_default()
+                        )));
+                    }
+                    from = Some(rank);
+                    // A receiver that is gone means this worker is leaving the run.
+                    let _ = inbox.send(Inbound::Chunk(chunk));
+                }
+                Some(Err(status)) => {
+                    if let Some(rank) = from {
+                        let _ = routes.inboxes[rank]
+                            .send(Inbound::Closed(format!("stream broke: {}", status.message())));
+                    }
+                    return Err(status);
+                }
+                None => {
+                    if let Some(rank) = from {
+                        let _ = routes.inboxes[rank].send(Inbound::Closed("stream ended".to_string()));
+                    }
+                    return Ok(Response::new(ExchangeAck {}));
+                }
+            }
+        }
+    }
+}
+
+/// The server half of a worker's mesh, created before the world is known.
+pub struct PeerEndpoint {
+    install: watch::Sender<Option<Arc<Routes>>>,
+    service: PeerService,
+}
+
+impl PeerEndpoint {
+    /// A peer endpoint that waits up to `route_timeout` for the mesh to be installed.
+    pub fn new(route_timeout: Duration) -> Self {
+        let (install, routes) = watch::channel(None);
+        Self { install, service: PeerService { routes, route_timeout } }
+    }
+
+    /// The tonic service, with the token check in front.
+    pub fn service(&self, token: &str) -> InterceptedService<PeerServer<PeerService>, Check> {
+        let server = PeerServer::new(self.service.clone())
+            .max_decoding_message_size(transport::MAX_MESSAGE)
+            .max_encoding_message_size(transport::MAX_MESSAGE);
+        InterceptedService::new(server, Check::new(token, "worker"))
+    }
+
+    /// Connects to every peer and installs the routes of this world: from now on chunks are
+    /// accepted. `peers[r]` is rank `r`'s address; `peers[rank]` is this worker.
+    pub async fn connect(
+        &self,
+        session: &str,
+        generation: u64,
+        rank: usize,
+        peers: &[String],
+        token: &str,
+        timeout: Duration,
+    ) -> Result<Mesh, NetError> {
+        let world = peers.len();
+        let mut senders = Vec::with_capacity(world);
+        let mut inboxes = Vec::with_capacity(world);
+        let mut txs = Vec::with_capacity(world);
+        for _ in 0..world {
+            let (tx, rx) = mpsc::unbounded_channel();
+            txs.push(tx);
+            inboxes.push(Mutex::new(rx));
+        }
+        self.install
+            .send(Some(Arc::new(Routes { session: session.to_string(), generation, inboxes: txs })))
+            .map_err(|_| NetError::Peer("the peer service stopped".to_string()))?;
+        let stamp = Stamp::new(token)?;
+        for (r, addr) in peers.iter().enumerate() {
+            if r == rank {
+                senders.push(None);
+                continue;
+            }
+            let channel = connect_peer(r, addr, timeout).await?;
+            let mut client = PeerClient::with_interceptor(channel, stamp.clone())
+                .max_decoding_message_size(transport::MAX_MESSAGE)
+                .max_encoding_message_size(transport::MAX_MESSAGE);
+            // Deep enough to keep a few pieces in flight; bounded so memory stays bounded.
+            let (tx, rx) = mpsc::channel::<Chunk>(8);
+            let addr = addr.clone();
+            let (done_tx, done_rx) = watch::channel(None);
+            tokio::spawn(async move {
+                let outcome = client.exchange(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+                let msg = match outcome {
+                    Ok(_) => "stream closed".to_string(),
+                    Err(s) => s.message().to_string(),
+                };
+                let _ = done_tx.send(Some(msg));
+            });
+            senders.push(Some(Sender { tx, addr, done: done_rx }));
+        }
+        Ok(Mesh {
+            rank,
+            world,
+            session: session.to_string(),
+            generation,
+            peers: peers.to_vec(),
+            senders,
+            inboxes,
+            collective: 0,
+            recv_timeout: timeout,
+        })
+    }
+}
+
+async fn connect_peer(rank: usize, addr: &str, timeout: Duration) -> Result<Channel, NetError> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let endpoint: Endpoint = transport::endpoint(&uri)
+        .map_err(|e| NetError::Unreachable { what: format!("rank {rank}"), addr: addr.to_string(), source: e })?
+        .connect_timeout(timeout);
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| NetError::Unreachable { what: format!("rank {rank}"), addr: addr.to_string(), source: e })
+}
+
+struct Sender {
+    tx: mpsc::Sender<Chunk>,
+    addr: String,
+    done: watch::Receiver<Option<String>>,
+}
+
+/// A worker's connections to all its peers in one generation, and the collective executor.
+pub struct Mesh {
+    rank: usize,
+    world: usize,
+    session: String,
+    generation: u64,
+    peers: Vec<String>,
+    senders: Vec<Option<Sender>>,
+    inboxes: Vec<Mutex<mpsc::UnboundedReceiver<Inbound>>>,
+    collective: u64,
+    recv_timeout: Duration,
+}
+
+/// How received elements combine with the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Combine {
+    Add,
+    Copy,
+}
+
+impl Mesh {
+    /// This worker's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// Sets the deadline of any one receive.
+    pub fn set_recv_timeout(&mut self, t: Duration) {
+        self.recv_timeout = t;
+    }
+
+    fn peer_name(&self, rank: usize) -> String {
+        format!("rank {rank} ({})", self.peers.get(rank).map_or("?", String::as_str))
+    }
+
+    /// All-reduces `words` with wrapping `i64` addition by `plan` (which must be this rank's
+    /// plan for `words.len()` elements).
+    pub async fn all_reduce_i64(&mut self, words: &mut [i64], plan: &Plan) -> Result<(), NetError> {
+        assert_eq!(plan.len, words.len(), "plan length");
+        self.collective += 1;
+        let seq = self.collective;
+        for (k, step) in plan.steps.iter().enumerate() {
+            // Sends first, from the buffer as it is at the start of the step.
+            let mut outgoing: Vec<(usize, Vec<u8>)> = Vec::new();
+            for op in &step.ops {
+                if let Op::Send { peer, range } = op {
+                    outgoing.push((*peer, encode_i64(&words[range.clone()])));
+                }
+            }
+            for (peer, payload) in outgoing {
+                self.send(peer, seq, k as u32, payload).await?;
+            }
+            for op in &step.ops {
+                let (peer, range, combine) = match op {
+                    Op::Send { .. } => continue,
+                    Op::RecvReduce { peer, range } => (*peer, range.clone(), Combine::Add),
+                    Op::RecvCopy { peer, range } => (*peer, range.clone(), Combine::Copy),
+                };
+                let chunk = self.recv(peer, seq, k as u32).await?;
+                let dst = &mut words[range];
+                if chunk.payload.len() != dst.len() * 8 {
+                    return Err(NetError::Peer(format!(
+                        "{} sent {} bytes in step {k} of collective {seq}; expected {} ({} i64 elements)",
+                        self.peer_name(peer),
+                        chunk.payload.len(),
+                        dst.len() * 8,
+                        dst.len()
+                    )));
+                }
+                decode_i64(&chunk.payload, dst, combine);
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, peer: usize, seq: u64, step: u32, payload: Vec<u8>) -> Result<(), NetError> {
+        let s = self.senders[peer].as_ref().expect("never sends to itself");
+        let chunk = Chunk {
+            session: self.session.clone(),
+            from_rank: self.rank as u32,
+            generation: self.generation,
+            collective: seq,
+            step,
+            payload: payload.into(),
+        };
+        let lost = |why: &str| NetError::Peer(format!("lost rank {peer} ({}): {why}", s.addr));
+        match tokio::time::timeout(self.recv_timeout, s.tx.send(chunk)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                let why = s.done.borrow().clone().unwrap_or_else(|| "stream closed".to_string());
+                Err(lost(&why))
+            }
+            Err(_) => Err(NetError::Timeout {
+                what: format!("rank {peer} ({}) to accept data in collective {seq}", s.addr),
+                after: self.recv_timeout,
+            }),
+        }
+    }
+
+    async fn recv(&self, peer: usize, seq: u64, step: u32) -> Result<Chunk, NetError> {
+        let mut inbox = self.inboxes[peer].lock().await;
+        let got = tokio::time::timeout(self.recv_timeout, inbox.recv()).await.map_err(|_| NetError::Timeout {
+            what: format!("{} in step {step} of collective {seq}", self.peer_name(peer)),
+            after: self.recv_timeout,
+        })?;
+        match got {
+            Some(Inbound::Chunk(c)) if c.collective == seq && c.step == step => Ok(c),
+            Some(Inbound::Chunk(c)) => Err(NetError::Peer(format!(
+                "{} sent step {} of collective {}; expected step {step} of collective {seq}",
+                self.peer_name(peer),
+                c.step,
+                c.collective
+            ))),
+            Some(Inbound::Closed(why)) => Err(NetError::Peer(format!("lost {}: {why}", self.peer_name(peer)))),
+            None => Err(NetError::Peer(format!("lost {}: this worker's peer service stopped", self.peer_name(peer)))),
+        }
+    }
+}
+
+/// Little-endian bytes of `xs`.
+pub fn encode_i64(xs: &[i64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(xs.len() * 8);
+    for x in xs {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn decode_i64(bytes: &[u8], dst: &mut [i64], combine: Combine) {
+    let words = bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+    match combine {
+        Combine::Add => dst.iter_mut().zip(words).for_each(|(d, w)| *d = d.wrapping_add(w)),
+        Combine::Copy => dst.iter_mut().zip(words).for_each(|(d, w)| *d = w),
+    }
+}

@@ -1,0 +1,300 @@
+//! A worker: joins the coordinator, connects to its peers, and runs training steps in lock
+//! step with them.
+//!
+//! ```text
+//!   bind peer listener ─► Join (rendezvous) ─► connect mesh ─► heartbeats (background)
+//!        └─► loop NextTask: Run(spec) ─► steps: compute my microbatches ─► all-reduce ─► apply
+//!                                        rows (rank 0) and summary (all) ─► Report
+//!                           Shutdown  ─► exit
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use batchlab_collective::{Algorithm, PlanConfig};
+use batchlab_core::exact::Packet;
+use batchlab_core::sampler::balanced_range;
+use batchlab_core::train::{Applied, Begin, TrainConfig, WorkerScratch, compute_micros};
+use batchlab_proto::v1::coordinator_client::CoordinatorClient;
+use batchlab_proto::v1::{
+    HeartbeatRequest, JoinRequest, RunReport, RunSpec, TaskRequest, run_report, task_assignment,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::auth::Stamp;
+use crate::mesh::{Mesh, PeerEndpoint};
+use crate::{NetError, transport};
+
+/// Settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The coordinator's address (`host:port` or `http://host:port`).
+    pub coordinator: String,
+    /// The run's token.
+    pub token: String,
+    /// Where this worker's peer service listens (`0.0.0.0:0` for any interface, any port).
+    pub listen: SocketAddr,
+    /// The address peers reach this worker at; default: the listen address, or this host's
+    /// name when listening on all interfaces.
+    pub advertise: Option<String>,
+    /// A rank assigned by the launcher (RANK, SLURM_PROCID, JOB_COMPLETION_INDEX).
+    pub requested_rank: Option<u32>,
+    /// How long to keep trying to reach the coordinator and the peers.
+    pub connect_timeout: Duration,
+}
+
+type Client = CoordinatorClient<InterceptedService<Channel, Stamp>>;
+
+/// Runs a worker until the coordinator tells it to shut down or a run fails.
+pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| NetError::Io { what: format!("binding the peer listener on {}", cfg.listen), source: e })?;
+    let local = listener.local_addr().map_err(|e| NetError::Io { what: "peer listener address".into(), source: e })?;
+    let advertise = match &cfg.advertise {
+        Some(a) => a.clone(),
+        None if local.ip().is_unspecified() => {
+            let host = hostname();
+            format!("{host}:{}", local.port())
+        }
+        None => local.to_string(),
+    };
+    let endpoint = PeerEndpoint::new(cfg.connect_timeout);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = transport::server()
+        .add_service(endpoint.service(&cfg.token))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        });
+    let server = tokio::spawn(server);
+    let result = join_and_work(&cfg, &endpoint, &advertise).await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    result
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+async fn connect_coordinator(cfg: &WorkerConfig) -> Result<Client, NetError> {
+    let uri =
+        if cfg.coordinator.contains("://") { cfg.coordinator.clone() } else { format!("http://{}", cfg.coordinator) };
+    let unreachable = |e| NetError::Unreachable { what: "the coordinator".into(), addr: cfg.coordinator.clone(), source: e };
+    let endpoint = transport::endpoint(&uri).map_err(unreachable)?.connect_timeout(Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(unreachable(e)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    Ok(CoordinatorClient::with_interceptor(channel, Stamp::new(&cfg.token)?)
+        .max_decoding_message_size(transport::MAX_MESSAGE))
+}
+
+async fn join_and_work(cfg: &WorkerConfig, endpoint: &PeerEndpoint, advertise: &str) -> Result<(), NetError> {
+    let mut client = connect_coordinator(cfg).await?;
+    let reply = client
+        .join(JoinRequest {
+            advertise_addr: advertise.to_string(),
+            hostname: hostname(),
+            pid: std::process::id(),
+            requested_rank: cfg.requested_rank.map_or(-1, i64::from),
+        })
+        .await
+        .map_err(|s| NetError::rpc(format!("joining the coordinator at {}", cfg.coordinator), s))?
+        .into_inner();
+    let rank = reply.rank as usize;
+    tracing::info!(rank, world = reply.world_size, advertise, "joined");
+    let mut mesh = endpoint
+        .connect(&reply.session, reply.generation, rank, &reply.peers, &cfg.token, cfg.connect_timeout)
+        .await?;
+
+    let (abort_tx, abort_rx) = watch::channel(None::<String>);
+    let heartbeat = tokio::spawn(heartbeats(
+        client.clone(),
+        reply.session.clone(),
+        reply.rank,
+        reply.generation,
+        Duration::from_millis(reply.heartbeat_interval_ms.max(10)),
+        Duration::from_millis(reply.heartbeat_timeout_ms.max(100)),
+        abort_tx,
+    ));
+    let ctx = Ctx { session: reply.session.clone(), rank, generation: reply.generation, client: client.clone() };
+    let mut done = 0;
+    let outcome = loop {
+        let assignment = client
+            .next_task(TaskRequest { session: ctx.session.clone(), rank: reply.rank, generation: ctx.generation, done_task: done })
+            .await
+            .map_err(|s| NetError::rpc("asking the coordinator for work", s));
+        let assignment = match assignment {
+            Ok(a) => a.into_inner(),
+            Err(e) => break Err(e),
+        };
+        match assignment.kind {
+            Some(task_assignment::Kind::Shutdown(s)) => {
+                tracing::info!(reason = s.reason, "shutting down");
+                break Ok(());
+            }
+            Some(task_assignment::Kind::Run(spec)) => {
+                let result = train(&ctx, assignment.task, &spec, &mut mesh, abort_rx.clone()).await;
+                if let Err(e) = result {
+                    tracing::error!(rank, "run failed: {e}");
+                    break Err(e);
+                }
+                done = assignment.task;
+            }
+            None => break Err(NetError::Peer("the coordinator sent an empty assignment".into())),
+        }
+    };
+    heartbeat.abort();
+    outcome
+}
+
+async fn heartbeats(
+    mut client: Client,
+    session: String,
+    rank: u32,
+    generation: u64,
+    interval: Duration,
+    timeout: Duration,
+    abort: watch::Sender<Option<String>>,
+) {
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(interval).await;
+        let req = HeartbeatRequest { session: session.clone(), rank, generation };
+        match tokio::time::timeout(timeout, client.heartbeat(req)).await {
+            Ok(Ok(r)) => {
+                last_ok = tokio::time::Instant::now();
+                let msg = r.into_inner().abort;
+                if !msg.is_empty() {
+                    let _ = abort.send(Some(msg));
+                }
+            }
+            _ if last_ok.elapsed() > timeout => {
+                let _ = abort.send(Some(format!("lost the coordinator: no heartbeat answered for {:.1}s", timeout.as_secs_f64())));
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Ctx {
+    session: String,
+    rank: usize,
+    generation: u64,
+    client: Client,
+}
+
+/// Runs one training run in lock step with the other ranks.
+async fn train(
+    ctx: &Ctx,
+    task: u64,
+    spec: &RunSpec,
+    mesh: &mut Mesh,
+    abort: watch::Receiver<Option<String>>,
+) -> Result<(), NetError> {
+    let (tx, rx) = mpsc::channel::<RunReport>(1024);
+    let mut client = ctx.client.clone();
+    let reporter = tokio::spawn(async move { client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let report = |kind| RunReport { session: ctx.session.clone(), rank: ctx.rank as u32, task, kind: Some(kind) };
+    let result = train_steps(ctx, spec, mesh, abort, |kind| {
+        let tx = tx.clone();
+        let msg = report(kind);
+        async move { tx.send(msg).await.map_err(|_| NetError::Peer("the report stream to the coordinator closed".into())) }
+    })
+    .await;
+    if let Err(e) = &result {
+        let _ = tx.send(report(run_report::Kind::Error(e.to_string()))).await;
+    }
+    drop(tx);
+    match reporter.await {
+        Ok(Ok(_)) => result,
+        Ok(Err(s)) => result.and(Err(NetError::rpc("reporting to the coordinator", s))),
+        Err(_) => result,
+    }
+}
+
+async fn train_steps<F, Fut>(
+    ctx: &Ctx,
+    spec: &RunSpec,
+    mesh: &mut Mesh,
+    abort: watch::Receiver<Option<String>>,
+    send: F,
+) -> Result<(), NetError>
+where
+    F: Fn(run_report::Kind) -> Fut,
+    Fut: std::future::Future<Output = Result<(), NetError>>,
+{
+    let cfg: TrainConfig = toml::from_str(&spec.config_toml).map_err(|e| NetError::Config(e.to_string()))?;
+    let plan = cfg.build().map_err(|e| NetError::Config(e.to_string()))?;
+    let algorithm: Algorithm = spec.allreduce.parse().map_err(|e: String| NetError::Config(e))?;
+    if spec.reduce != "exact" {
+        return Err(NetError::Config(format!("reduce = {:?}: expected \"exact\"", spec.reduce)));
+    }
+    if spec.peer_timeout_ms > 0 {
+        mesh.set_recv_timeout(Duration::from_millis(spec.peer_timeout_ms));
+    }
+    let (rank, world) = (mesh.rank(), mesh.world());
+    let n = plan.num_micro();
+    let mine = balanced_range(n, rank, world);
+    let mut replica = plan.replica();
+    let mut sampler = plan.sampler();
+    let mut packet = Packet::zeroed(plan.task.num_params(), n);
+    let chunk_elems = (spec.chunk_bytes as usize / 8).max(1);
+    let coll = batchlab_collective::plan(&PlanConfig { algorithm, chunk_elems }, rank, world, packet.len());
+    let mut scratch = WorkerScratch::default();
+    let mut eval_scratch = batchlab_core::Scratch::new();
+    loop {
+        if let Some(reason) = abort.borrow().clone() {
+            return Err(NetError::Aborted(reason));
+        }
+        if let Begin::Finished(summary) = tokio::task::block_in_place(|| replica.begin(&mut eval_scratch)) {
+            let json = serde_json::to_string(&summary).expect("summary serializes");
+            return send(run_report::Kind::SummaryJson(json)).await;
+        }
+        loop {
+            tokio::task::block_in_place(|| {
+                compute_micros(
+                    plan.task.as_ref(),
+                    &replica.params,
+                    &mut sampler,
+                    replica.t,
+                    mine.clone(),
+                    replica.scale,
+                    &mut packet,
+                    &mut scratch,
+                )
+            });
+            mesh.all_reduce_i64(packet.words_mut(), &coll).await?;
+            match replica.apply(&packet) {
+                Applied::Redo => continue,
+                Applied::Step(row) => {
+                    if ctx.rank == 0 {
+                        send(run_report::Kind::StepJson(serde_json::to_string(&row).expect("row serializes"))).await?;
+                    }
+                    break;
+                }
+                Applied::Finished(row, summary) => {
+                    if ctx.rank == 0 {
+                        send(run_report::Kind::StepJson(serde_json::to_string(&row).expect("row serializes"))).await?;
+                    }
+                    let json = serde_json::to_string(&summary).expect("summary serializes");
+                    return send(run_report::Kind::SummaryJson(json)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The batchlab wire protocol, package `batchlab.v1`, generated from
+//! `proto/batchlab/v1/batchlab.proto` at build time. Only generated code lives here.
+
+/// Version 1 of the protocol.
+pub mod v1 {
+    #![allow(missing_docs)] // generated code; the .proto file carries the documentation
+    #![allow(clippy::all)] // generated code
+    tonic::include_proto!("batchlab.v1");
+}
+
+/// The protocol version every RPC announces in the `x-batchlab-protocol` metadata entry.
+pub const PROTOCOL_VERSION: u32 = 1;
