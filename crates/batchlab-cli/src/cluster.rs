@@ -46,7 +46,11 @@ impl ReduceArgs {
             bail!("--reduce {}: expected exact", self.reduce);
         }
         if !(1..=(64 << 20)).contains(&self.chunk_bytes) {
-            bail!("--chunk-bytes {}: expected 1 to {} bytes", self.chunk_bytes, 64 << 20);
+            bail!(
+                "--chunk-bytes {}: expected 1 to {} bytes",
+                self.chunk_bytes,
+                64 << 20
+            );
         }
         Ok(RunSpec {
             config_toml: toml::to_string(&p.cfg).context("rendering the config")?,
@@ -60,7 +64,8 @@ impl ReduceArgs {
     fn coordinator_config(&self, workers: usize, token: String) -> CoordinatorConfig {
         let mut c = CoordinatorConfig::new(workers, token);
         c.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(100));
-        c.heartbeat_interval = (c.heartbeat_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
+        c.heartbeat_interval =
+            (c.heartbeat_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
         c
     }
 }
@@ -89,7 +94,12 @@ pub struct CoordinatorArgs {
     #[arg(short = 'w', long)]
     workers: Option<usize>,
     /// The run's shared secret; every worker must give the same.
-    #[arg(long, env = "BATCHLAB_TOKEN", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "BATCHLAB_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     token: String,
     #[command(flatten)]
     reduce: ReduceArgs,
@@ -102,7 +112,12 @@ pub struct WorkerArgs {
     #[arg(long)]
     coordinator: Option<String>,
     /// The run's shared secret.
-    #[arg(long, env = "BATCHLAB_TOKEN", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "BATCHLAB_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
     token: String,
     /// Where this worker's peer service listens.
     #[arg(long, default_value = "0.0.0.0:0")]
@@ -119,13 +134,19 @@ pub struct WorkerArgs {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn env_number(names: &[&str]) -> Result<Option<u64>> {
     for name in names {
         if let Ok(v) = std::env::var(name) {
-            let n = v.trim().parse().map_err(|_| anyhow!("{name}={v}: expected a non-negative integer"))?;
+            let n = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("{name}={v}: expected a non-negative integer"))?;
             return Ok(Some(n));
         }
     }
@@ -138,7 +159,9 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         Some(c) => c,
         None => match (std::env::var("MASTER_ADDR"), std::env::var("MASTER_PORT")) {
             (Ok(a), Ok(p)) => format!("{a}:{p}"),
-            _ => bail!("no coordinator address: give --coordinator HOST:PORT or set MASTER_ADDR and MASTER_PORT"),
+            _ => bail!(
+                "no coordinator address: give --coordinator HOST:PORT or set MASTER_ADDR and MASTER_PORT"
+            ),
         },
     };
     let requested_rank = match args.rank {
@@ -155,13 +178,17 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         requested_rank,
         connect_timeout: Duration::from_secs(args.connect_timeout),
     };
-    runtime()?.block_on(batchlab_net::run_worker(cfg)).map_err(|e| anyhow!(e))
+    runtime()?
+        .block_on(batchlab_net::run_worker(cfg))
+        .map_err(|e| anyhow!(e))
 }
 
 /// Runs `batchlab coordinator`: waits for the workers, runs the configured training on them,
 /// writes the results, and shuts the workers down.
 pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
-    let Some(p) = args.train.prepare("run")? else { return Ok(()) };
+    let Some(p) = args.train.prepare("run")? else {
+        return Ok(());
+    };
     if args.token.is_empty() && !args.listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {} without a token: anyone who reaches it could join. \
@@ -180,12 +207,18 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let cfg = args.reduce.coordinator_config(workers, args.token.clone());
     let listen = args.listen;
     runtime()?.block_on(async move {
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
         tracing::info!(addr = %listener.local_addr()?, workers, "coordinator listening");
         let coordinator = Coordinator::new(cfg);
         let (stop, server) = serve(&coordinator, listener);
         let result = drive(&coordinator, &p, spec, None).await;
-        coordinator.shutdown_workers(if result.is_ok() { "run finished" } else { "run failed" });
+        coordinator.shutdown_workers(if result.is_ok() {
+            "run finished"
+        } else {
+            "run failed"
+        });
         // Give workers a moment to hear the shutdown before the server goes away.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _ = stop.send(true);
@@ -197,7 +230,10 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
 fn serve(
     coordinator: &Coordinator,
     listener: TcpListener,
-) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let c = coordinator.clone();
     let server = tokio::spawn(async move {
@@ -212,12 +248,21 @@ fn serve(
 }
 
 /// Waits for the workers and runs the training, with Ctrl-C and dead children ending it.
-async fn drive(coordinator: &Coordinator, p: &Prepared, spec: RunSpec, children: Option<&mut Vec<Child>>) -> Result<()> {
+async fn drive(
+    coordinator: &Coordinator,
+    p: &Prepared,
+    spec: RunSpec,
+    children: Option<&mut Vec<Child>>,
+) -> Result<()> {
     let mut sink = Sink::create(p)?;
     let mut write_error = None;
     let work = async {
         coordinator.wait_ready(Duration::from_secs(120)).await?;
-        tracing::info!(task = p.plan.task.name(), params = p.plan.task.num_params(), "all workers joined; training");
+        tracing::info!(
+            task = p.plan.task.name(),
+            params = p.plan.task.num_params(),
+            "all workers joined; training"
+        );
         coordinator
             .run(spec, |row| {
                 if let Err(e) = sink.row(&row) {
@@ -262,7 +307,9 @@ fn random_token() -> Result<String> {
 
 /// Runs `batchlab run --workers N`.
 pub fn run(args: RunArgs) -> Result<()> {
-    let Some(p) = args.train.prepare("run")? else { return Ok(()) };
+    let Some(p) = args.train.prepare("run")? else {
+        return Ok(());
+    };
     if args.workers == 0 {
         bail!("--workers 0: expected at least 1 worker");
     }
@@ -271,16 +318,27 @@ pub fn run(args: RunArgs) -> Result<()> {
     let cfg = args.reduce.coordinator_config(args.workers, token.clone());
     let exe = std::env::current_exe().context("locating the batchlab binary")?;
     runtime()?.block_on(async move {
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("binding a loopback port")?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a loopback port")?;
         let addr = listener.local_addr()?;
         let coordinator = Coordinator::new(cfg);
         let (stop, server) = serve(&coordinator, listener);
         let mut children = Vec::with_capacity(args.workers);
         for _ in 0..args.workers {
             let child = Command::new(&exe)
-                .args(["worker", "--coordinator", &addr.to_string(), "--listen", "127.0.0.1:0"])
+                .args([
+                    "worker",
+                    "--coordinator",
+                    &addr.to_string(),
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
                 .env("BATCHLAB_TOKEN", &token)
-                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
+                )
                 .env_remove("RANK")
                 .env_remove("SLURM_PROCID")
                 .env_remove("JOB_COMPLETION_INDEX")
@@ -293,10 +351,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         tracing::info!(workers = args.workers, %addr, "started local workers");
         let result = drive(&coordinator, &p, spec, Some(&mut children)).await;
-        coordinator.shutdown_workers(if result.is_ok() { "run finished" } else { "run failed" });
+        coordinator.shutdown_workers(if result.is_ok() {
+            "run finished"
+        } else {
+            "run failed"
+        });
         // Workers exit on their own after the shutdown; anything still running is killed.
         for child in &mut children {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
         }

@@ -120,10 +120,16 @@ fn default_tags() -> Vec<config::DefaultTag> {
         config::DefaultTag {
             table: "task",
             tag: "kind",
-            default: batchlab_core::tasks::TaskConfig::default().name().to_string(),
+            default: batchlab_core::tasks::TaskConfig::default()
+                .name()
+                .to_string(),
         },
         // The MLP's data source.
-        config::DefaultTag { table: "task.data", tag: "source", default: "teacher".to_string() },
+        config::DefaultTag {
+            table: "task.data",
+            tag: "source",
+            default: "teacher".to_string(),
+        },
     ]
 }
 
@@ -140,14 +146,24 @@ pub struct Prepared {
 impl TrainArgs {
     /// Loads and validates the configuration; `None` when `--print-config` printed it.
     pub fn prepare(&self, prefix: &str) -> Result<Option<Prepared>> {
-        let cfg: TrainConfig = config::load(self.config.as_deref(), &self.overrides(), &default_tags())?;
+        let cfg: TrainConfig =
+            config::load(self.config.as_deref(), &self.overrides(), &default_tags())?;
         if self.print_config {
-            print!("{}", toml::to_string_pretty(&cfg).context("rendering the config")?);
+            print!(
+                "{}",
+                toml::to_string_pretty(&cfg).context("rendering the config")?
+            );
             return Ok(None);
         }
         let plan = cfg.build().context("invalid config")?;
         let out = self.out.clone().unwrap_or_else(|| {
-            PathBuf::from(format!("runs/{prefix}-{}-B{}-lr{}-s{}", plan.task.name(), cfg.batch, plan.peak_lr, cfg.seed))
+            PathBuf::from(format!(
+                "runs/{prefix}-{}-B{}-lr{}-s{}",
+                plan.task.name(),
+                cfg.batch,
+                plan.peak_lr,
+                cfg.seed
+            ))
         });
         Ok(Some(Prepared { cfg, plan, out }))
     }
@@ -170,7 +186,12 @@ impl Sink {
                 .expect("static template")
                 .progress_chars("=> "),
         );
-        Ok(Self { writer, bar, start: Instant::now(), out: p.out.clone() })
+        Ok(Self {
+            writer,
+            bar,
+            start: Instant::now(),
+            out: p.out.clone(),
+        })
     }
 
     /// Records one metrics row.
@@ -178,7 +199,10 @@ impl Sink {
         self.writer.write(row)?;
         self.bar.set_position(row.step + 1);
         if row.step % 10 == 0 {
-            self.bar.set_message(format!("loss {:.4e}  B_simple {:.1}", row.train_loss, row.b_simple));
+            self.bar.set_message(format!(
+                "loss {:.4e}  B_simple {:.1}",
+                row.train_loss, row.b_simple
+            ));
         }
         Ok(())
     }
@@ -204,14 +228,19 @@ impl Sink {
             }
             println!();
         }
-        println!("results in {}", path.parent().unwrap_or(&self.out).display());
+        println!(
+            "results in {}",
+            path.parent().unwrap_or(&self.out).display()
+        );
         Ok(())
     }
 }
 
 /// Runs `batchlab train`.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let Some(p) = args.prepare("train")? else { return Ok(()) };
+    let Some(p) = args.prepare("train")? else {
+        return Ok(());
+    };
     tracing::info!(
         task = p.plan.task.name(),
         params = p.plan.task.num_params(),

@@ -4,11 +4,18 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn batchlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_batchlab")).args(args).output().expect("run batchlab")
+    Command::new(env!("CARGO_BIN_EXE_batchlab"))
+        .args(args)
+        .output()
+        .expect("run batchlab")
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn summary(dir: &Path) -> serde_json::Value {
@@ -18,14 +25,28 @@ fn summary(dir: &Path) -> serde_json::Value {
 
 /// A 200-step MLP run small enough for CI: 32-16-4 on teacher data, B = 64 in 8 micros.
 const MLP: &[&str] = &[
-    "--task", "mlp",
-    "--set", "task.hidden=[16]",
-    "--set", "task.data.input_dim=32",
-    "--set", "task.data.classes=4",
-    "--set", "task.data.train_size=1024",
-    "--set", "task.data.eval_size=256",
-    "--batch", "64", "--micro", "8", "--lr", "0.2", "--steps", "200",
-    "--set", "eval_every=50",
+    "--task",
+    "mlp",
+    "--set",
+    "task.hidden=[16]",
+    "--set",
+    "task.data.input_dim=32",
+    "--set",
+    "task.data.classes=4",
+    "--set",
+    "task.data.train_size=1024",
+    "--set",
+    "task.data.eval_size=256",
+    "--batch",
+    "64",
+    "--micro",
+    "8",
+    "--lr",
+    "0.2",
+    "--steps",
+    "200",
+    "--set",
+    "eval_every=50",
 ];
 
 #[test]
@@ -49,15 +70,32 @@ fn mlp_runs_are_bit_identical_on_any_number_of_workers_and_algorithm_and_equal_t
     for (world, algo) in cases {
         let out = dir.path().join(format!("w{world}-{algo}"));
         let workers = world.to_string();
-        let mut args = vec!["run", "--workers", &workers, "--allreduce", algo, "--out", out.to_str().unwrap()];
+        let mut args = vec![
+            "run",
+            "--workers",
+            &workers,
+            "--allreduce",
+            algo,
+            "--out",
+            out.to_str().unwrap(),
+        ];
         args.extend_from_slice(MLP);
         let o = batchlab(&args);
         assert!(o.status.success(), "{world} workers, {algo}: {}", text(&o));
         let got = summary(&out);
-        assert_eq!(got["params_digest"], want["params_digest"], "{world} workers, {algo}");
-        assert_eq!(got["final_eval_loss"], want["final_eval_loss"], "{world} workers, {algo}");
+        assert_eq!(
+            got["params_digest"], want["params_digest"],
+            "{world} workers, {algo}"
+        );
+        assert_eq!(
+            got["final_eval_loss"], want["final_eval_loss"],
+            "{world} workers, {algo}"
+        );
         let rows = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-        assert!(rows == want_rows, "{world} workers, {algo}: metrics differ from batchlab train's");
+        assert!(
+            rows == want_rows,
+            "{world} workers, {algo}: metrics differ from batchlab train's"
+        );
     }
 }
 
@@ -69,19 +107,42 @@ fn a_worker_with_the_wrong_token_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("c");
     let mut coordinator = Command::new(env!("CARGO_BIN_EXE_batchlab"))
-        .args(["coordinator", "--listen", &addr, "--workers", "1", "--token", "right", "--steps", "5"])
+        .args([
+            "coordinator",
+            "--listen",
+            &addr,
+            "--workers",
+            "1",
+            "--token",
+            "right",
+            "--steps",
+            "5",
+        ])
         .args(["--out", out.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_batchlab"))
-        .args(["worker", "--coordinator", &addr, "--token", "wrong", "--listen", "127.0.0.1:0", "--connect-timeout", "20"])
+        .args([
+            "worker",
+            "--coordinator",
+            &addr,
+            "--token",
+            "wrong",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect-timeout",
+            "20",
+        ])
         .output()
         .unwrap();
     let _ = coordinator.kill();
     let _ = coordinator.wait();
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(t.contains("wrong or missing token") && t.contains(&addr), "{t}");
+    assert!(
+        t.contains("wrong or missing token") && t.contains(&addr),
+        "{t}"
+    );
 }

@@ -20,15 +20,23 @@ pub struct Check {
 impl Check {
     /// A check for `token`; `what` names the service in messages (`coordinator`, `worker`).
     pub fn new(token: &str, what: &'static str) -> Self {
-        Self { token: token.into(), what }
+        Self {
+            token: token.into(),
+            what,
+        }
     }
 }
 
 impl tonic::service::Interceptor for Check {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let md = req.metadata();
-        let from = req.remote_addr().map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
-        let version = md.get(PROTOCOL_KEY).and_then(|v| v.to_str().ok()).unwrap_or("none");
+        let from = req
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+        let version = md
+            .get(PROTOCOL_KEY)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
         if version != PROTOCOL_VERSION.to_string() {
             tracing::warn!(%from, version, "refused a call: wrong protocol version");
             return Err(Status::failed_precondition(format!(
@@ -61,7 +69,10 @@ impl Stamp {
         let token = token.parse().map_err(|_| {
             crate::NetError::Config("the token must be printable ASCII without spaces".to_string())
         })?;
-        let version = PROTOCOL_VERSION.to_string().parse().expect("digits are ASCII");
+        let version = PROTOCOL_VERSION
+            .to_string()
+            .parse()
+            .expect("digits are ASCII");
         Ok(Self { token, version })
     }
 }
@@ -69,7 +80,8 @@ impl Stamp {
 impl tonic::service::Interceptor for Stamp {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         req.metadata_mut().insert(TOKEN_KEY, self.token.clone());
-        req.metadata_mut().insert(PROTOCOL_KEY, self.version.clone());
+        req.metadata_mut()
+            .insert(PROTOCOL_KEY, self.version.clone());
         Ok(req)
     }
 }

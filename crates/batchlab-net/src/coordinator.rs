@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use batchlab_core::train::{RunSummary, StepMetrics};
 use batchlab_proto::v1::coordinator_server::{self, CoordinatorServer};
 use batchlab_proto::v1::{
-    HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, ReportAck, RunReport, RunSpec, Shutdown,
-    TaskAssignment, TaskRequest, run_report, task_assignment,
+    HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, ReportAck, RunReport, RunSpec,
+    Shutdown, TaskAssignment, TaskRequest, run_report, task_assignment,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -84,7 +84,11 @@ pub struct Rendezvous {
 impl Rendezvous {
     /// A rendezvous for `world` members.
     pub fn new(world: usize) -> Self {
-        Self { world, joined: Vec::new(), ranks: None }
+        Self {
+            world,
+            joined: Vec::new(),
+            ranks: None,
+        }
     }
 
     /// Adds a member; returns its join index. Refused once the world is complete.
@@ -98,7 +102,10 @@ impl Rendezvous {
         }
         if let Some(r) = m.requested_rank {
             if r as usize >= self.world {
-                return Err(format!("requested rank {r} from {} is out of range for {} workers", m.addr, self.world));
+                return Err(format!(
+                    "requested rank {r} from {} is out of range for {} workers",
+                    m.addr, self.world
+                ));
             }
         }
         self.joined.push(m);
@@ -119,7 +126,10 @@ impl Rendezvous {
             })
         });
         if permutation {
-            requested.iter().map(|r| r.expect("checked") as usize).collect()
+            requested
+                .iter()
+                .map(|r| r.expect("checked") as usize)
+                .collect()
         } else {
             (0..self.world).collect()
         }
@@ -149,10 +159,23 @@ impl Rendezvous {
 /// What workers told the coordinator about a run.
 #[derive(Debug)]
 enum Event {
-    Row { task: u64, json: String },
-    Summary { rank: usize, task: u64, json: String },
-    Error { rank: usize, task: u64, message: String },
-    Lost { rank: usize, message: String },
+    Row {
+        task: u64,
+        json: String,
+    },
+    Summary {
+        rank: usize,
+        task: u64,
+        json: String,
+    },
+    Error {
+        rank: usize,
+        task: u64,
+        message: String,
+    },
+    Lost {
+        message: String,
+    },
 }
 
 #[derive(Debug)]
@@ -189,7 +212,10 @@ impl Shared {
             )));
         }
         if rank as usize >= self.cfg.workers {
-            return Err(Status::invalid_argument(format!("rank {rank} is out of range for {} workers", self.cfg.workers)));
+            return Err(Status::invalid_argument(format!(
+                "rank {rank} is out of range for {} workers",
+                self.cfg.workers
+            )));
         }
         Ok(())
     }
@@ -205,8 +231,14 @@ impl Coordinator {
     /// A coordinator waiting for `cfg.workers` workers.
     pub fn new(cfg: CoordinatorConfig) -> Self {
         let (events, inbox) = mpsc::unbounded_channel();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let session = format!("{:x}-{:x}", std::process::id(), now.as_nanos() & 0xffff_ffff_ffff);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let session = format!(
+            "{:x}-{:x}",
+            std::process::id(),
+            now.as_nanos() & 0xffff_ffff_ffff
+        );
         let n = cfg.workers;
         Self {
             shared: Arc::new(Shared {
@@ -239,14 +271,22 @@ impl Coordinator {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), NetError> {
-        let svc = CoordinatorServer::new(Service { shared: self.shared.clone() })
-            .max_decoding_message_size(transport::MAX_MESSAGE);
+        let svc = CoordinatorServer::new(Service {
+            shared: self.shared.clone(),
+        })
+        .max_decoding_message_size(transport::MAX_MESSAGE);
         let svc = InterceptedService::new(svc, Check::new(&self.shared.cfg.token, "coordinator"));
         let monitor = tokio::spawn(monitor(self.shared.clone()));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let result = transport::server().add_service(svc).serve_with_incoming_shutdown(incoming, shutdown).await;
+        let result = transport::server()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
         monitor.abort();
-        result.map_err(|e| NetError::Io { what: format!("coordinator server: {e}"), source: std::io::Error::other(e) })
+        result.map_err(|e| NetError::Io {
+            what: format!("coordinator server: {e}"),
+            source: std::io::Error::other(e),
+        })
     }
 
     /// Waits until every worker has joined.
@@ -254,7 +294,14 @@ impl Coordinator {
         let mut v = self.shared.version.subscribe();
         let wait = async {
             loop {
-                if let Some(peers) = self.shared.state.lock().expect("poisoned").rendezvous.peers() {
+                if let Some(peers) = self
+                    .shared
+                    .state
+                    .lock()
+                    .expect("poisoned")
+                    .rendezvous
+                    .peers()
+                {
                     return peers;
                 }
                 if v.changed().await.is_err() {
@@ -263,7 +310,14 @@ impl Coordinator {
             }
         };
         tokio::time::timeout(timeout, wait).await.map_err(|_| {
-            let n = self.shared.state.lock().expect("poisoned").rendezvous.joined.len();
+            let n = self
+                .shared
+                .state
+                .lock()
+                .expect("poisoned")
+                .rendezvous
+                .joined
+                .len();
             NetError::Timeout {
                 what: format!("{} workers to join ({n} joined)", self.shared.cfg.workers),
                 after: timeout,
@@ -273,13 +327,19 @@ impl Coordinator {
 
     /// Runs `spec` on the workers, handing each metrics row to `on_row`, and returns the
     /// summary once every rank reported the same final parameters.
-    pub async fn run(&self, spec: RunSpec, mut on_row: impl FnMut(StepMetrics)) -> Result<RunSummary, NetError> {
+    pub async fn run(
+        &self,
+        spec: RunSpec,
+        mut on_row: impl FnMut(StepMetrics),
+    ) -> Result<RunSummary, NetError> {
         let mut inbox = self.shared.inbox.lock().await;
         while inbox.try_recv().is_ok() {} // leftovers of an earlier run
         let task = {
             let mut s = self.shared.state.lock().expect("poisoned");
             if let Some(lost) = s.lost.iter().position(|l| *l) {
-                return Err(NetError::Aborted(format!("rank {lost} was lost earlier; the cluster cannot run")));
+                return Err(NetError::Aborted(format!(
+                    "rank {lost} was lost earlier; the cluster cannot run"
+                )));
             }
             s.task += 1;
             s.spec = Some(spec);
@@ -302,16 +362,26 @@ impl Coordinator {
             };
             match event {
                 Event::Row { task: t, json } if t == task => {
-                    let row: StepMetrics = serde_json::from_str(&json)
-                        .map_err(|e| NetError::Peer(format!("rank 0 sent a malformed metrics row: {e}")))?;
+                    let row: StepMetrics = serde_json::from_str(&json).map_err(|e| {
+                        NetError::Peer(format!("rank 0 sent a malformed metrics row: {e}"))
+                    })?;
                     on_row(row);
                 }
-                Event::Summary { rank, task: t, json } if t == task => {
-                    let s: RunSummary = serde_json::from_str(&json)
-                        .map_err(|e| NetError::Peer(format!("rank {rank} sent a malformed summary: {e}")))?;
+                Event::Summary {
+                    rank,
+                    task: t,
+                    json,
+                } if t == task => {
+                    let s: RunSummary = serde_json::from_str(&json).map_err(|e| {
+                        NetError::Peer(format!("rank {rank} sent a malformed summary: {e}"))
+                    })?;
                     summaries.insert(rank, s);
                 }
-                Event::Error { rank, task: t, message } if t == task => {
+                Event::Error {
+                    rank,
+                    task: t,
+                    message,
+                } if t == task => {
                     return Err(fail(format!("rank {rank} failed: {message}")));
                 }
                 Event::Lost { message, .. } => return Err(fail(message)),
@@ -319,7 +389,10 @@ impl Coordinator {
             }
         }
         let first = summaries.get(&0).cloned().expect("rank 0 reported");
-        if let Some((rank, s)) = summaries.iter().find(|(_, s)| s.params_digest != first.params_digest) {
+        if let Some((rank, s)) = summaries
+            .iter()
+            .find(|(_, s)| s.params_digest != first.params_digest)
+        {
             return Err(NetError::Peer(format!(
                 "replicas disagree: rank 0 ended with parameters {}, rank {rank} with {}",
                 first.params_digest, s.params_digest
@@ -345,7 +418,9 @@ async fn monitor(shared: Arc<Shared>) {
             let mut s = shared.state.lock().expect("poisoned");
             let peers = s.rendezvous.peers().unwrap_or_default();
             for rank in 0..s.last_seen.len() {
-                let Some(seen) = s.last_seen[rank] else { continue };
+                let Some(seen) = s.last_seen[rank] else {
+                    continue;
+                };
                 if !s.lost[rank] && now.duration_since(seen) > shared.cfg.heartbeat_timeout {
                     s.lost[rank] = true;
                     let addr = peers.get(rank).cloned().unwrap_or_default();
@@ -361,7 +436,7 @@ async fn monitor(shared: Arc<Shared>) {
         }
         for (rank, message) in lost_now {
             tracing::error!(rank, "{message}");
-            let _ = shared.events.send(Event::Lost { rank, message });
+            let _ = shared.events.send(Event::Lost { message });
             shared.bump();
         }
     }
@@ -374,10 +449,14 @@ struct Service {
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for Service {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
-        let from = request.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
+        let from = request
+            .remote_addr()
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
         let r = request.into_inner();
         if r.advertise_addr.is_empty() {
-            return Err(Status::invalid_argument(format!("join from {from} gave no advertise address")));
+            return Err(Status::invalid_argument(format!(
+                "join from {from} gave no advertise address"
+            )));
         }
         let member = Member {
             addr: r.advertise_addr.clone(),
@@ -387,12 +466,24 @@ impl coordinator_server::Coordinator for Service {
         };
         let index = {
             let mut s = self.shared.state.lock().expect("poisoned");
-            s.rendezvous.join(member).map_err(Status::resource_exhausted)?
+            s.rendezvous
+                .join(member)
+                .map_err(Status::resource_exhausted)?
         };
-        tracing::info!(addr = r.advertise_addr, host = r.hostname, pid = r.pid, "worker joined");
+        tracing::info!(
+            addr = r.advertise_addr,
+            host = r.hostname,
+            pid = r.pid,
+            "worker joined"
+        );
         self.shared.bump();
-        let coordinator = Coordinator { shared: self.shared.clone() };
-        let peers = coordinator.wait_ready(self.shared.cfg.join_timeout).await.map_err(to_status)?;
+        let coordinator = Coordinator {
+            shared: self.shared.clone(),
+        };
+        let peers = coordinator
+            .wait_ready(self.shared.cfg.join_timeout)
+            .await
+            .map_err(to_status)?;
         let rank = {
             let mut s = self.shared.state.lock().expect("poisoned");
             let rank = s.rendezvous.rank_of(index).expect("complete");
@@ -410,15 +501,23 @@ impl coordinator_server::Coordinator for Service {
         }))
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
         let r = request.into_inner();
         self.shared.check_session(&r.session, r.rank)?;
         let mut s = self.shared.state.lock().expect("poisoned");
         s.last_seen[r.rank as usize] = Some(Instant::now());
-        Ok(Response::new(HeartbeatReply { abort: s.abort.clone().unwrap_or_default() }))
+        Ok(Response::new(HeartbeatReply {
+            abort: s.abort.clone().unwrap_or_default(),
+        }))
     }
 
-    async fn next_task(&self, request: Request<TaskRequest>) -> Result<Response<TaskAssignment>, Status> {
+    async fn next_task(
+        &self,
+        request: Request<TaskRequest>,
+    ) -> Result<Response<TaskAssignment>, Status> {
         let r = request.into_inner();
         self.shared.check_session(&r.session, r.rank)?;
         let mut v = self.shared.version.subscribe();
@@ -428,7 +527,9 @@ impl coordinator_server::Coordinator for Service {
                 if let Some(reason) = &s.shutdown {
                     return Ok(Response::new(TaskAssignment {
                         task: s.task,
-                        kind: Some(task_assignment::Kind::Shutdown(Shutdown { reason: reason.clone() })),
+                        kind: Some(task_assignment::Kind::Shutdown(Shutdown {
+                            reason: reason.clone(),
+                        })),
                     }));
                 }
                 if s.task > r.done_task {
@@ -446,7 +547,10 @@ impl coordinator_server::Coordinator for Service {
         }
     }
 
-    async fn report(&self, request: Request<Streaming<RunReport>>) -> Result<Response<ReportAck>, Status> {
+    async fn report(
+        &self,
+        request: Request<Streaming<RunReport>>,
+    ) -> Result<Response<ReportAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(msg) = stream.next().await {
             let m = msg?;
@@ -454,8 +558,16 @@ impl coordinator_server::Coordinator for Service {
             let rank = m.rank as usize;
             let event = match m.kind {
                 Some(run_report::Kind::StepJson(json)) => Event::Row { task: m.task, json },
-                Some(run_report::Kind::SummaryJson(json)) => Event::Summary { rank, task: m.task, json },
-                Some(run_report::Kind::Error(message)) => Event::Error { rank, task: m.task, message },
+                Some(run_report::Kind::SummaryJson(json)) => Event::Summary {
+                    rank,
+                    task: m.task,
+                    json,
+                },
+                Some(run_report::Kind::Error(message)) => Event::Error {
+                    rank,
+                    task: m.task,
+                    message,
+                },
                 None => return Err(Status::invalid_argument("a report with no content")),
             };
             let _ = self.shared.events.send(event);
@@ -469,7 +581,12 @@ mod tests {
     use super::*;
 
     fn member(addr: &str, rank: Option<u32>) -> Member {
-        Member { addr: addr.to_string(), hostname: "h".to_string(), pid: 1, requested_rank: rank }
+        Member {
+            addr: addr.to_string(),
+            hostname: "h".to_string(),
+            pid: 1,
+            requested_rank: rank,
+        }
     }
 
     #[test]
@@ -500,7 +617,10 @@ mod tests {
         r.join(member("a:1", None)).unwrap();
         assert!(r.is_complete());
         let e = r.join(member("b:2", None)).unwrap_err();
-        assert!(e.contains("complete with 1 workers") && e.contains("b:2"), "{e}");
+        assert!(
+            e.contains("complete with 1 workers") && e.contains("b:2"),
+            "{e}"
+        );
         let e = Rendezvous::new(2).join(member("c:3", Some(5))).unwrap_err();
         assert!(e.contains("requested rank 5") && e.contains("c:3"), "{e}");
     }

@@ -57,7 +57,10 @@ pub enum NetError {
 impl NetError {
     /// An RPC failure of `what`.
     pub fn rpc(what: impl Into<String>, status: tonic::Status) -> Self {
-        Self::Rpc { what: what.into(), status }
+        Self::Rpc {
+            what: what.into(),
+            status,
+        }
     }
 }
 

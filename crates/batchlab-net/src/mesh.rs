@@ -57,7 +57,9 @@ type ExchangeResult = Result<Response<ExchangeAck>, Status>;
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn exchange(&self, request: Request<Streaming<Chunk>>) -> ExchangeResult {
-        let from_addr = request.remote_addr().map_or_else(|| "?".to_string(), |a| a.to_string());
+        let from_addr = request
+            .remote_addr()
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
         let mut stream = request.into_inner();
         let mut routes = self.routes.clone();
         let routes = tokio::time::timeout(self.route_timeout, routes.wait_for(Option::is_some))
@@ -102,14 +104,17 @@ impl Peer for PeerService {
                 }
                 Some(Err(status)) => {
                     if let Some(rank) = from {
-                        let _ = routes.inboxes[rank]
-                            .send(Inbound::Closed(format!("stream broke: {}", status.message())));
+                        let _ = routes.inboxes[rank].send(Inbound::Closed(format!(
+                            "stream broke: {}",
+                            status.message()
+                        )));
                     }
                     return Err(status);
                 }
                 None => {
                     if let Some(rank) = from {
-                        let _ = routes.inboxes[rank].send(Inbound::Closed("stream ended".to_string()));
+                        let _ =
+                            routes.inboxes[rank].send(Inbound::Closed("stream ended".to_string()));
                     }
                     return Ok(Response::new(ExchangeAck {}));
                 }
@@ -128,7 +133,13 @@ impl PeerEndpoint {
     /// A peer endpoint that waits up to `route_timeout` for the mesh to be installed.
     pub fn new(route_timeout: Duration) -> Self {
         let (install, routes) = watch::channel(None);
-        Self { install, service: PeerService { routes, route_timeout } }
+        Self {
+            install,
+            service: PeerService {
+                routes,
+                route_timeout,
+            },
+        }
     }
 
     /// The tonic service, with the token check in front.
@@ -160,7 +171,11 @@ impl PeerEndpoint {
             inboxes.push(Mutex::new(rx));
         }
         self.install
-            .send(Some(Arc::new(Routes { session: session.to_string(), generation, inboxes: txs })))
+            .send(Some(Arc::new(Routes {
+                session: session.to_string(),
+                generation,
+                inboxes: txs,
+            })))
             .map_err(|_| NetError::Peer("the peer service stopped".to_string()))?;
         let stamp = Stamp::new(token)?;
         for (r, addr) in peers.iter().enumerate() {
@@ -177,14 +192,20 @@ impl PeerEndpoint {
             let addr = addr.clone();
             let (done_tx, done_rx) = watch::channel(None);
             tokio::spawn(async move {
-                let outcome = client.exchange(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+                let outcome = client
+                    .exchange(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await;
                 let msg = match outcome {
                     Ok(_) => "stream closed".to_string(),
                     Err(s) => s.message().to_string(),
                 };
                 let _ = done_tx.send(Some(msg));
             });
-            senders.push(Some(Sender { tx, addr, done: done_rx }));
+            senders.push(Some(Sender {
+                tx,
+                addr,
+                done: done_rx,
+            }));
         }
         Ok(Mesh {
             rank,
@@ -201,14 +222,23 @@ impl PeerEndpoint {
 }
 
 async fn connect_peer(rank: usize, addr: &str, timeout: Duration) -> Result<Channel, NetError> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
     let endpoint: Endpoint = transport::endpoint(&uri)
-        .map_err(|e| NetError::Unreachable { what: format!("rank {rank}"), addr: addr.to_string(), source: e })?
+        .map_err(|e| NetError::Unreachable {
+            what: format!("rank {rank}"),
+            addr: addr.to_string(),
+            source: e,
+        })?
         .connect_timeout(timeout);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| NetError::Unreachable { what: format!("rank {rank}"), addr: addr.to_string(), source: e })
+    endpoint.connect().await.map_err(|e| NetError::Unreachable {
+        what: format!("rank {rank}"),
+        addr: addr.to_string(),
+        source: e,
+    })
 }
 
 struct Sender {
@@ -254,7 +284,10 @@ impl Mesh {
     }
 
     fn peer_name(&self, rank: usize) -> String {
-        format!("rank {rank} ({})", self.peers.get(rank).map_or("?", String::as_str))
+        format!(
+            "rank {rank} ({})",
+            self.peers.get(rank).map_or("?", String::as_str)
+        )
     }
 
     /// All-reduces `words` with wrapping `i64` addition by `plan` (which must be this rank's
@@ -297,7 +330,13 @@ impl Mesh {
         Ok(())
     }
 
-    async fn send(&self, peer: usize, seq: u64, step: u32, payload: Vec<u8>) -> Result<(), NetError> {
+    async fn send(
+        &self,
+        peer: usize,
+        seq: u64,
+        step: u32,
+        payload: Vec<u8>,
+    ) -> Result<(), NetError> {
         let s = self.senders[peer].as_ref().expect("never sends to itself");
         let chunk = Chunk {
             session: self.session.clone(),
@@ -305,17 +344,24 @@ impl Mesh {
             generation: self.generation,
             collective: seq,
             step,
-            payload: payload.into(),
+            payload,
         };
         let lost = |why: &str| NetError::Peer(format!("lost rank {peer} ({}): {why}", s.addr));
         match tokio::time::timeout(self.recv_timeout, s.tx.send(chunk)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => {
-                let why = s.done.borrow().clone().unwrap_or_else(|| "stream closed".to_string());
+                let why = s
+                    .done
+                    .borrow()
+                    .clone()
+                    .unwrap_or_else(|| "stream closed".to_string());
                 Err(lost(&why))
             }
             Err(_) => Err(NetError::Timeout {
-                what: format!("rank {peer} ({}) to accept data in collective {seq}", s.addr),
+                what: format!(
+                    "rank {peer} ({}) to accept data in collective {seq}",
+                    s.addr
+                ),
                 after: self.recv_timeout,
             }),
         }
@@ -323,10 +369,15 @@ impl Mesh {
 
     async fn recv(&self, peer: usize, seq: u64, step: u32) -> Result<Chunk, NetError> {
         let mut inbox = self.inboxes[peer].lock().await;
-        let got = tokio::time::timeout(self.recv_timeout, inbox.recv()).await.map_err(|_| NetError::Timeout {
-            what: format!("{} in step {step} of collective {seq}", self.peer_name(peer)),
-            after: self.recv_timeout,
-        })?;
+        let got = tokio::time::timeout(self.recv_timeout, inbox.recv())
+            .await
+            .map_err(|_| NetError::Timeout {
+                what: format!(
+                    "{} in step {step} of collective {seq}",
+                    self.peer_name(peer)
+                ),
+                after: self.recv_timeout,
+            })?;
         match got {
             Some(Inbound::Chunk(c)) if c.collective == seq && c.step == step => Ok(c),
             Some(Inbound::Chunk(c)) => Err(NetError::Peer(format!(
@@ -335,8 +386,14 @@ impl Mesh {
                 c.step,
                 c.collective
             ))),
-            Some(Inbound::Closed(why)) => Err(NetError::Peer(format!("lost {}: {why}", self.peer_name(peer)))),
-            None => Err(NetError::Peer(format!("lost {}: this worker's peer service stopped", self.peer_name(peer)))),
+            Some(Inbound::Closed(why)) => Err(NetError::Peer(format!(
+                "lost {}: {why}",
+                self.peer_name(peer)
+            ))),
+            None => Err(NetError::Peer(format!(
+                "lost {}: this worker's peer service stopped",
+                self.peer_name(peer)
+            ))),
         }
     }
 }
@@ -351,9 +408,14 @@ pub fn encode_i64(xs: &[i64]) -> Vec<u8> {
 }
 
 fn decode_i64(bytes: &[u8], dst: &mut [i64], combine: Combine) {
-    let words = bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let words = bytes
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
     match combine {
-        Combine::Add => dst.iter_mut().zip(words).for_each(|(d, w)| *d = d.wrapping_add(w)),
+        Combine::Add => dst
+            .iter_mut()
+            .zip(words)
+            .for_each(|(d, w)| *d = d.wrapping_add(w)),
         Combine::Copy => dst.iter_mut().zip(words).for_each(|(d, w)| *d = w),
     }
 }

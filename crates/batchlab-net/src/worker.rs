@@ -52,8 +52,14 @@ type Client = CoordinatorClient<InterceptedService<Channel, Stamp>>;
 pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
     let listener = TcpListener::bind(cfg.listen)
         .await
-        .map_err(|e| NetError::Io { what: format!("binding the peer listener on {}", cfg.listen), source: e })?;
-    let local = listener.local_addr().map_err(|e| NetError::Io { what: "peer listener address".into(), source: e })?;
+        .map_err(|e| NetError::Io {
+            what: format!("binding the peer listener on {}", cfg.listen),
+            source: e,
+        })?;
+    let local = listener.local_addr().map_err(|e| NetError::Io {
+        what: "peer listener address".into(),
+        source: e,
+    })?;
     let advertise = match &cfg.advertise {
         Some(a) => a.clone(),
         None if local.ip().is_unspecified() => {
@@ -66,9 +72,12 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = transport::server()
         .add_service(endpoint.service(&cfg.token))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        });
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        );
     let server = tokio::spawn(server);
     let result = join_and_work(&cfg, &endpoint, &advertise).await;
     let _ = stop_tx.send(true);
@@ -86,10 +95,19 @@ fn hostname() -> String {
 }
 
 async fn connect_coordinator(cfg: &WorkerConfig) -> Result<Client, NetError> {
-    let uri =
-        if cfg.coordinator.contains("://") { cfg.coordinator.clone() } else { format!("http://{}", cfg.coordinator) };
-    let unreachable = |e| NetError::Unreachable { what: "the coordinator".into(), addr: cfg.coordinator.clone(), source: e };
-    let endpoint = transport::endpoint(&uri).map_err(unreachable)?.connect_timeout(Duration::from_secs(2));
+    let uri = if cfg.coordinator.contains("://") {
+        cfg.coordinator.clone()
+    } else {
+        format!("http://{}", cfg.coordinator)
+    };
+    let unreachable = |e| NetError::Unreachable {
+        what: "the coordinator".into(),
+        addr: cfg.coordinator.clone(),
+        source: e,
+    };
+    let endpoint = transport::endpoint(&uri)
+        .map_err(unreachable)?
+        .connect_timeout(Duration::from_secs(2));
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let channel = loop {
         match endpoint.connect().await {
@@ -98,11 +116,17 @@ async fn connect_coordinator(cfg: &WorkerConfig) -> Result<Client, NetError> {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
-    Ok(CoordinatorClient::with_interceptor(channel, Stamp::new(&cfg.token)?)
-        .max_decoding_message_size(transport::MAX_MESSAGE))
+    Ok(
+        CoordinatorClient::with_interceptor(channel, Stamp::new(&cfg.token)?)
+            .max_decoding_message_size(transport::MAX_MESSAGE),
+    )
 }
 
-async fn join_and_work(cfg: &WorkerConfig, endpoint: &PeerEndpoint, advertise: &str) -> Result<(), NetError> {
+async fn join_and_work(
+    cfg: &WorkerConfig,
+    endpoint: &PeerEndpoint,
+    advertise: &str,
+) -> Result<(), NetError> {
     let mut client = connect_coordinator(cfg).await?;
     let reply = client
         .join(JoinRequest {
@@ -117,7 +141,14 @@ async fn join_and_work(cfg: &WorkerConfig, endpoint: &PeerEndpoint, advertise: &
     let rank = reply.rank as usize;
     tracing::info!(rank, world = reply.world_size, advertise, "joined");
     let mut mesh = endpoint
-        .connect(&reply.session, reply.generation, rank, &reply.peers, &cfg.token, cfg.connect_timeout)
+        .connect(
+            &reply.session,
+            reply.generation,
+            rank,
+            &reply.peers,
+            &cfg.token,
+            cfg.connect_timeout,
+        )
         .await?;
 
     let (abort_tx, abort_rx) = watch::channel(None::<String>);
@@ -130,11 +161,21 @@ async fn join_and_work(cfg: &WorkerConfig, endpoint: &PeerEndpoint, advertise: &
         Duration::from_millis(reply.heartbeat_timeout_ms.max(100)),
         abort_tx,
     ));
-    let ctx = Ctx { session: reply.session.clone(), rank, generation: reply.generation, client: client.clone() };
+    let ctx = Ctx {
+        session: reply.session.clone(),
+        rank,
+        generation: reply.generation,
+        client: client.clone(),
+    };
     let mut done = 0;
     let outcome = loop {
         let assignment = client
-            .next_task(TaskRequest { session: ctx.session.clone(), rank: reply.rank, generation: ctx.generation, done_task: done })
+            .next_task(TaskRequest {
+                session: ctx.session.clone(),
+                rank: reply.rank,
+                generation: ctx.generation,
+                done_task: done,
+            })
             .await
             .map_err(|s| NetError::rpc("asking the coordinator for work", s));
         let assignment = match assignment {
@@ -154,7 +195,11 @@ async fn join_and_work(cfg: &WorkerConfig, endpoint: &PeerEndpoint, advertise: &
                 }
                 done = assignment.task;
             }
-            None => break Err(NetError::Peer("the coordinator sent an empty assignment".into())),
+            None => {
+                break Err(NetError::Peer(
+                    "the coordinator sent an empty assignment".into(),
+                ));
+            }
         }
     };
     heartbeat.abort();
@@ -173,7 +218,11 @@ async fn heartbeats(
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(interval).await;
-        let req = HeartbeatRequest { session: session.clone(), rank, generation };
+        let req = HeartbeatRequest {
+            session: session.clone(),
+            rank,
+            generation,
+        };
         match tokio::time::timeout(timeout, client.heartbeat(req)).await {
             Ok(Ok(r)) => {
                 last_ok = tokio::time::Instant::now();
@@ -183,7 +232,10 @@ async fn heartbeats(
                 }
             }
             _ if last_ok.elapsed() > timeout => {
-                let _ = abort.send(Some(format!("lost the coordinator: no heartbeat answered for {:.1}s", timeout.as_secs_f64())));
+                let _ = abort.send(Some(format!(
+                    "lost the coordinator: no heartbeat answered for {:.1}s",
+                    timeout.as_secs_f64()
+                )));
                 return;
             }
             _ => {}
@@ -208,16 +260,31 @@ async fn train(
 ) -> Result<(), NetError> {
     let (tx, rx) = mpsc::channel::<RunReport>(1024);
     let mut client = ctx.client.clone();
-    let reporter = tokio::spawn(async move { client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
-    let report = |kind| RunReport { session: ctx.session.clone(), rank: ctx.rank as u32, task, kind: Some(kind) };
+    let reporter = tokio::spawn(async move {
+        client
+            .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let report = |kind| RunReport {
+        session: ctx.session.clone(),
+        rank: ctx.rank as u32,
+        task,
+        kind: Some(kind),
+    };
     let result = train_steps(ctx, spec, mesh, abort, |kind| {
         let tx = tx.clone();
         let msg = report(kind);
-        async move { tx.send(msg).await.map_err(|_| NetError::Peer("the report stream to the coordinator closed".into())) }
+        async move {
+            tx.send(msg)
+                .await
+                .map_err(|_| NetError::Peer("the report stream to the coordinator closed".into()))
+        }
     })
     .await;
     if let Err(e) = &result {
-        let _ = tx.send(report(run_report::Kind::Error(e.to_string()))).await;
+        let _ = tx
+            .send(report(run_report::Kind::Error(e.to_string())))
+            .await;
     }
     drop(tx);
     match reporter.await {
@@ -238,11 +305,18 @@ where
     F: Fn(run_report::Kind) -> Fut,
     Fut: std::future::Future<Output = Result<(), NetError>>,
 {
-    let cfg: TrainConfig = toml::from_str(&spec.config_toml).map_err(|e| NetError::Config(e.to_string()))?;
+    let cfg: TrainConfig =
+        toml::from_str(&spec.config_toml).map_err(|e| NetError::Config(e.to_string()))?;
     let plan = cfg.build().map_err(|e| NetError::Config(e.to_string()))?;
-    let algorithm: Algorithm = spec.allreduce.parse().map_err(|e: String| NetError::Config(e))?;
+    let algorithm: Algorithm = spec
+        .allreduce
+        .parse()
+        .map_err(|e: batchlab_collective::ParseAlgorithmError| NetError::Config(e.to_string()))?;
     if spec.reduce != "exact" {
-        return Err(NetError::Config(format!("reduce = {:?}: expected \"exact\"", spec.reduce)));
+        return Err(NetError::Config(format!(
+            "reduce = {:?}: expected \"exact\"",
+            spec.reduce
+        )));
     }
     if spec.peer_timeout_ms > 0 {
         mesh.set_recv_timeout(Duration::from_millis(spec.peer_timeout_ms));
@@ -254,14 +328,24 @@ where
     let mut sampler = plan.sampler();
     let mut packet = Packet::zeroed(plan.task.num_params(), n);
     let chunk_elems = (spec.chunk_bytes as usize / 8).max(1);
-    let coll = batchlab_collective::plan(&PlanConfig { algorithm, chunk_elems }, rank, world, packet.len());
+    let coll = batchlab_collective::plan(
+        &PlanConfig {
+            algorithm,
+            chunk_elems,
+        },
+        rank,
+        world,
+        packet.len(),
+    );
     let mut scratch = WorkerScratch::default();
     let mut eval_scratch = batchlab_core::Scratch::new();
     loop {
         if let Some(reason) = abort.borrow().clone() {
             return Err(NetError::Aborted(reason));
         }
-        if let Begin::Finished(summary) = tokio::task::block_in_place(|| replica.begin(&mut eval_scratch)) {
+        if let Begin::Finished(summary) =
+            tokio::task::block_in_place(|| replica.begin(&mut eval_scratch))
+        {
             let json = serde_json::to_string(&summary).expect("summary serializes");
             return send(run_report::Kind::SummaryJson(json)).await;
         }
@@ -283,13 +367,19 @@ where
                 Applied::Redo => continue,
                 Applied::Step(row) => {
                     if ctx.rank == 0 {
-                        send(run_report::Kind::StepJson(serde_json::to_string(&row).expect("row serializes"))).await?;
+                        send(run_report::Kind::StepJson(
+                            serde_json::to_string(&row).expect("row serializes"),
+                        ))
+                        .await?;
                     }
                     break;
                 }
                 Applied::Finished(row, summary) => {
                     if ctx.rank == 0 {
-                        send(run_report::Kind::StepJson(serde_json::to_string(&row).expect("row serializes"))).await?;
+                        send(run_report::Kind::StepJson(
+                            serde_json::to_string(&row).expect("row serializes"),
+                        ))
+                        .await?;
                     }
                     let json = serde_json::to_string(&summary).expect("summary serializes");
                     return send(run_report::Kind::SummaryJson(json)).await;
