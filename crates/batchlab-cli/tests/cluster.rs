@@ -146,3 +146,104 @@ fn a_worker_with_the_wrong_token_is_refused_with_a_clear_error() {
         "{t}"
     );
 }
+
+/// Waits for `child` to exit, up to `limit`; kills it and fails the test otherwise.
+fn wait_exit(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_run_stops_the_run_naming_the_lost_rank_and_nothing_hangs() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c");
+    let exe = env!("CARGO_BIN_EXE_batchlab");
+    let coordinator = Command::new(exe)
+        .args([
+            "coordinator",
+            "--listen",
+            &addr,
+            "--workers",
+            "3",
+            "--token",
+            "t",
+            "--heartbeat-timeout-ms",
+            "2000",
+        ])
+        .args([
+            "--steps",
+            "100000000",
+            "--set",
+            "task.dim=2000",
+            "--set",
+            "eval_every=0",
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut workers: Vec<_> = (0..3)
+        .map(|rank| {
+            Command::new(exe)
+                .args([
+                    "worker",
+                    "--coordinator",
+                    &addr,
+                    "--token",
+                    "t",
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
+                .args(["--rank", &rank.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Training is under way once metrics reach the file.
+    let start = Instant::now();
+    let metrics = out.join("metrics.jsonl");
+    while std::fs::metadata(&metrics).map_or(0, |m| m.len()) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "training never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    workers[1].kill().unwrap(); // SIGKILL
+    let killed_at = Instant::now();
+    let mut coordinator = coordinator;
+    let status = wait_exit(&mut coordinator, Duration::from_secs(30), "the coordinator");
+    let detected = killed_at.elapsed();
+    let o = coordinator.wait_with_output().unwrap();
+    let t = text(&o);
+    assert_eq!(status.code(), Some(2), "{t}");
+    assert!(t.contains("rank 1"), "the message names the lost rank: {t}");
+    assert!(
+        detected < Duration::from_secs(2 + 5),
+        "stopped {detected:?} after the kill: {t}"
+    );
+    for (rank, w) in workers.iter_mut().enumerate() {
+        wait_exit(w, Duration::from_secs(15), &format!("worker {rank}"));
+    }
+}

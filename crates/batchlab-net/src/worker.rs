@@ -46,6 +46,9 @@ pub struct WorkerConfig {
     pub connect_timeout: Duration,
 }
 
+/// How an abort caused by the coordinator's silence starts.
+const LOST_COORDINATOR: &str = "lost the coordinator";
+
 type Client = CoordinatorClient<InterceptedService<Channel, Stamp>>;
 
 /// Runs a worker until the coordinator tells it to shut down or a run fails.
@@ -169,15 +172,21 @@ async fn join_and_work(
     };
     let mut done = 0;
     let outcome = loop {
-        let assignment = client
-            .next_task(TaskRequest {
-                session: ctx.session.clone(),
-                rank: reply.rank,
-                generation: ctx.generation,
-                done_task: done,
-            })
-            .await
-            .map_err(|s| NetError::rpc("asking the coordinator for work", s));
+        let ask = client.next_task(TaskRequest {
+            session: ctx.session.clone(),
+            rank: reply.rank,
+            generation: ctx.generation,
+            done_task: done,
+        });
+        let mut lost = abort_rx.clone();
+        // The long poll has no deadline of its own: it ends when the heartbeats say the
+        // coordinator is gone.
+        let assignment = tokio::select! {
+            r = ask => r.map_err(|s| NetError::rpc("asking the coordinator for work", s)),
+            m = lost.wait_for(|a| a.as_ref().is_some_and(|m| m.starts_with(LOST_COORDINATOR))) => {
+                Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()))
+            }
+        };
         let assignment = match assignment {
             Ok(a) => a.into_inner(),
             Err(e) => break Err(e),
@@ -233,7 +242,7 @@ async fn heartbeats(
             }
             _ if last_ok.elapsed() > timeout => {
                 let _ = abort.send(Some(format!(
-                    "lost the coordinator: no heartbeat answered for {:.1}s",
+                    "{LOST_COORDINATOR}: no heartbeat answered for {:.1}s",
                     timeout.as_secs_f64()
                 )));
                 return;
