@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use batchlab_net::{Coordinator, CoordinatorConfig, WorkerConfig};
+use batchlab_net::{Coordinator, CoordinatorConfig, RankTiming, RunOutcome, WorkerConfig};
 use batchlab_proto::v1::RunSpec;
 use clap::Args;
 use tokio::net::TcpListener;
@@ -213,7 +213,7 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         tracing::info!(addr = %listener.local_addr()?, workers, "coordinator listening");
         let coordinator = Coordinator::new(cfg);
         let (stop, server) = serve(&coordinator, listener);
-        let result = drive(&coordinator, &p, spec, None).await;
+        let result = drive(&coordinator, &p, spec, None).await.map(|_| ());
         coordinator.shutdown_workers(if result.is_ok() {
             "run finished"
         } else {
@@ -247,13 +247,14 @@ fn serve(
     (stop, server)
 }
 
-/// Waits for the workers and runs the training, with Ctrl-C and dead children ending it.
+/// Waits for the workers and runs the training, with Ctrl-C and dead children ending it;
+/// writes the results (with each rank's timing) and prints the outcome.
 async fn drive(
     coordinator: &Coordinator,
     p: &Prepared,
     spec: RunSpec,
     children: Option<&mut Vec<Child>>,
-) -> Result<()> {
+) -> Result<RunOutcome> {
     let mut sink = Sink::create(p)?;
     let mut write_error = None;
     let work = async {
@@ -284,7 +285,7 @@ async fn drive(
             None => std::future::pending().await,
         }
     };
-    let summary = tokio::select! {
+    let outcome = tokio::select! {
         r = work => r.map_err(|e| anyhow!(e))?,
         e = dead_child => return Err(e),
         _ = tokio::signal::ctrl_c() => bail!("interrupted"),
@@ -292,7 +293,42 @@ async fn drive(
     if let Some(e) = write_error {
         return Err(e);
     }
-    sink.finish(&summary, &p.cfg)
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "timing".to_string(),
+        serde_json::to_value(&outcome.timings)?,
+    );
+    sink.finish(&outcome.summary, &p.cfg, extra)?;
+    print_timing(&outcome.timings);
+    Ok(outcome)
+}
+
+/// Mean per-step milliseconds over ranks: (compute, all-reduce, apply), and the slowest rank's
+/// step (their sum).
+pub fn step_breakdown(timings: &[RankTiming]) -> (f64, f64, f64, f64) {
+    let per_step = |t: &RankTiming, x: f64| 1e3 * x / t.steps.max(1) as f64;
+    let n = timings.len().max(1) as f64;
+    let mean =
+        |f: fn(&RankTiming) -> f64| timings.iter().map(|t| per_step(t, f(t))).sum::<f64>() / n;
+    let step = timings
+        .iter()
+        .map(|t| per_step(t, t.compute_s + t.comm_s + t.apply_s))
+        .fold(0.0, f64::max);
+    (
+        mean(|t| t.compute_s),
+        mean(|t| t.comm_s),
+        mean(|t| t.apply_s),
+        step,
+    )
+}
+
+fn print_timing(timings: &[RankTiming]) {
+    let (compute, comm, apply, step) = step_breakdown(timings);
+    println!(
+        "per step ({} ranks, mean): compute {compute:.3} ms, all-reduce {comm:.3} ms, update {apply:.3} ms; \
+         step {step:.3} ms",
+        timings.len()
+    );
 }
 
 /// A random token for a loopback cluster.
@@ -310,12 +346,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     let Some(p) = args.train.prepare("run")? else {
         return Ok(());
     };
-    if args.workers == 0 {
+    run_local(&p, args.workers, &args.reduce).map(|_| ())
+}
+
+/// Trains `p` on `workers` local worker processes of this binary, coordinated from this process
+/// over loopback; no process outlives the call.
+pub fn run_local(p: &Prepared, workers: usize, reduce: &ReduceArgs) -> Result<RunOutcome> {
+    if workers == 0 {
         bail!("--workers 0: expected at least 1 worker");
     }
-    let spec = args.reduce.spec(&p)?;
+    let spec = reduce.spec(p)?;
     let token = random_token()?;
-    let cfg = args.reduce.coordinator_config(args.workers, token.clone());
+    let cfg = reduce.coordinator_config(workers, token.clone());
     let exe = std::env::current_exe().context("locating the batchlab binary")?;
     runtime()?.block_on(async move {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -324,8 +366,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         let addr = listener.local_addr()?;
         let coordinator = Coordinator::new(cfg);
         let (stop, server) = serve(&coordinator, listener);
-        let mut children = Vec::with_capacity(args.workers);
-        for _ in 0..args.workers {
+        let mut children = Vec::with_capacity(workers);
+        for _ in 0..workers {
             let child = Command::new(&exe)
                 .args([
                     "worker",
@@ -349,8 +391,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 .with_context(|| format!("starting worker {}", exe.display()))?;
             children.push(child);
         }
-        tracing::info!(workers = args.workers, %addr, "started local workers");
-        let result = drive(&coordinator, &p, spec, Some(&mut children)).await;
+        tracing::info!(workers, %addr, "started local workers");
+        let result = drive(&coordinator, p, spec, Some(&mut children)).await;
         coordinator.shutdown_workers(if result.is_ok() {
             "run finished"
         } else {
@@ -369,4 +411,71 @@ pub fn run(args: RunArgs) -> Result<()> {
         let _ = server.await;
         result
     })
+}
+
+/// Flags of `batchlab bench step`.
+#[derive(Args, Debug)]
+pub struct BenchStepArgs {
+    /// The run to time; defaults to a 784-256-256-10 MLP on teacher data, B = 256 in 8
+    /// microbatches, 30 steps, no evaluation. Any train flag overrides it.
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Worker counts to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<usize>,
+    #[command(flatten)]
+    reduce: ReduceArgs,
+}
+
+/// Runs `batchlab bench step`: the same run on each worker count, and where a step's time goes.
+pub fn bench_step(args: BenchStepArgs) -> Result<()> {
+    const BASE: &[&str] = &[
+        "task.kind=\"mlp\"",
+        "batch=256",
+        "micro=32",
+        "lr=0.05",
+        "steps=30",
+        "eval_every=0",
+    ];
+    let Some(p) = args.train.prepare_with_base("bench-step", BASE)? else {
+        return Ok(());
+    };
+    let mut rows = Vec::new();
+    for &w in &args.workers {
+        let mut pw = Prepared {
+            cfg: p.cfg.clone(),
+            plan: p.plan.clone(),
+            out: p.out.join(format!("w{w}")),
+        };
+        pw.out = p.out.join(format!("w{w}"));
+        let outcome = run_local(&pw, w, &args.reduce)?;
+        rows.push((
+            w,
+            step_breakdown(&outcome.timings),
+            outcome.summary.params_digest,
+        ));
+    }
+    println!();
+    println!(
+        "step time of {} ({} params), B = {}, m = {}, {} all-reduce, {} reduction, {} steps; {} cores here",
+        p.plan.task.name(),
+        p.plan.task.num_params(),
+        p.cfg.batch,
+        p.plan.micro,
+        args.reduce.allreduce,
+        args.reduce.reduce,
+        p.cfg.steps,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:>7}  {:>9}  {:>10}  {:>13}  {:>7}  {:>9}  params",
+        "workers", "step ms", "compute ms", "all-reduce ms", "comm %", "update ms"
+    );
+    for (w, (compute, comm, apply, step), digest) in &rows {
+        println!(
+            "{w:>7}  {step:>9.3}  {compute:>10.3}  {comm:>13.3}  {:>6.1}%  {apply:>9.3}  {digest}",
+            100.0 * comm / (compute + comm + apply).max(1e-12)
+        );
+    }
+    Ok(())
 }

@@ -29,6 +29,15 @@ enum Command {
     Coordinator(cluster::CoordinatorArgs),
     /// Join a coordinator and train whatever it hands out until it says stop.
     Worker(cluster::WorkerArgs),
+    /// Benchmarks (they print figures; they are not tests).
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// Step time of one run on 1, 2, 4 local workers, split into compute and all-reduce.
+    Step(cluster::BenchStepArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => cluster::run(args),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),
+        Command::Bench(Bench::Step(args)) => cluster::bench_step(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -51,19 +51,22 @@ impl MetricsWriter {
     }
 
     /// Flushes the metrics and writes `summary.json`.
+    /// `extra` entries (e.g. per-rank timing) are added beside the summary.
     pub fn finish(
         mut self,
         summary: &RunSummary,
         config: &TrainConfig,
         wall_seconds: f64,
+        extra: serde_json::Map<String, serde_json::Value>,
     ) -> Result<PathBuf> {
         self.jsonl.flush()?;
         self.csv.flush()?;
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "summary": summary,
             "wall_seconds": wall_seconds,
             "config": config,
         });
+        doc.as_object_mut().expect("object").extend(extra);
         let p = self.dir.join("summary.json");
         std::fs::write(&p, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", p.display()))?;

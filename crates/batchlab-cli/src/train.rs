@@ -146,8 +146,15 @@ pub struct Prepared {
 impl TrainArgs {
     /// Loads and validates the configuration; `None` when `--print-config` printed it.
     pub fn prepare(&self, prefix: &str) -> Result<Option<Prepared>> {
-        let cfg: TrainConfig =
-            config::load(self.config.as_deref(), &self.overrides(), &default_tags())?;
+        self.prepare_with_base(prefix, &[])
+    }
+
+    /// Like [`TrainArgs::prepare`], with `base` overrides applied before the flags, so that the
+    /// flags win (a command's own defaults, e.g. the benchmark's model).
+    pub fn prepare_with_base(&self, prefix: &str, base: &[&str]) -> Result<Option<Prepared>> {
+        let mut overrides: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        overrides.extend(self.overrides());
+        let cfg: TrainConfig = config::load(self.config.as_deref(), &overrides, &default_tags())?;
         if self.print_config {
             print!(
                 "{}",
@@ -207,11 +214,16 @@ impl Sink {
         Ok(())
     }
 
-    /// Writes the summary and prints the outcome.
-    pub fn finish(self, summary: &RunSummary, cfg: &TrainConfig) -> Result<()> {
+    /// Writes the summary (with `extra` entries beside it) and prints the outcome.
+    pub fn finish(
+        self,
+        summary: &RunSummary,
+        cfg: &TrainConfig,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
         self.bar.finish_and_clear();
         let wall = self.start.elapsed().as_secs_f64();
-        let path = self.writer.finish(summary, cfg, wall)?;
+        let path = self.writer.finish(summary, cfg, wall, extra)?;
         let status = serde_json::to_value(summary.status)?;
         println!(
             "{} after {} steps ({} samples, {:.2}s): {}",
@@ -263,5 +275,5 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
         }
     };
-    sink.finish(&summary, &p.cfg)
+    sink.finish(&summary, &p.cfg, serde_json::Map::new())
 }

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use batchlab_core::train::{RunSummary, StepMetrics};
+use batchlab_core::train::StepMetrics;
+
+use crate::worker::{RankResult, RankTiming};
 use batchlab_proto::v1::coordinator_server::{self, CoordinatorServer};
 use batchlab_proto::v1::{
     HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, ReportAck, RunReport, RunSpec,
@@ -56,6 +58,15 @@ impl CoordinatorConfig {
             join_timeout: Duration::from_secs(120),
         }
     }
+}
+
+/// A finished run: the summary every replica agreed on, and each rank's timing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    /// The summary (identical on every rank).
+    pub summary: batchlab_core::train::RunSummary,
+    /// Where each rank's time went, by rank.
+    pub timings: Vec<RankTiming>,
 }
 
 /// A member of the cluster.
@@ -326,12 +337,12 @@ impl Coordinator {
     }
 
     /// Runs `spec` on the workers, handing each metrics row to `on_row`, and returns the
-    /// summary once every rank reported the same final parameters.
+    /// summary once every rank reported the same final parameters, with each rank's timing.
     pub async fn run(
         &self,
         spec: RunSpec,
         mut on_row: impl FnMut(StepMetrics),
-    ) -> Result<RunSummary, NetError> {
+    ) -> Result<RunOutcome, NetError> {
         let mut inbox = self.shared.inbox.lock().await;
         while inbox.try_recv().is_ok() {} // leftovers of an earlier run
         let task = {
@@ -348,7 +359,7 @@ impl Coordinator {
         };
         self.shared.bump();
         let world = self.shared.cfg.workers;
-        let mut summaries: BTreeMap<usize, RunSummary> = BTreeMap::new();
+        let mut summaries: BTreeMap<usize, RankResult> = BTreeMap::new();
         let fail = |message: String| {
             let mut s = self.shared.state.lock().expect("poisoned");
             s.abort = Some(message.clone());
@@ -372,7 +383,7 @@ impl Coordinator {
                     task: t,
                     json,
                 } if t == task => {
-                    let s: RunSummary = serde_json::from_str(&json).map_err(|e| {
+                    let s: RankResult = serde_json::from_str(&json).map_err(|e| {
                         NetError::Peer(format!("rank {rank} sent a malformed summary: {e}"))
                     })?;
                     summaries.insert(rank, s);
@@ -388,17 +399,20 @@ impl Coordinator {
                 _ => {} // an earlier task's stragglers
             }
         }
-        let first = summaries.get(&0).cloned().expect("rank 0 reported");
-        if let Some((rank, s)) = summaries
+        let first = summaries.get(&0).cloned().expect("rank 0 reported").summary;
+        if let Some((rank, r)) = summaries
             .iter()
-            .find(|(_, s)| s.params_digest != first.params_digest)
+            .find(|(_, r)| r.summary.params_digest != first.params_digest)
         {
             return Err(NetError::Peer(format!(
                 "replicas disagree: rank 0 ended with parameters {}, rank {rank} with {}",
-                first.params_digest, s.params_digest
+                first.params_digest, r.summary.params_digest
             )));
         }
-        Ok(first)
+        Ok(RunOutcome {
+            summary: first,
+            timings: summaries.into_values().map(|r| r.timing).collect(),
+        })
     }
 
     /// Tells every worker to exit, with `reason`.

@@ -14,6 +14,6 @@ pub mod mesh;
 pub mod transport;
 pub mod worker;
 
-pub use coordinator::{Coordinator, CoordinatorConfig};
+pub use coordinator::{Coordinator, CoordinatorConfig, RunOutcome};
 pub use error::{NetError, to_status};
-pub use worker::{WorkerConfig, run_worker};
+pub use worker::{RankResult, RankTiming, WorkerConfig, run_worker};

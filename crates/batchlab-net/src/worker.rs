@@ -9,16 +9,19 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use batchlab_collective::{Algorithm, PlanConfig};
 use batchlab_core::exact::Packet;
 use batchlab_core::sampler::balanced_range;
-use batchlab_core::train::{Applied, Begin, TrainConfig, WorkerScratch, compute_micros};
+use batchlab_core::train::{
+    Applied, Begin, RunSummary, TrainConfig, WorkerScratch, compute_micros,
+};
 use batchlab_proto::v1::coordinator_client::CoordinatorClient;
 use batchlab_proto::v1::{
     HeartbeatRequest, JoinRequest, RunReport, RunSpec, TaskRequest, run_report, task_assignment,
 };
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::service::interceptor::InterceptedService;
@@ -27,6 +30,36 @@ use tonic::transport::Channel;
 use crate::auth::Stamp;
 use crate::mesh::{Mesh, PeerEndpoint};
 use crate::{NetError, transport};
+
+/// Where one rank's time went during a run, in seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RankTiming {
+    /// The rank.
+    pub rank: usize,
+    /// Steps applied.
+    pub steps: u64,
+    /// Steps recomputed at a wider fixed-point scale.
+    pub redos: u64,
+    /// Gradients of this rank's microbatches.
+    pub compute_s: f64,
+    /// All-reduce, including waiting for slower peers.
+    pub comm_s: f64,
+    /// Decoding the reduced packet, estimators and the optimizer update.
+    pub apply_s: f64,
+    /// Evaluation and sharpness.
+    pub eval_s: f64,
+    /// The whole run on this rank.
+    pub wall_s: f64,
+}
+
+/// What each rank reports at the end of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankResult {
+    /// The run's summary as this replica saw it.
+    pub summary: RunSummary,
+    /// Where the time went.
+    pub timing: RankTiming,
+}
 
 /// Settings of a worker.
 #[derive(Debug, Clone)]
@@ -348,17 +381,27 @@ where
     );
     let mut scratch = WorkerScratch::default();
     let mut eval_scratch = batchlab_core::Scratch::new();
+    let mut timing = RankTiming {
+        rank,
+        ..RankTiming::default()
+    };
+    let started = Instant::now();
+    let finish = |summary: RunSummary, mut timing: RankTiming| {
+        timing.wall_s = started.elapsed().as_secs_f64();
+        serde_json::to_string(&RankResult { summary, timing }).expect("result serializes")
+    };
     loop {
         if let Some(reason) = abort.borrow().clone() {
             return Err(NetError::Aborted(reason));
         }
-        if let Begin::Finished(summary) =
-            tokio::task::block_in_place(|| replica.begin(&mut eval_scratch))
-        {
-            let json = serde_json::to_string(&summary).expect("summary serializes");
-            return send(run_report::Kind::SummaryJson(json)).await;
+        let t0 = Instant::now();
+        let begun = tokio::task::block_in_place(|| replica.begin(&mut eval_scratch));
+        timing.eval_s += t0.elapsed().as_secs_f64();
+        if let Begin::Finished(summary) = begun {
+            return send(run_report::Kind::SummaryJson(finish(summary, timing))).await;
         }
         loop {
+            let t0 = Instant::now();
             tokio::task::block_in_place(|| {
                 compute_micros(
                     plan.task.as_ref(),
@@ -371,10 +414,20 @@ where
                     &mut scratch,
                 )
             });
+            let t1 = Instant::now();
             mesh.all_reduce_i64(packet.words_mut(), &coll).await?;
-            match replica.apply(&packet) {
-                Applied::Redo => continue,
+            let t2 = Instant::now();
+            let applied = replica.apply(&packet);
+            timing.compute_s += (t1 - t0).as_secs_f64();
+            timing.comm_s += (t2 - t1).as_secs_f64();
+            timing.apply_s += t2.elapsed().as_secs_f64();
+            match applied {
+                Applied::Redo => {
+                    timing.redos += 1;
+                    continue;
+                }
                 Applied::Step(row) => {
+                    timing.steps += 1;
                     if ctx.rank == 0 {
                         send(run_report::Kind::StepJson(
                             serde_json::to_string(&row).expect("row serializes"),
@@ -384,14 +437,14 @@ where
                     break;
                 }
                 Applied::Finished(row, summary) => {
+                    timing.steps += 1;
                     if ctx.rank == 0 {
                         send(run_report::Kind::StepJson(
                             serde_json::to_string(&row).expect("row serializes"),
                         ))
                         .await?;
                     }
-                    let json = serde_json::to_string(&summary).expect("summary serializes");
-                    return send(run_report::Kind::SummaryJson(json)).await;
+                    return send(run_report::Kind::SummaryJson(finish(summary, timing))).await;
                 }
             }
         }
