@@ -23,7 +23,8 @@ pub struct ReduceArgs {
     /// All-reduce algorithm: ring, tree, rhd (recursive halving-doubling), centralized.
     #[arg(long, default_value = "ring")]
     allreduce: String,
-    /// Reduction: exact (fixed point: bit-identical on any number of workers).
+    /// Reduction: exact (fixed point: bit-identical on any number of workers) or fast (f32
+    /// sums: per element within W·2⁻²⁴·Σ|rank sums| of the exact sum; half the bytes).
     #[arg(long, default_value = "exact")]
     reduce: String,
     /// Largest piece of a collective message, in bytes (1–16 MiB avoids every size cliff).
@@ -42,8 +43,8 @@ impl ReduceArgs {
         self.allreduce
             .parse::<batchlab_collective::Algorithm>()
             .map_err(|e| anyhow!("--allreduce {}: {e}", self.allreduce))?;
-        if self.reduce != "exact" {
-            bail!("--reduce {}: expected exact", self.reduce);
+        if !matches!(self.reduce.as_str(), "exact" | "fast") {
+            bail!("--reduce {}: expected exact or fast", self.reduce);
         }
         if !(1..=(64 << 20)).contains(&self.chunk_bytes) {
             bail!(

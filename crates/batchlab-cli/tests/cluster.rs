@@ -97,6 +97,28 @@ fn mlp_runs_are_bit_identical_on_any_number_of_workers_and_algorithm_and_equal_t
             "{world} workers, {algo}: metrics differ from batchlab train's"
         );
     }
+
+    // Fast mode (f32 sums): not bit-identical, but each step's gradient is within
+    // W·2⁻²⁴·Σ|rank sums| per element, so 200 steps end close to the exact run.
+    let out = dir.path().join("fast");
+    let mut args = vec![
+        "run",
+        "--workers",
+        "3",
+        "--reduce",
+        "fast",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(MLP);
+    let o = batchlab(&args);
+    assert!(o.status.success(), "fast: {}", text(&o));
+    let got = summary(&out)["final_eval_loss"].as_f64().unwrap();
+    let exact = want["final_eval_loss"].as_f64().unwrap();
+    assert!(
+        (got - exact).abs() <= 1e-3 * exact,
+        "fast {got} vs exact {exact}"
+    );
 }
 
 #[test]

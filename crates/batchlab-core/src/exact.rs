@@ -201,6 +201,18 @@ impl Packet {
         let s = scale.to_fixed();
         let (sq, max_abs) = fused_pass(&mut self.words[..self.dim], grad_sum, s);
         let micro = MicroStats::from_parts(stats, sq, max_abs);
+        self.add_stats(index, &micro);
+        micro
+    }
+
+    /// Stores micro `index`'s stats in its slot without any gradient words (fast mode carries
+    /// the gradient separately, in `f32`).
+    pub fn add_stats(&mut self, index: usize, micro: &MicroStats) {
+        assert!(
+            index < self.num_micro,
+            "micro {index} of {}",
+            self.num_micro
+        );
         let slot = self.dim + index * MICRO_FIELDS;
         for (w, e) in self.words[slot..slot + MICRO_FIELDS]
             .iter_mut()
@@ -208,7 +220,6 @@ impl Packet {
         {
             *w = w.wrapping_add(e);
         }
-        micro
     }
 
     /// Adds another packet into this one (wrapping, so any order gives the same words).

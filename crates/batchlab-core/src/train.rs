@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ensure;
 use crate::estimate::{NoiseScaleEma, power_iteration, two_batch};
-use crate::exact::{FixedScale, Packet};
+use crate::exact::{FixedScale, MicroStats, Packet};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::{Stream, rng};
 use crate::sampler::{Sampler, Source};
@@ -448,22 +448,37 @@ impl Replica {
 
     /// Consumes the fully reduced packet of the current step and applies the update.
     pub fn apply(&mut self, packet: &Packet) -> Applied {
-        let cfg = &self.plan.config;
         let num_micro = self.plan.num_micro();
         let micros = packet.decode(self.scale, &mut self.grad);
-        let max_abs = micros.iter().map(|m| m.max_abs).fold(0.0, |a: f64, x| {
-            if x.is_nan() || a.is_nan() {
-                f64::NAN
-            } else {
-                a.max(x)
-            }
-        });
+        let max_abs = largest(&micros);
         let finite = max_abs.is_finite() && micros.iter().all(|m| m.loss_sum.is_finite());
         if finite && !self.scale.fits(max_abs, num_micro) {
             self.scale = self.scale.fitted(max_abs, num_micro);
             self.pending.redos += 1;
             return Applied::Redo;
         }
+        self.apply_sums(&micros, max_abs, finite)
+    }
+
+    /// Fast mode: consumes the `f32` sum of every rank's gradient sums (see
+    /// [`compute_micros_fast`]) and the exactly reduced per-micro stats (`stats` holds no
+    /// gradient words). Never asks for a redo.
+    pub fn apply_fast(&mut self, grad_sum: &[f32], stats: &Packet) -> Applied {
+        let micros = stats.decode(self.scale, &mut []);
+        for (g, &x) in self.grad.iter_mut().zip(grad_sum) {
+            *g = f64::from(x);
+        }
+        let max_abs = largest(&micros);
+        let finite = max_abs.is_finite()
+            && micros.iter().all(|m| m.loss_sum.is_finite())
+            && grad_sum.iter().all(|x| x.is_finite());
+        self.apply_sums(&micros, max_abs, finite)
+    }
+
+    /// The update from the gradient sum in `self.grad` and every micro's stats.
+    fn apply_sums(&mut self, micros: &[MicroStats], max_abs: f64, finite: bool) -> Applied {
+        let cfg = &self.plan.config;
+        let num_micro = self.plan.num_micro();
         let batch = cfg.batch as f64;
         let m = self.plan.micro as f64;
         let loss_sum: f64 = micros.iter().map(|s| s.loss_sum).sum();
@@ -613,6 +628,17 @@ pub fn params_digest(params: &[f64]) -> String {
     format!("{h:016x}")
 }
 
+/// The largest `max_abs` over micros, NaN if any is NaN.
+fn largest(micros: &[MicroStats]) -> f64 {
+    micros.iter().map(|m| m.max_abs).fold(0.0, |a: f64, x| {
+        if x.is_nan() || a.is_nan() {
+            f64::NAN
+        } else {
+            a.max(x)
+        }
+    })
+}
+
 /// Buffers a worker reuses between steps.
 #[derive(Debug, Default)]
 pub struct WorkerScratch {
@@ -620,6 +646,7 @@ pub struct WorkerScratch {
     pub task: Scratch,
     samples: Vec<u64>,
     grad: Vec<f64>,
+    acc: Vec<f64>,
 }
 
 /// The worker's share of step `t`: the gradient sums and stats of microbatches `micros`,
@@ -647,6 +674,46 @@ pub fn compute_micros(
             &mut scratch.task,
         );
         packet.add_micro(j, &scratch.grad, stats, scale);
+    }
+}
+
+/// Fast mode's share of step `t`: the sum over microbatches `micros` of their gradient sums,
+/// accumulated in `f64` and rounded once to `f32` into `grad_sum`, and their stats in `stats`
+/// (a packet with no gradient words; cleared first).
+///
+/// The ranks then add their `f32` vectors in whatever order the all-reduce takes. Per element
+/// the result differs from the exact sum by at most `W · 2⁻²⁴ · Σ_r |s_r|` (to first order),
+/// `s_r` being rank `r`'s local sum: one rounding per rank, and at most `W − 1` rounded
+/// additions of partial sums each bounded by `Σ_r |s_r|`.
+#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
+pub fn compute_micros_fast(
+    task: &dyn Task,
+    params: &[f64],
+    sampler: &mut Sampler,
+    t: u64,
+    micros: Range<usize>,
+    grad_sum: &mut [f32],
+    stats: &mut Packet,
+    scratch: &mut WorkerScratch,
+) {
+    stats.clear();
+    scratch.grad.resize(params.len(), 0.0);
+    scratch.acc.clear();
+    scratch.acc.resize(params.len(), 0.0);
+    for j in micros {
+        scratch.samples.clear();
+        sampler.samples_into(t, j..j + 1, &mut scratch.samples);
+        let batch_stats = task.loss_grad(
+            params,
+            &scratch.samples,
+            &mut scratch.grad,
+            &mut scratch.task,
+        );
+        stats.add_stats(j, &MicroStats::measure(batch_stats, &scratch.grad));
+        vec::axpy(1.0, &scratch.grad, &mut scratch.acc);
+    }
+    for (o, &a) in grad_sum.iter_mut().zip(&scratch.acc) {
+        *o = a as f32;
     }
 }
 

@@ -260,13 +260,6 @@ pub struct Mesh {
     recv_timeout: Duration,
 }
 
-/// How received elements combine with the buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Combine {
-    Add,
-    Copy,
-}
-
 impl Mesh {
     /// This worker's rank.
     pub fn rank(&self) -> usize {
@@ -290,10 +283,14 @@ impl Mesh {
         )
     }
 
-    /// All-reduces `words` with wrapping `i64` addition by `plan` (which must be this rank's
-    /// plan for `words.len()` elements).
-    pub async fn all_reduce_i64(&mut self, words: &mut [i64], plan: &Plan) -> Result<(), NetError> {
-        assert_eq!(plan.len, words.len(), "plan length");
+    /// All-reduces `buf` by `plan` (which must be this rank's plan for `buf.len()` elements):
+    /// wrapping addition for `i64` (exact mode), float addition for `f32` (fast mode).
+    pub async fn all_reduce<T: Wire>(
+        &mut self,
+        buf: &mut [T],
+        plan: &Plan,
+    ) -> Result<(), NetError> {
+        assert_eq!(plan.len, buf.len(), "plan length");
         self.collective += 1;
         let seq = self.collective;
         for (k, step) in plan.steps.iter().enumerate() {
@@ -301,33 +298,39 @@ impl Mesh {
             let mut outgoing: Vec<(usize, Vec<u8>)> = Vec::new();
             for op in &step.ops {
                 if let Op::Send { peer, range } = op {
-                    outgoing.push((*peer, encode_i64(&words[range.clone()])));
+                    outgoing.push((*peer, T::encode(&buf[range.clone()])));
                 }
             }
             for (peer, payload) in outgoing {
                 self.send(peer, seq, k as u32, payload).await?;
             }
             for op in &step.ops {
-                let (peer, range, combine) = match op {
+                let (peer, range, add) = match op {
                     Op::Send { .. } => continue,
-                    Op::RecvReduce { peer, range } => (*peer, range.clone(), Combine::Add),
-                    Op::RecvCopy { peer, range } => (*peer, range.clone(), Combine::Copy),
+                    Op::RecvReduce { peer, range } => (*peer, range.clone(), true),
+                    Op::RecvCopy { peer, range } => (*peer, range.clone(), false),
                 };
                 let chunk = self.recv(peer, seq, k as u32).await?;
-                let dst = &mut words[range];
-                if chunk.payload.len() != dst.len() * 8 {
+                let dst = &mut buf[range];
+                if chunk.payload.len() != dst.len() * T::SIZE {
                     return Err(NetError::Peer(format!(
-                        "{} sent {} bytes in step {k} of collective {seq}; expected {} ({} i64 elements)",
+                        "{} sent {} bytes in step {k} of collective {seq}; expected {} ({} {} elements)",
                         self.peer_name(peer),
                         chunk.payload.len(),
-                        dst.len() * 8,
-                        dst.len()
+                        dst.len() * T::SIZE,
+                        dst.len(),
+                        T::NAME
                     )));
                 }
-                decode_i64(&chunk.payload, dst, combine);
+                T::decode(&chunk.payload, dst, add);
             }
         }
         Ok(())
+    }
+
+    /// [`Mesh::all_reduce`] on exact-mode words.
+    pub async fn all_reduce_i64(&mut self, words: &mut [i64], plan: &Plan) -> Result<(), NetError> {
+        self.all_reduce(words, plan).await
     }
 
     async fn send(
@@ -398,24 +401,52 @@ impl Mesh {
     }
 }
 
-/// Little-endian bytes of `xs`.
-pub fn encode_i64(xs: &[i64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(xs.len() * 8);
-    for x in xs {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
+/// An element type that travels in collectives: little-endian on the wire, with its reduction.
+pub trait Wire: Copy + Send + Sync + 'static {
+    /// Bytes per element.
+    const SIZE: usize;
+    /// Name for messages.
+    const NAME: &'static str;
+    /// Little-endian bytes of `xs`.
+    fn encode(xs: &[Self]) -> Vec<u8>;
+    /// Adds (`add`) or copies the elements in `bytes` into `dst`; `bytes.len() == dst.len() * SIZE`.
+    fn decode(bytes: &[u8], dst: &mut [Self], add: bool);
 }
 
-fn decode_i64(bytes: &[u8], dst: &mut [i64], combine: Combine) {
-    let words = bytes
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
-    match combine {
-        Combine::Add => dst
-            .iter_mut()
-            .zip(words)
-            .for_each(|(d, w)| *d = d.wrapping_add(w)),
-        Combine::Copy => dst.iter_mut().zip(words).for_each(|(d, w)| *d = w),
+impl Wire for i64 {
+    const SIZE: usize = 8;
+    const NAME: &'static str = "i64";
+    fn encode(xs: &[Self]) -> Vec<u8> {
+        xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    fn decode(bytes: &[u8], dst: &mut [Self], add: bool) {
+        let words = bytes
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+        if add {
+            dst.iter_mut()
+                .zip(words)
+                .for_each(|(d, w)| *d = d.wrapping_add(w));
+        } else {
+            dst.iter_mut().zip(words).for_each(|(d, w)| *d = w);
+        }
+    }
+}
+
+impl Wire for f32 {
+    const SIZE: usize = 4;
+    const NAME: &'static str = "f32";
+    fn encode(xs: &[Self]) -> Vec<u8> {
+        xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+    fn decode(bytes: &[u8], dst: &mut [Self], add: bool) {
+        let xs = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")));
+        if add {
+            dst.iter_mut().zip(xs).for_each(|(d, x)| *d += x);
+        } else {
+            dst.iter_mut().zip(xs).for_each(|(d, x)| *d = x);
+        }
     }
 }

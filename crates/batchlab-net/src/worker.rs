@@ -15,7 +15,7 @@ use batchlab_collective::{Algorithm, PlanConfig};
 use batchlab_core::exact::Packet;
 use batchlab_core::sampler::balanced_range;
 use batchlab_core::train::{
-    Applied, Begin, RunSummary, TrainConfig, WorkerScratch, compute_micros,
+    Applied, Begin, RunSummary, TrainConfig, WorkerScratch, compute_micros, compute_micros_fast,
 };
 use batchlab_proto::v1::coordinator_client::CoordinatorClient;
 use batchlab_proto::v1::{
@@ -354,12 +354,15 @@ where
         .allreduce
         .parse()
         .map_err(|e: batchlab_collective::ParseAlgorithmError| NetError::Config(e.to_string()))?;
-    if spec.reduce != "exact" {
-        return Err(NetError::Config(format!(
-            "reduce = {:?}: expected \"exact\"",
-            spec.reduce
-        )));
-    }
+    let fast = match spec.reduce.as_str() {
+        "exact" => false,
+        "fast" => true,
+        other => {
+            return Err(NetError::Config(format!(
+                "reduce = {other:?}: expected \"exact\" or \"fast\""
+            )));
+        }
+    };
     if spec.peer_timeout_ms > 0 {
         mesh.set_recv_timeout(Duration::from_millis(spec.peer_timeout_ms));
     }
@@ -368,17 +371,34 @@ where
     let mine = balanced_range(n, rank, world);
     let mut replica = plan.replica();
     let mut sampler = plan.sampler();
-    let mut packet = Packet::zeroed(plan.task.num_params(), n);
-    let chunk_elems = (spec.chunk_bytes as usize / 8).max(1);
-    let coll = batchlab_collective::plan(
-        &PlanConfig {
-            algorithm,
-            chunk_elems,
-        },
-        rank,
-        world,
-        packet.len(),
-    );
+    let dim = plan.task.num_params();
+    let plan_for = |len: usize, elem: usize| {
+        let chunk_elems = (spec.chunk_bytes as usize / elem).max(1);
+        batchlab_collective::plan(
+            &PlanConfig {
+                algorithm,
+                chunk_elems,
+            },
+            rank,
+            world,
+            len,
+        )
+    };
+    let mut reducer = if fast {
+        let stats = Packet::zeroed(0, n);
+        Reducer::Fast {
+            grad_plan: plan_for(dim, 4),
+            stats_plan: plan_for(stats.len(), 8),
+            grad: vec![0.0; dim],
+            stats,
+        }
+    } else {
+        let packet = Packet::zeroed(dim, n);
+        Reducer::Exact {
+            plan: plan_for(packet.len(), 8),
+            packet,
+        }
+    };
     let mut scratch = WorkerScratch::default();
     let mut eval_scratch = batchlab_core::Scratch::new();
     let mut timing = RankTiming {
@@ -403,21 +423,12 @@ where
         loop {
             let t0 = Instant::now();
             tokio::task::block_in_place(|| {
-                compute_micros(
-                    plan.task.as_ref(),
-                    &replica.params,
-                    &mut sampler,
-                    replica.t,
-                    mine.clone(),
-                    replica.scale,
-                    &mut packet,
-                    &mut scratch,
-                )
+                reducer.compute(&plan, &replica, &mut sampler, mine.clone(), &mut scratch)
             });
             let t1 = Instant::now();
-            mesh.all_reduce_i64(packet.words_mut(), &coll).await?;
+            reducer.all_reduce(mesh).await?;
             let t2 = Instant::now();
-            let applied = replica.apply(&packet);
+            let applied = reducer.apply(&mut replica);
             timing.compute_s += (t1 - t0).as_secs_f64();
             timing.comm_s += (t2 - t1).as_secs_f64();
             timing.apply_s += t2.elapsed().as_secs_f64();
@@ -447,6 +458,79 @@ where
                     return send(run_report::Kind::SummaryJson(finish(summary, timing))).await;
                 }
             }
+        }
+    }
+}
+
+/// The reduction of one step, exact or fast.
+enum Reducer {
+    /// Fixed-point words, bit-identical on any number of workers.
+    Exact {
+        packet: Packet,
+        plan: batchlab_collective::Plan,
+    },
+    /// `f32` gradient sums plus the exact per-micro stats.
+    Fast {
+        grad: Vec<f32>,
+        stats: Packet,
+        grad_plan: batchlab_collective::Plan,
+        stats_plan: batchlab_collective::Plan,
+    },
+}
+
+impl Reducer {
+    fn compute(
+        &mut self,
+        plan: &batchlab_core::train::RunPlan,
+        replica: &batchlab_core::train::Replica,
+        sampler: &mut batchlab_core::sampler::Sampler,
+        micros: std::ops::Range<usize>,
+        scratch: &mut WorkerScratch,
+    ) {
+        let task = plan.task.as_ref();
+        match self {
+            Self::Exact { packet, .. } => compute_micros(
+                task,
+                &replica.params,
+                sampler,
+                replica.t,
+                micros,
+                replica.scale,
+                packet,
+                scratch,
+            ),
+            Self::Fast { grad, stats, .. } => compute_micros_fast(
+                task,
+                &replica.params,
+                sampler,
+                replica.t,
+                micros,
+                grad,
+                stats,
+                scratch,
+            ),
+        }
+    }
+
+    async fn all_reduce(&mut self, mesh: &mut Mesh) -> Result<(), NetError> {
+        match self {
+            Self::Exact { packet, plan } => mesh.all_reduce(packet.words_mut(), plan).await,
+            Self::Fast {
+                grad,
+                stats,
+                grad_plan,
+                stats_plan,
+            } => {
+                mesh.all_reduce(grad.as_mut_slice(), grad_plan).await?;
+                mesh.all_reduce(stats.words_mut(), stats_plan).await
+            }
+        }
+    }
+
+    fn apply(&self, replica: &mut batchlab_core::train::Replica) -> Applied {
+        match self {
+            Self::Exact { packet, .. } => replica.apply(packet),
+            Self::Fast { grad, stats, .. } => replica.apply_fast(grad, stats),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Bad input at the network layer: every refusal names who, where and what was expected, and
-//! nothing hangs (every wait here is bounded).
+//! The network layer: bad input is refused naming who, where and what was expected, nothing
+//! hangs (every wait here is bounded), and fast mode stays within its error bound.
 
 use std::time::Duration;
 
@@ -244,4 +244,50 @@ async fn an_oversized_message_is_refused_with_its_size_and_the_service_keeps_ser
         7,
         "the well-formed piece was reduced into the buffer: {words:?}"
     );
+}
+
+/// Fast mode's documented bound (`compute_micros_fast`): per element, the `f32` all-reduce of
+/// the ranks' local sums (each rounded once to `f32`) is within `W · 2⁻²⁴ · Σ_r |s_r|` of the
+/// exact sum, for every algorithm and world size, on sums of mixed signs and magnitudes.
+#[test]
+fn fast_mode_stays_within_its_documented_error_bound() {
+    use rand::Rng;
+    let len = 257;
+    for world in 1..=8 {
+        for algorithm in Algorithm::ALL {
+            let mut r = batchlab_core::rng::rng(world as u64, batchlab_core::rng::Stream::Aux, 0);
+            let sums: Vec<Vec<f64>> = (0..world)
+                .map(|_| {
+                    (0..len)
+                        .map(|_| r.random_range(-1.0..1.0) * 10f64.powi(r.random_range(-6..6)))
+                        .collect()
+                })
+                .collect();
+            let plans = batchlab_collective::plan_all(
+                &PlanConfig {
+                    algorithm,
+                    chunk_elems: 17,
+                },
+                world,
+                len,
+            );
+            let mut bufs: Vec<Vec<f32>> = sums
+                .iter()
+                .map(|s| s.iter().map(|&x| x as f32).collect())
+                .collect();
+            batchlab_collective::run_in_memory(&plans, &mut bufs, |a, b| *a += b);
+            for i in 0..len {
+                let exact: f64 = sums.iter().map(|s| s[i]).sum();
+                let magnitude: f64 = sums.iter().map(|s| s[i].abs()).sum();
+                let bound = world as f64 * (2f64).powi(-24) * magnitude * (1.0 + 1e-6);
+                for (rank, b) in bufs.iter().enumerate() {
+                    let err = (f64::from(b[i]) - exact).abs();
+                    assert!(
+                        err <= bound,
+                        "{algorithm} W={world} rank {rank} element {i}: error {err:e} > bound {bound:e}"
+                    );
+                }
+            }
+        }
+    }
 }
