@@ -215,11 +215,10 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         let coordinator = Coordinator::new(cfg);
         let (stop, server) = serve(&coordinator, listener);
         let result = drive(&coordinator, &p, spec, None).await.map(|_| ());
-        coordinator.shutdown_workers(if result.is_ok() {
-            "run finished"
-        } else {
-            "run failed"
-        });
+        match &result {
+            Ok(_) => coordinator.shutdown_workers("run finished"),
+            Err(e) => coordinator.abort_and_shutdown(&format!("the coordinator stopped: {e}")),
+        }
         // Give workers a moment to hear the shutdown before the server goes away.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _ = stop.send(true);
@@ -394,11 +393,10 @@ pub fn run_local(p: &Prepared, workers: usize, reduce: &ReduceArgs) -> Result<Ru
         }
         tracing::info!(workers, %addr, "started local workers");
         let result = drive(&coordinator, p, spec, Some(&mut children)).await;
-        coordinator.shutdown_workers(if result.is_ok() {
-            "run finished"
-        } else {
-            "run failed"
-        });
+        match &result {
+            Ok(_) => coordinator.shutdown_workers("run finished"),
+            Err(e) => coordinator.abort_and_shutdown(&format!("the coordinator stopped: {e}")),
+        }
         // Workers exit on their own after the shutdown; anything still running is killed.
         for child in &mut children {
             if tokio::time::timeout(Duration::from_secs(5), child.wait())

@@ -269,3 +269,140 @@ fn a_worker_killed_mid_run_stops_the_run_naming_the_lost_rank_and_nothing_hangs(
         wait_exit(w, Duration::from_secs(15), &format!("worker {rank}"));
     }
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn launchers_environment_variables_give_the_world_size_coordinator_and_ranks() {
+    use std::process::Stdio;
+    let port = free_port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c");
+    let exe = env!("CARGO_BIN_EXE_batchlab");
+    // torchrun-style for the coordinator's world size, Slurm- and torchrun-style for the ranks.
+    let coordinator = Command::new(exe)
+        .args([
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--steps",
+            "20",
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .env("WORLD_SIZE", "2")
+        .env("BATCHLAB_TOKEN", "env-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let workers: Vec<_> = [("RANK", "1"), ("SLURM_PROCID", "0")]
+        .into_iter()
+        .map(|(var, rank)| {
+            Command::new(exe)
+                .args(["worker", "--listen", "127.0.0.1:0"])
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("BATCHLAB_TOKEN", "env-token")
+                .env(var, rank)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let o = coordinator.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let timing = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(out.join("summary.json")).unwrap(),
+    )
+    .unwrap()["timing"]
+        .clone();
+    assert_eq!(
+        timing.as_array().unwrap().len(),
+        2,
+        "two ranks reported: {timing}"
+    );
+    for w in workers {
+        let o = w.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+}
+
+/// Child processes of `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn ctrl_c_on_run_stops_it_and_leaves_no_worker_process_behind() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+        .args([
+            "run",
+            "--workers",
+            "2",
+            "--steps",
+            "100000000",
+            "--set",
+            "task.dim=2000",
+            "--set",
+            "eval_every=0",
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::metadata(out.join("metrics.jsonl")).map_or(0, |m| m.len()) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "training never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let children = children_of(run.id());
+    assert_eq!(children.len(), 2, "two worker processes: {children:?}");
+    let sent = Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = wait_exit(
+        &mut run,
+        Duration::from_secs(20),
+        "batchlab run after Ctrl-C",
+    );
+    let o = run.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("interrupted"), "{}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children.iter().any(|&c| alive(c)) {
+        assert!(
+            Instant::now() < deadline,
+            "worker processes outlived batchlab run: {children:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

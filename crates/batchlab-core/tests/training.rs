@@ -475,3 +475,65 @@ fn bad_configs_are_refused_before_any_work_naming_the_field() {
     );
     assert!(bad(|c| c.noise_ema = 1.0).starts_with("noise_ema = 1"));
 }
+
+#[test]
+fn a_nan_in_the_reduced_gradient_ends_the_run_infeasible_without_applying_it() {
+    use batchlab_core::train::compute_micros_fast;
+    let cfg = TrainConfig {
+        task: nqm(10, 1.0),
+        batch: 8,
+        micro: Some(2),
+        steps: 5,
+        ..TrainConfig::default()
+    };
+    let plan = cfg.build().unwrap();
+    let mut replica = plan.replica();
+    assert_eq!(
+        replica.begin(&mut batchlab_core::Scratch::new()),
+        Begin::Compute
+    );
+    let before = replica.params.clone();
+    let mut grad = vec![0f32; 10];
+    let mut stats = Packet::zeroed(0, plan.num_micro());
+    let mut sampler = plan.sampler();
+    compute_micros_fast(
+        plan.task.as_ref(),
+        &replica.params,
+        &mut sampler,
+        0,
+        0..plan.num_micro(),
+        &mut grad,
+        &mut stats,
+        &mut WorkerScratch::default(),
+    );
+    grad[3] = f32::NAN; // what a faulty peer's piece would contribute
+    match replica.apply_fast(&grad, &stats) {
+        Applied::Finished(_, s) => {
+            assert_eq!(s.status, Status::Infeasible);
+            assert!(
+                s.message.contains("non-finite") && s.message.contains("step 0"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected the run to end, got {other:?}"),
+    }
+    assert_eq!(replica.params, before, "nothing was applied");
+}
+
+#[test]
+fn an_overflowing_run_is_infeasible_even_without_a_loss_bound() {
+    // lr = 1e3 on h_1 = 1 multiplies θ₁ by 999 per step: the loss overflows to ∞ in ~50 steps.
+    let cfg = TrainConfig {
+        task: nqm(5, 0.0),
+        batch: 2,
+        lr: 1e3,
+        steps: 1000,
+        divergence_factor: f64::MAX,
+        eval_every: 0,
+        ..TrainConfig::default()
+    };
+    let (_, s) = run(&cfg);
+    assert_eq!(s.status, Status::Infeasible);
+    assert!(s.message.contains("non-finite"), "{}", s.message);
+}

@@ -415,6 +415,16 @@ impl Coordinator {
         })
     }
 
+    /// Aborts the current run (workers hear it with their next heartbeat) and tells every
+    /// worker to exit, with `reason`.
+    pub fn abort_and_shutdown(&self, reason: &str) {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        s.abort = Some(reason.to_string());
+        s.shutdown = Some(reason.to_string());
+        drop(s);
+        self.shared.bump();
+    }
+
     /// Tells every worker to exit, with `reason`.
     pub fn shutdown_workers(&self, reason: &str) {
         self.shared.state.lock().expect("poisoned").shutdown = Some(reason.to_string());

@@ -291,3 +291,72 @@ fn fast_mode_stays_within_its_documented_error_bound() {
         }
     }
 }
+
+fn spec(cfg: &batchlab_core::train::TrainConfig, allreduce: &str) -> batchlab_proto::v1::RunSpec {
+    batchlab_proto::v1::RunSpec {
+        config_toml: toml::to_string(cfg).unwrap(),
+        allreduce: allreduce.into(),
+        reduce: "exact".into(),
+        chunk_bytes: 1 << 12,
+        peer_timeout_ms: 20_000,
+    }
+}
+
+/// The same scenario in one process and over gRPC: several runs, one after another, on the same
+/// three in-process workers end exactly where single-process training ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
+    use batchlab_core::tasks::{TaskConfig, linreg::LinregConfig};
+    use batchlab_core::train::{TrainConfig, Trainer};
+    let (coordinator, addr) = start_coordinator(3).await;
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(batchlab_net::run_worker(batchlab_net::WorkerConfig {
+                coordinator: addr.clone(),
+                token: TOKEN.into(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                advertise: None,
+                requested_rank: None,
+                connect_timeout: Duration::from_secs(20),
+            }))
+        })
+        .collect();
+    coordinator
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .unwrap();
+    for (seed, allreduce) in [(0, "ring"), (1, "rhd"), (2, "tree")] {
+        let cfg = TrainConfig {
+            task: TaskConfig::Linreg(LinregConfig {
+                dim: 30,
+                train_size: Some(600),
+                ..LinregConfig::default()
+            }),
+            batch: 48,
+            micro: Some(4),
+            lr: 0.3,
+            steps: 30,
+            seed,
+            eval_every: 10,
+            ..TrainConfig::default()
+        };
+        let want = Trainer::new(&cfg.build().unwrap()).run(|_| {});
+        let mut rows = 0;
+        let got = coordinator
+            .run(spec(&cfg, allreduce), |_| rows += 1)
+            .await
+            .unwrap();
+        assert_eq!(got.summary, want, "seed {seed}, {allreduce}");
+        assert_eq!(rows, 30);
+        assert_eq!(got.timings.len(), 3);
+        assert!(got.timings.iter().all(|t| t.steps == 30));
+    }
+    coordinator.shutdown_workers("test over");
+    for w in workers {
+        tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
