@@ -123,7 +123,8 @@ pub struct WorkerArgs {
     /// Where this worker's peer service listens.
     #[arg(long, default_value = "0.0.0.0:0")]
     listen: SocketAddr,
-    /// The address other workers reach this one at (for hosts with several interfaces).
+    /// The address other workers reach this one at, `HOST` or `HOST:PORT` (for hosts with several
+    /// interfaces; a bare HOST gets the listening port).
     #[arg(long)]
     advertise: Option<String>,
     /// Rank to request (default: RANK, SLURM_PROCID or JOB_COMPLETION_INDEX when set).

@@ -70,8 +70,9 @@ pub struct WorkerConfig {
     pub token: String,
     /// Where this worker's peer service listens (`0.0.0.0:0` for any interface, any port).
     pub listen: SocketAddr,
-    /// The address peers reach this worker at; default: the listen address, or this host's
-    /// name when listening on all interfaces.
+    /// The address peers reach this worker at (`host` or `host:port`; a bare host gets the
+    /// bound port); default: the listen address, or this host's name when listening on all
+    /// interfaces.
     pub advertise: Option<String>,
     /// A rank assigned by the launcher (RANK, SLURM_PROCID, JOB_COMPLETION_INDEX).
     pub requested_rank: Option<u32>,
@@ -97,6 +98,8 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
         source: e,
     })?;
     let advertise = match &cfg.advertise {
+        // A bare host name or IPv4 address: the port is the one just bound.
+        Some(a) if !a.contains(':') => format!("{a}:{}", local.port()),
         Some(a) => a.clone(),
         None if local.ip().is_unspecified() => {
             let host = hostname();
