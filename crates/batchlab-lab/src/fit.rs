@@ -1,0 +1,1 @@
+//! Fits of experiment results. (STUB)

@@ -1,0 +1,12 @@
+//! batchlab's experiments, as pure code: which training runs an experiment needs, what their
+//! results say (fits of the critical batch size, best rates), and the reports. This crate never
+//! opens a socket; the binary executes the runs it plans, locally or on a cluster.
+//!
+//! - [`study`]: the records of an experiment's trials, and their layout on disk.
+//! - [`fit`]: `S = S_min(1 + B_crit/B)`, `E = E_min(1 + B/B_crit)` with a bootstrap interval;
+//!   best rate against `ε_opt(B) = ε_max/(1 + B_noise/B)`; where linear scaling stops.
+//! - [`report`]: self-contained HTML with SVG plots, and the terminal summary.
+
+pub mod fit;
+pub mod report;
+pub mod study;

@@ -1,0 +1,1 @@
+//! Reports: HTML with SVG plots, and terminal summaries. (STUB)

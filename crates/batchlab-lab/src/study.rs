@@ -1,0 +1,29 @@
+//! The records of an experiment's trials.
+
+use batchlab_core::train::Status;
+use serde::{Deserialize, Serialize};
+
+/// One training run of an experiment and what it measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    /// Global batch size `B`.
+    pub batch: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Sampler seed (the replicate).
+    pub seed: u64,
+    /// COMPLETE (target reached), INCOMPLETE (budget spent), INFEASIBLE (diverged).
+    pub status: Status,
+    /// Updates applied: the steps to target `S` when COMPLETE.
+    pub steps: u64,
+    /// Samples consumed, `E = B·S` when COMPLETE.
+    pub samples: u64,
+    /// Measured `B_simple` (ratio of EMAs) at the end of the run, i.e. near the target.
+    pub b_simple: Option<f64>,
+    /// Exact `B_simple` at the end, where the task has a closed form.
+    pub b_simple_exact: Option<f64>,
+    /// Exact `B_noise` at the end, where the task has a closed form.
+    pub b_noise_exact: Option<f64>,
+    /// The loss the target is checked on, at the end.
+    pub final_loss: Option<f64>,
+}
