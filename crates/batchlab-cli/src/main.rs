@@ -1,8 +1,10 @@
 //! The `batchlab` binary: one entry point for every experiment.
 
+mod analysis;
 mod cluster;
 mod config;
 mod output;
+mod sweep;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,8 @@ struct Cli {
 enum Command {
     /// Train one run in this process and write its per-step metrics and summary.
     Train(train::TrainArgs),
+    /// Batch-size sweep: steps and samples to a target, the critical batch size, the noise scale.
+    Sweep(sweep::SweepArgs),
     /// Train one run on N local worker processes (coordinator in this process, loopback).
     Run(cluster::RunArgs),
     /// Wait for workers on --listen, train the configured run on them, shut them down.
@@ -46,6 +50,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Run(args) => cluster::run(args),
+        Command::Sweep(args) => sweep::run(args),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),
         Command::Bench(Bench::Step(args)) => cluster::bench_step(args),

@@ -76,6 +76,11 @@ Examples:
   batchlab train --print-config > run.toml            # every field, then edit";
 
 impl TrainArgs {
+    /// The `--out` folder, if given.
+    pub fn out_dir(&self) -> Option<&PathBuf> {
+        self.out.as_ref()
+    }
+
     fn overrides(&self) -> Vec<String> {
         let mut o = Vec::new();
         let mut push = |k: &str, v: Option<String>| {

@@ -328,6 +328,10 @@ pub struct RunSummary {
     pub final_b_simple: Option<f64>,
     /// Most recent sharpness.
     pub last_sharpness: Option<f64>,
+    /// Exact `B_simple` at the final parameters, where the task has a closed form.
+    pub final_b_simple_exact: Option<f64>,
+    /// Exact `B_noise` at the final parameters, where the task has a closed form.
+    pub final_b_noise_exact: Option<f64>,
     /// FNV-1a 64 of the final parameters' little-endian bytes, hex: equal digests mean
     /// bit-identical parameters.
     pub params_digest: String,
@@ -596,6 +600,8 @@ impl Replica {
             final_train_loss: self.pending.last_train_loss,
             final_b_simple: self.pending.last_b_simple,
             last_sharpness: self.pending.last_sharpness,
+            final_b_simple_exact: self.plan.task.closed_form().map(|c| c.b_simple(&self.params)),
+            final_b_noise_exact: self.plan.task.closed_form().map(|c| c.b_noise(&self.params)),
             params_digest: params_digest(&self.params),
         }
     }

@@ -6,7 +6,9 @@
 //! - [`fit`]: `S = S_min(1 + B_crit/B)`, `E = E_min(1 + B/B_crit)` with a bootstrap interval;
 //!   best rate against `ε_opt(B) = ε_max/(1 + B_noise/B)`; where linear scaling stops.
 //! - [`report`]: self-contained HTML with SVG plots, and the terminal summary.
+//! - [`sweep`]: the batch-size sweep as a plan of trials (the tuned-rate search).
 
 pub mod fit;
 pub mod report;
 pub mod study;
+pub mod sweep;

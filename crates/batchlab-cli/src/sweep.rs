@@ -1,0 +1,321 @@
+//! `batchlab sweep`: steps and samples to a target loss over a batch-size sweep, the critical
+//! batch size, and the noise scale near the target.
+//!
+//! The study is a folder, one sub-folder per batch size and one per trial inside it (as Shallue
+//! et al. 2018 lay their data out):
+//!
+//! ```text
+//!   OUT/study.json                  the sweep's settings
+//!   OUT/B00064/lr2.500000e-1-s0/    config.toml, metrics.csv, metrics.jsonl, summary.json
+//!   OUT/trials.csv, trials.json     every trial's record
+//! ```
+//!
+//! A trial whose folder already holds a summary of the same configuration is not run again, so
+//! an interrupted sweep resumes where it stopped.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow, bail};
+use batchlab_core::train::{RunSummary, TrainConfig, Trainer, default_micro};
+use batchlab_lab::study::TrialRecord;
+use batchlab_lab::sweep::{LrPolicy, RateSearch, TrialPlan, powers_of_two};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::output::MetricsWriter;
+use crate::train::{Prepared, TrainArgs};
+
+/// Flags of `batchlab sweep`.
+#[derive(Args, Debug)]
+#[command(after_long_help = SWEEP_HELP)]
+pub struct SweepArgs {
+    /// The base run (task, optimizer, schedule, step budget): every train flag applies.
+    #[command(flatten)]
+    train: TrainArgs,
+    /// Batch sizes, comma-separated (default: powers of two from --min-batch to --max-batch).
+    #[arg(long, value_delimiter = ',')]
+    batches: Vec<u64>,
+    /// Smallest batch size of the power-of-two range.
+    #[arg(long, default_value_t = 1)]
+    min_batch: u64,
+    /// Largest batch size of the power-of-two range.
+    #[arg(long, default_value_t = 1024)]
+    max_batch: u64,
+    /// Learning rate per batch size: tuned (best of --lr-grid), linear, sqrt or none (from
+    /// --lr at --base-batch).
+    #[arg(long, default_value = "tuned")]
+    lr_policy: String,
+    /// Rate grid of the tuned policy: LO:HI:N, N rates log-spaced from LO to HI.
+    #[arg(long, default_value = "0.001:1.99:24")]
+    lr_grid: String,
+    /// Tuned search: stop after this many rates in a row lost to the best.
+    #[arg(long, default_value_t = 3)]
+    patience: usize,
+    /// Number of seeds (replicates) per batch size: seeds 0..N.
+    #[arg(long, default_value_t = 2)]
+    seeds: u64,
+    /// Target as a fraction of the initial loss (ignored when --target-loss is given).
+    #[arg(long, default_value_t = 0.01)]
+    target_fraction: f64,
+    /// Parallel trials in this process (default: the number of cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+const SWEEP_HELP: &str = "\
+The default study: noisy quadratic model (d = 100, h_i = c_i = 1/i), SGD with a tuned constant
+rate, batch sizes 1..1024, target 1% of the initial loss, 2 seeds.
+
+Examples:
+  batchlab sweep
+  batchlab sweep --set task.dim=1000 --max-batch 4096 --seeds 3
+  batchlab sweep --task mlp --batches 32,64,128,256,512 --target-loss 0.5 --steps 3000
+  batchlab sweep --lr-policy linear --lr 0.05 --base-batch 32";
+
+/// The default study's base overrides (flags and --config win).
+const BASE: &[&str] = &["task.dim=100", "steps=200000"];
+
+/// Everything a sweep needs, validated.
+struct Sweep {
+    base: TrainConfig,
+    target: f64,
+    batches: Vec<u64>,
+    seeds: Vec<u64>,
+    policy: LrPolicy,
+    grid: Vec<f64>,
+    patience: usize,
+    out: PathBuf,
+}
+
+fn parse_grid(s: &str) -> Result<Vec<f64>> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || anyhow!("--lr-grid {s}: expected LO:HI:N with 0 < LO ≤ HI and N ≥ 1, e.g. 0.001:2:24");
+    let [lo, hi, n] = parts[..] else { return Err(bad()) };
+    let (lo, hi, n): (f64, f64, usize) =
+        (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    if !(lo > 0.0 && hi >= lo && n >= 1 && hi.is_finite()) {
+        return Err(bad());
+    }
+    Ok(batchlab_core::theory::log_grid(lo, hi, n))
+}
+
+impl SweepArgs {
+    fn build(&self) -> Result<Option<Sweep>> {
+        let Some(p) = self.train.prepare_with_base("sweep", BASE)? else { return Ok(None) };
+        let Prepared { cfg, plan, .. } = p;
+        let policy: LrPolicy = self.lr_policy.parse().map_err(|e: String| anyhow!("--lr-policy: {e}"))?;
+        let batches = if self.batches.is_empty() {
+            powers_of_two(self.min_batch, self.max_batch)
+        } else {
+            self.batches.clone()
+        };
+        if batches.is_empty() || batches.contains(&0) {
+            bail!("batch sizes {batches:?}: expected at least one, all ≥ 1");
+        }
+        if self.seeds == 0 {
+            bail!("--seeds 0: expected at least 1 seed");
+        }
+        let target = match cfg.target_loss {
+            Some(t) => t,
+            None => {
+                if !(self.target_fraction > 0.0 && self.target_fraction < 1.0) {
+                    bail!("--target-fraction {}: expected a fraction in (0, 1)", self.target_fraction);
+                }
+                let init = plan.task.evaluate(&plan.task.init_params(), &mut batchlab_core::Scratch::new());
+                self.target_fraction * init.loss
+            }
+        };
+        let out = self.train_out().unwrap_or_else(|| {
+            PathBuf::from(format!("runs/sweep-{}-{}", plan.task.name(), self.lr_policy))
+        });
+        Ok(Some(Sweep {
+            base: cfg,
+            target,
+            batches,
+            seeds: (0..self.seeds).collect(),
+            policy,
+            grid: parse_grid(&self.lr_grid)?,
+            patience: self.patience,
+            out,
+        }))
+    }
+
+    fn train_out(&self) -> Option<PathBuf> {
+        self.train.out_dir().cloned()
+    }
+}
+
+impl Sweep {
+    fn searches(&self) -> Vec<RateSearch> {
+        let base_batch = self.base.base_batch.unwrap_or(self.base.batch);
+        let mut v = Vec::new();
+        for &b in &self.batches {
+            for &seed in &self.seeds {
+                v.push(match self.policy {
+                    LrPolicy::Tuned => RateSearch::tuned(b, seed, &self.grid, self.base.steps, self.patience),
+                    LrPolicy::Linear | LrPolicy::Sqrt | LrPolicy::None => {
+                        let rule = match self.policy {
+                            LrPolicy::Linear => batchlab_core::schedule::Scaling::Linear,
+                            LrPolicy::Sqrt => batchlab_core::schedule::Scaling::Sqrt,
+                            _ => batchlab_core::schedule::Scaling::None,
+                        };
+                        RateSearch::fixed(b, seed, rule.apply(self.base.lr, base_batch, b), self.base.steps)
+                    }
+                });
+            }
+        }
+        v
+    }
+
+    /// The configuration of one trial.
+    fn trial_config(&self, t: &TrialPlan) -> TrainConfig {
+        let mut c = self.base.clone();
+        c.batch = t.batch;
+        c.micro = match self.base.micro {
+            Some(m) if t.batch % m == 0 => Some(m),
+            _ => Some(default_micro(t.batch)),
+        };
+        c.lr = t.lr;
+        c.lr_scaling = batchlab_core::schedule::Scaling::None;
+        c.base_batch = None;
+        c.seed = t.seed;
+        c.steps = t.budget;
+        c.target_loss = Some(self.target);
+        c
+    }
+
+    fn trial_dir(&self, t: &TrialPlan) -> PathBuf {
+        self.out.join(format!("B{:05}", t.batch)).join(format!("lr{:.6e}-s{}", t.lr, t.seed))
+    }
+}
+
+/// A finished trial's summary from its folder, if it ran with exactly `cfg`.
+fn cached(dir: &Path, cfg: &TrainConfig) -> Option<RunSummary> {
+    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let same = serde_json::to_value(cfg).ok()? == doc["config"];
+    if !same {
+        return None;
+    }
+    serde_json::from_value(doc["summary"].clone()).ok()
+}
+
+fn record(t: &TrialPlan, s: &RunSummary) -> TrialRecord {
+    TrialRecord {
+        batch: t.batch,
+        lr: t.lr,
+        seed: t.seed,
+        status: s.status,
+        steps: s.steps,
+        samples: s.samples,
+        b_simple: s.final_b_simple,
+        b_simple_exact: s.final_b_simple_exact,
+        b_noise_exact: s.final_b_noise_exact,
+        final_loss: s.final_eval_loss.or(s.final_train_loss),
+    }
+}
+
+/// Trains one trial in this process, writing its folder.
+fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
+    let cfg = sweep.trial_config(t);
+    let dir = sweep.trial_dir(t);
+    if let Some(s) = cached(&dir, &cfg) {
+        return Ok((record(t, &s), true));
+    }
+    let plan = cfg.build().with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
+    let mut writer = MetricsWriter::create(&dir, &cfg)?;
+    let start = std::time::Instant::now();
+    let mut err = None;
+    let summary = Trainer::new(&plan).run(|row| {
+        if let Err(e) = writer.write(row) {
+            err.get_or_insert(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    writer.finish(&summary, &cfg, start.elapsed().as_secs_f64(), serde_json::Map::new())?;
+    Ok((record(t, &summary), false))
+}
+
+/// Runs `batchlab sweep`.
+pub fn run(args: SweepArgs) -> Result<()> {
+    let Some(sweep) = args.build()? else { return Ok(()) };
+    std::fs::create_dir_all(&sweep.out).with_context(|| format!("creating {}", sweep.out.display()))?;
+    let settings = serde_json::json!({
+        "batches": sweep.batches, "seeds": sweep.seeds, "lr_policy": args.lr_policy,
+        "lr_grid": sweep.grid, "patience": sweep.patience, "target_loss": sweep.target,
+        "base": sweep.base,
+    });
+    std::fs::write(sweep.out.join("study.json"), serde_json::to_string_pretty(&settings)? + "\n")?;
+    tracing::info!(
+        task = sweep.base.task.name(),
+        batches = ?sweep.batches,
+        seeds = sweep.seeds.len(),
+        target = sweep.target,
+        out = %sweep.out.display(),
+        "sweep"
+    );
+    let searches = sweep.searches();
+    let total = searches.len() as u64;
+    let bar = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} (B, seed) searched, {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let queue = Arc::new(Mutex::new(searches));
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let trials_run = std::sync::atomic::AtomicU64::new(0);
+    let trials_cached = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..jobs {
+            handles.push(scope.spawn(|| -> Result<()> {
+                loop {
+                    let Some(mut search) = queue.lock().expect("poisoned").pop() else { return Ok(()) };
+                    while let Some(t) = search.next() {
+                        let (rec, was_cached) = run_trial(&sweep, &t)?;
+                        let counter = if was_cached { &trials_cached } else { &trials_run };
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        search.record(&rec);
+                        records.lock().expect("poisoned").push(rec);
+                    }
+                    let (b, seed) = search.key();
+                    bar.inc(1);
+                    bar.set_message(match search.best() {
+                        Some((lr, steps)) => format!("B={b} seed {seed}: {steps} steps at lr {lr:.3e}"),
+                        None => format!("B={b} seed {seed}: target not reached"),
+                    });
+                }
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow!("a sweep thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let mut records = Arc::try_unwrap(records).expect("threads joined").into_inner().expect("poisoned");
+    records.sort_by(|a, b| (a.batch, a.seed, b.lr).partial_cmp(&(b.batch, b.seed, a.lr)).expect("finite rates"));
+    write_records(&sweep.out, &records)?;
+    println!(
+        "{} trials ({} run, {} reused from {})",
+        records.len(),
+        trials_run.into_inner(),
+        trials_cached.into_inner(),
+        sweep.out.display()
+    );
+    crate::analysis::sweep_summary(&sweep.out, &records, sweep.target)
+}
+
+fn write_records(out: &Path, records: &[TrialRecord]) -> Result<()> {
+    let mut w = csv::Writer::from_path(out.join("trials.csv"))?;
+    for r in records {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    std::fs::write(out.join("trials.json"), serde_json::to_string_pretty(records)? + "\n")?;
+    Ok(())
+}
