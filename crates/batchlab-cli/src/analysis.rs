@@ -1,50 +1,200 @@
-//! What a sweep's trials say: the best rate and steps per batch size, and the terminal summary.
+//! What a sweep's trials say: the best rate and steps per batch size, the critical-batch fit
+//! with its bootstrap interval, the best rate against `ε_opt(B)`, the noise scale near the
+//! target, and (for the noisy quadratic model) the closed-form predictions beside them.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
-use batchlab_core::train::Status;
+use batchlab_core::tasks::TaskConfig;
+use batchlab_core::theory::NqmTheory;
+use batchlab_core::train::TrainConfig;
+use batchlab_lab::fit::{
+    self, BestTrial, CriticalFit, Interval, MedianPoint, NoiseSummary, RateFit,
+};
 use batchlab_lab::study::TrialRecord;
+use serde::Serialize;
 
-fn median(mut xs: Vec<f64>) -> Option<f64> {
-    xs.retain(|x| x.is_finite());
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    Some(if n % 2 == 1 { xs[n / 2] } else { 0.5 * (xs[n / 2 - 1] + xs[n / 2]) })
+/// Closed-form predictions for a point of the sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct TheoryPoint {
+    /// Batch size.
+    pub batch: u64,
+    /// Expected steps to the target at the best rate of the grid.
+    pub steps: Option<u64>,
+    /// That rate.
+    pub lr: Option<f64>,
 }
 
-/// Prints the per-batch table of a sweep.
-pub fn sweep_summary(_out: &Path, records: &[TrialRecord], target: f64) -> Result<()> {
-    // Best (fewest steps) COMPLETE trial per (batch, seed).
-    let mut best: BTreeMap<(u64, u64), &TrialRecord> = BTreeMap::new();
-    for r in records.iter().filter(|r| r.status == Status::Complete) {
-        let e = best.entry((r.batch, r.seed)).or_insert(r);
-        if r.steps < e.steps || (r.steps == e.steps && r.lr < e.lr) {
-            *e = r;
+/// Everything the analysis of a sweep found; written as `analysis.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepAnalysis {
+    /// The target loss.
+    pub target: f64,
+    /// Best trial per (batch, seed).
+    pub best: Vec<BestTrial>,
+    /// Medians over seeds per batch.
+    pub medians: Vec<MedianPoint>,
+    /// `S = S_min(1 + B_crit/B)` fitted to the medians.
+    pub fit: Option<CriticalFit>,
+    /// Bootstrap interval of the fit over seeds.
+    pub interval: Option<Interval>,
+    /// `ε(B) = ε_max/(1 + B_noise/B)` fitted to the best rates.
+    pub rate_fit: Option<RateFit>,
+    /// The batch size where the best rate stops following `η ∝ B`.
+    pub linear_breakdown: Option<f64>,
+    /// Measured (and exact) `B_simple` near the target.
+    pub noise: Option<NoiseSummary>,
+    /// Closed-form predictions (noisy quadratic model only).
+    pub theory: Vec<TheoryPoint>,
+    /// The critical-batch fit of the closed-form predictions.
+    pub theory_fit: Option<CriticalFit>,
+}
+
+/// The closed-form steps to target per batch, for the noisy quadratic model with SGD.
+fn nqm_theory(
+    base: &TrainConfig,
+    target: f64,
+    batches: &[u64],
+    grid: &[f64],
+) -> Option<Vec<TheoryPoint>> {
+    let TaskConfig::Nqm(c) = &base.task else {
+        return None;
+    };
+    if base.optimizer.kind != batchlab_core::optim::OptimizerKind::Sgd
+        || base.optimizer.weight_decay != 0.0
+    {
+        return None;
+    }
+    let task = c.build().ok()?;
+    let theory = NqmTheory::new(task.h().to_vec(), task.c().to_vec()).ok()?;
+    let s0 = vec![c.init * c.init; theory.dim()];
+    Some(
+        batches
+            .iter()
+            .map(|&b| {
+                let best = theory.best_sgd_lr(&s0, b as f64, target, base.steps, grid);
+                TheoryPoint {
+                    batch: b,
+                    steps: best.map(|r| r.steps),
+                    lr: best.map(|r| r.lr),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Analyses a sweep, writes `analysis.json` into `out`, and prints the summary.
+pub fn sweep_summary(
+    out: &Path,
+    records: &[TrialRecord],
+    target: f64,
+    base: &TrainConfig,
+    batches: &[u64],
+    grid: &[f64],
+) -> Result<SweepAnalysis> {
+    let best = fit::best_per_batch(records);
+    let medians = fit::median_over_seeds(&best);
+    let points: Vec<(f64, f64)> = medians.iter().map(|m| (m.batch as f64, m.steps)).collect();
+    let rates: Vec<(f64, f64)> = medians.iter().map(|m| (m.batch as f64, m.lr)).collect();
+    let per_seed = fit::steps_by_seed(&best);
+    let theory = nqm_theory(base, target, batches, grid).unwrap_or_default();
+    let theory_points: Vec<(f64, f64)> = theory
+        .iter()
+        .filter_map(|t| t.steps.map(|s| (t.batch as f64, s as f64)))
+        .collect();
+    let a = SweepAnalysis {
+        target,
+        fit: fit::fit_critical_batch(&points),
+        interval: fit::bootstrap_critical_batch(&per_seed, 1000, 0, 0.95),
+        rate_fit: fit::fit_best_rate(&rates),
+        linear_breakdown: fit::linear_scaling_breakdown(&rates),
+        noise: fit::noise_scale_summary(&best),
+        theory_fit: fit::fit_critical_batch(&theory_points),
+        theory,
+        best,
+        medians,
+    };
+    std::fs::write(
+        out.join("analysis.json"),
+        serde_json::to_string_pretty(&a)? + "\n",
+    )?;
+    print_summary(&a);
+    Ok(a)
+}
+
+fn print_summary(a: &SweepAnalysis) {
+    let has_theory = !a.theory.is_empty();
+    println!(
+        "target loss {:.4e}; per batch size, medians over seeds of each seed's best rate:",
+        a.target
+    );
+    print!(
+        "{:>7} {:>6} {:>10} {:>12} {:>11}",
+        "B", "seeds", "steps S", "samples E", "best lr"
+    );
+    if has_theory {
+        print!(" {:>10} {:>11}", "theory S", "theory lr");
+    }
+    println!();
+    for m in &a.medians {
+        print!(
+            "{:>7} {:>6} {:>10.0} {:>12.0} {:>11.3e}",
+            m.batch,
+            m.seeds,
+            m.steps,
+            m.steps * m.batch as f64,
+            m.lr
+        );
+        if let Some(t) = a.theory.iter().find(|t| t.batch == m.batch) {
+            let s = t.steps.map_or("-".to_string(), |s| s.to_string());
+            let lr = t.lr.map_or("-".to_string(), |l| format!("{l:.3e}"));
+            print!(" {s:>10} {lr:>11}");
         }
+        println!();
     }
-    let mut per_batch: BTreeMap<u64, Vec<&TrialRecord>> = BTreeMap::new();
-    for ((b, _), r) in &best {
-        per_batch.entry(*b).or_default().push(r);
+    match (&a.fit, &a.interval) {
+        (Some(f), Some(i)) => println!(
+            "critical batch size B_crit ≈ {:.0} ({:.0}% interval {:.0}–{:.0}); S_min ≈ {:.0} steps, E_min ≈ {:.0} samples",
+            f.b_crit,
+            100.0 * i.level,
+            i.b_crit.lo,
+            i.b_crit.hi,
+            f.s_min,
+            f.e_min
+        ),
+        (Some(f), None) => println!(
+            "critical batch size B_crit ≈ {:.0}; S_min ≈ {:.0} steps, E_min ≈ {:.0} samples (no interval: too few points)",
+            f.b_crit, f.s_min, f.e_min
+        ),
+        _ => println!("critical batch size: not enough batch sizes reached the target to fit"),
     }
-    println!("target loss {target:.4e}; per batch size, medians over seeds of the best rate's trial:");
-    println!("{:>7} {:>6} {:>10} {:>12} {:>11} {:>10} {:>10}", "B", "seeds", "steps S", "samples E", "best lr", "B_simple", "exact");
-    let fmt = |x: Option<f64>, p: usize| x.map_or("-".to_string(), |v| format!("{v:.p$}"));
-    for (b, rs) in &per_batch {
-        let m = |f: fn(&TrialRecord) -> Option<f64>| median(rs.iter().filter_map(|r| f(r)).collect());
+    if let Some(t) = &a.theory_fit {
         println!(
-            "{b:>7} {:>6} {:>10} {:>12} {:>11} {:>10} {:>10}",
-            rs.len(),
-            fmt(m(|r| Some(r.steps as f64)), 0),
-            fmt(m(|r| Some(r.samples as f64)), 0),
-            m(|r| Some(r.lr)).map_or("-".into(), |v| format!("{v:.3e}")),
-            fmt(m(|r| r.b_simple), 1),
-            fmt(m(|r| r.b_simple_exact), 1),
+            "closed form: B_crit ≈ {:.0}, S_min ≈ {:.0}, E_min ≈ {:.0}",
+            t.b_crit, t.s_min, t.e_min
         );
     }
-    Ok(())
+    if let Some(n) = &a.noise {
+        print!(
+            "noise scale near the target: B_simple ≈ {:.0} (IQR {:.0}–{:.0})",
+            n.median_b_simple, n.lo, n.hi
+        );
+        if let Some(e) = n.median_b_simple_exact {
+            print!("; exact B_simple {e:.0}");
+        }
+        if let Some(e) = n.median_b_noise_exact {
+            print!(", exact B_noise {e:.0}");
+        }
+        println!();
+    }
+    if let Some(r) = &a.rate_fit {
+        print!(
+            "best rate ≈ ε_max/(1 + B_noise/B) with ε_max ≈ {:.3}, B_noise ≈ {:.0}",
+            r.eps_max, r.b_noise
+        );
+        if let Some(b) = a.linear_breakdown {
+            print!("; linear scaling η ∝ B holds up to B ≈ {b:.0}");
+        }
+        println!();
+    }
 }

@@ -74,7 +74,7 @@ Examples:
   batchlab sweep --lr-policy linear --lr 0.05 --base-batch 32";
 
 /// The default study's base overrides (flags and --config win).
-const BASE: &[&str] = &["task.dim=100", "steps=200000"];
+const BASE: &[&str] = &["task.dim=100", "steps=30000"];
 
 /// Everything a sweep needs, validated.
 struct Sweep {
@@ -86,14 +86,22 @@ struct Sweep {
     grid: Vec<f64>,
     patience: usize,
     out: PathBuf,
+    /// The task's evaluation is its closed-form population loss.
+    exact_eval: bool,
 }
 
 fn parse_grid(s: &str) -> Result<Vec<f64>> {
     let parts: Vec<&str> = s.split(':').collect();
-    let bad = || anyhow!("--lr-grid {s}: expected LO:HI:N with 0 < LO ≤ HI and N ≥ 1, e.g. 0.001:2:24");
-    let [lo, hi, n] = parts[..] else { return Err(bad()) };
-    let (lo, hi, n): (f64, f64, usize) =
-        (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+    let bad =
+        || anyhow!("--lr-grid {s}: expected LO:HI:N with 0 < LO ≤ HI and N ≥ 1, e.g. 0.001:2:24");
+    let [lo, hi, n] = parts[..] else {
+        return Err(bad());
+    };
+    let (lo, hi, n): (f64, f64, usize) = (
+        lo.parse().map_err(|_| bad())?,
+        hi.parse().map_err(|_| bad())?,
+        n.parse().map_err(|_| bad())?,
+    );
     if !(lo > 0.0 && hi >= lo && n >= 1 && hi.is_finite()) {
         return Err(bad());
     }
@@ -102,9 +110,14 @@ fn parse_grid(s: &str) -> Result<Vec<f64>> {
 
 impl SweepArgs {
     fn build(&self) -> Result<Option<Sweep>> {
-        let Some(p) = self.train.prepare_with_base("sweep", BASE)? else { return Ok(None) };
+        let Some(p) = self.train.prepare_with_base("sweep", BASE)? else {
+            return Ok(None);
+        };
         let Prepared { cfg, plan, .. } = p;
-        let policy: LrPolicy = self.lr_policy.parse().map_err(|e: String| anyhow!("--lr-policy: {e}"))?;
+        let policy: LrPolicy = self
+            .lr_policy
+            .parse()
+            .map_err(|e: String| anyhow!("--lr-policy: {e}"))?;
         let batches = if self.batches.is_empty() {
             powers_of_two(self.min_batch, self.max_batch)
         } else {
@@ -120,14 +133,23 @@ impl SweepArgs {
             Some(t) => t,
             None => {
                 if !(self.target_fraction > 0.0 && self.target_fraction < 1.0) {
-                    bail!("--target-fraction {}: expected a fraction in (0, 1)", self.target_fraction);
+                    bail!(
+                        "--target-fraction {}: expected a fraction in (0, 1)",
+                        self.target_fraction
+                    );
                 }
-                let init = plan.task.evaluate(&plan.task.init_params(), &mut batchlab_core::Scratch::new());
+                let init = plan
+                    .task
+                    .evaluate(&plan.task.init_params(), &mut batchlab_core::Scratch::new());
                 self.target_fraction * init.loss
             }
         };
         let out = self.train_out().unwrap_or_else(|| {
-            PathBuf::from(format!("runs/sweep-{}-{}", plan.task.name(), self.lr_policy))
+            PathBuf::from(format!(
+                "runs/sweep-{}-{}",
+                plan.task.name(),
+                self.lr_policy
+            ))
         });
         Ok(Some(Sweep {
             base: cfg,
@@ -138,6 +160,7 @@ impl SweepArgs {
             grid: parse_grid(&self.lr_grid)?,
             patience: self.patience,
             out,
+            exact_eval: plan.task.closed_form().is_some(),
         }))
     }
 
@@ -153,14 +176,21 @@ impl Sweep {
         for &b in &self.batches {
             for &seed in &self.seeds {
                 v.push(match self.policy {
-                    LrPolicy::Tuned => RateSearch::tuned(b, seed, &self.grid, self.base.steps, self.patience),
+                    LrPolicy::Tuned => {
+                        RateSearch::tuned(b, seed, &self.grid, self.base.steps, self.patience)
+                    }
                     LrPolicy::Linear | LrPolicy::Sqrt | LrPolicy::None => {
                         let rule = match self.policy {
                             LrPolicy::Linear => batchlab_core::schedule::Scaling::Linear,
                             LrPolicy::Sqrt => batchlab_core::schedule::Scaling::Sqrt,
                             _ => batchlab_core::schedule::Scaling::None,
                         };
-                        RateSearch::fixed(b, seed, rule.apply(self.base.lr, base_batch, b), self.base.steps)
+                        RateSearch::fixed(
+                            b,
+                            seed,
+                            rule.apply(self.base.lr, base_batch, b),
+                            self.base.steps,
+                        )
                     }
                 });
             }
@@ -182,11 +212,17 @@ impl Sweep {
         c.seed = t.seed;
         c.steps = t.budget;
         c.target_loss = Some(self.target);
+        if self.exact_eval {
+            // The population loss is exact and cheap: check the target every step.
+            c.eval_every = 1;
+        }
         c
     }
 
     fn trial_dir(&self, t: &TrialPlan) -> PathBuf {
-        self.out.join(format!("B{:05}", t.batch)).join(format!("lr{:.6e}-s{}", t.lr, t.seed))
+        self.out
+            .join(format!("B{:05}", t.batch))
+            .join(format!("lr{:.6e}-s{}", t.lr, t.seed))
     }
 }
 
@@ -223,7 +259,9 @@ fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
     if let Some(s) = cached(&dir, &cfg) {
         return Ok((record(t, &s), true));
     }
-    let plan = cfg.build().with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
+    let plan = cfg
+        .build()
+        .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
     let mut writer = MetricsWriter::create(&dir, &cfg)?;
     let start = std::time::Instant::now();
     let mut err = None;
@@ -235,20 +273,31 @@ fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
     if let Some(e) = err {
         return Err(e);
     }
-    writer.finish(&summary, &cfg, start.elapsed().as_secs_f64(), serde_json::Map::new())?;
+    writer.finish(
+        &summary,
+        &cfg,
+        start.elapsed().as_secs_f64(),
+        serde_json::Map::new(),
+    )?;
     Ok((record(t, &summary), false))
 }
 
 /// Runs `batchlab sweep`.
 pub fn run(args: SweepArgs) -> Result<()> {
-    let Some(sweep) = args.build()? else { return Ok(()) };
-    std::fs::create_dir_all(&sweep.out).with_context(|| format!("creating {}", sweep.out.display()))?;
+    let Some(sweep) = args.build()? else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&sweep.out)
+        .with_context(|| format!("creating {}", sweep.out.display()))?;
     let settings = serde_json::json!({
         "batches": sweep.batches, "seeds": sweep.seeds, "lr_policy": args.lr_policy,
         "lr_grid": sweep.grid, "patience": sweep.patience, "target_loss": sweep.target,
         "base": sweep.base,
     });
-    std::fs::write(sweep.out.join("study.json"), serde_json::to_string_pretty(&settings)? + "\n")?;
+    std::fs::write(
+        sweep.out.join("study.json"),
+        serde_json::to_string_pretty(&settings)? + "\n",
+    )?;
     tracing::info!(
         task = sweep.base.task.name(),
         batches = ?sweep.batches,
@@ -260,13 +309,18 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let searches = sweep.searches();
     let total = searches.len() as u64;
     let bar = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} (B, seed) searched, {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} (B, seed) searched, {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     let queue = Arc::new(Mutex::new(searches));
     let records = Arc::new(Mutex::new(Vec::new()));
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let trials_run = std::sync::atomic::AtomicU64::new(0);
     let trials_cached = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|scope| -> Result<()> {
@@ -274,10 +328,16 @@ pub fn run(args: SweepArgs) -> Result<()> {
         for _ in 0..jobs {
             handles.push(scope.spawn(|| -> Result<()> {
                 loop {
-                    let Some(mut search) = queue.lock().expect("poisoned").pop() else { return Ok(()) };
+                    let Some(mut search) = queue.lock().expect("poisoned").pop() else {
+                        return Ok(());
+                    };
                     while let Some(t) = search.next() {
                         let (rec, was_cached) = run_trial(&sweep, &t)?;
-                        let counter = if was_cached { &trials_cached } else { &trials_run };
+                        let counter = if was_cached {
+                            &trials_cached
+                        } else {
+                            &trials_run
+                        };
                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         search.record(&rec);
                         records.lock().expect("poisoned").push(rec);
@@ -285,7 +345,9 @@ pub fn run(args: SweepArgs) -> Result<()> {
                     let (b, seed) = search.key();
                     bar.inc(1);
                     bar.set_message(match search.best() {
-                        Some((lr, steps)) => format!("B={b} seed {seed}: {steps} steps at lr {lr:.3e}"),
+                        Some((lr, steps)) => {
+                            format!("B={b} seed {seed}: {steps} steps at lr {lr:.3e}")
+                        }
                         None => format!("B={b} seed {seed}: target not reached"),
                     });
                 }
@@ -297,8 +359,15 @@ pub fn run(args: SweepArgs) -> Result<()> {
         Ok(())
     })?;
     bar.finish_and_clear();
-    let mut records = Arc::try_unwrap(records).expect("threads joined").into_inner().expect("poisoned");
-    records.sort_by(|a, b| (a.batch, a.seed, b.lr).partial_cmp(&(b.batch, b.seed, a.lr)).expect("finite rates"));
+    let mut records = Arc::try_unwrap(records)
+        .expect("threads joined")
+        .into_inner()
+        .expect("poisoned");
+    records.sort_by(|a, b| {
+        (a.batch, a.seed, b.lr)
+            .partial_cmp(&(b.batch, b.seed, a.lr))
+            .expect("finite rates")
+    });
     write_records(&sweep.out, &records)?;
     println!(
         "{} trials ({} run, {} reused from {})",
@@ -307,7 +376,15 @@ pub fn run(args: SweepArgs) -> Result<()> {
         trials_cached.into_inner(),
         sweep.out.display()
     );
-    crate::analysis::sweep_summary(&sweep.out, &records, sweep.target)
+    crate::analysis::sweep_summary(
+        &sweep.out,
+        &records,
+        sweep.target,
+        &sweep.base,
+        &sweep.batches,
+        &sweep.grid,
+    )?;
+    Ok(())
 }
 
 fn write_records(out: &Path, records: &[TrialRecord]) -> Result<()> {
@@ -316,6 +393,9 @@ fn write_records(out: &Path, records: &[TrialRecord]) -> Result<()> {
         w.serialize(r)?;
     }
     w.flush()?;
-    std::fs::write(out.join("trials.json"), serde_json::to_string_pretty(records)? + "\n")?;
+    std::fs::write(
+        out.join("trials.json"),
+        serde_json::to_string_pretty(records)? + "\n",
+    )?;
     Ok(())
 }

@@ -600,8 +600,16 @@ impl Replica {
             final_train_loss: self.pending.last_train_loss,
             final_b_simple: self.pending.last_b_simple,
             last_sharpness: self.pending.last_sharpness,
-            final_b_simple_exact: self.plan.task.closed_form().map(|c| c.b_simple(&self.params)),
-            final_b_noise_exact: self.plan.task.closed_form().map(|c| c.b_noise(&self.params)),
+            final_b_simple_exact: self
+                .plan
+                .task
+                .closed_form()
+                .map(|c| c.b_simple(&self.params)),
+            final_b_noise_exact: self
+                .plan
+                .task
+                .closed_form()
+                .map(|c| c.b_noise(&self.params)),
             params_digest: params_digest(&self.params),
         }
     }

@@ -43,7 +43,9 @@ impl std::str::FromStr for LrPolicy {
             "linear" => Ok(Self::Linear),
             "sqrt" => Ok(Self::Sqrt),
             "none" => Ok(Self::None),
-            other => Err(format!("unknown learning-rate policy {other:?}: expected tuned, linear, sqrt or none")),
+            other => Err(format!(
+                "unknown learning-rate policy {other:?}: expected tuned, linear, sqrt or none"
+            )),
         }
     }
 }
@@ -84,12 +86,34 @@ impl RateSearch {
         let mut rates = grid.to_vec();
         rates.sort_by(|a, b| b.total_cmp(a));
         rates.dedup();
-        Self { batch, seed, rates, next: 0, max_steps, patience: patience.max(1), best: None, worse_in_a_row: 0, single: false, done: false }
+        Self {
+            batch,
+            seed,
+            rates,
+            next: 0,
+            max_steps,
+            patience: patience.max(1),
+            best: None,
+            worse_in_a_row: 0,
+            single: false,
+            done: false,
+        }
     }
 
     /// A single trial at rate `lr` (the scaling policies).
     pub fn fixed(batch: u64, seed: u64, lr: f64, max_steps: u64) -> Self {
-        Self { batch, seed, rates: vec![lr], next: 0, max_steps, patience: 1, best: None, worse_in_a_row: 0, single: true, done: false }
+        Self {
+            batch,
+            seed,
+            rates: vec![lr],
+            next: 0,
+            max_steps,
+            patience: 1,
+            best: None,
+            worse_in_a_row: 0,
+            single: true,
+            done: false,
+        }
     }
 
     /// The next trial, or `None` when the search is over.
@@ -106,7 +130,12 @@ impl RateSearch {
             Some((_, steps)) if !self.single => steps.min(self.max_steps),
             _ => self.max_steps,
         };
-        Some(TrialPlan { batch: self.batch, seed: self.seed, lr, budget })
+        Some(TrialPlan {
+            batch: self.batch,
+            seed: self.seed,
+            lr,
+            budget,
+        })
     }
 
     /// Takes the result of the trial last returned by [`RateSearch::next`].
@@ -169,7 +198,11 @@ mod tests {
 
     /// Drives a search against a model of steps-to-target: diverges above `edge`, else
     /// `steps(lr)`, stopping INCOMPLETE at the budget.
-    fn drive(mut s: RateSearch, edge: f64, steps: impl Fn(f64) -> u64) -> (Vec<TrialPlan>, Option<(f64, u64)>) {
+    fn drive(
+        mut s: RateSearch,
+        edge: f64,
+        steps: impl Fn(f64) -> u64,
+    ) -> (Vec<TrialPlan>, Option<(f64, u64)>) {
         let mut plans = Vec::new();
         while let Some(p) = s.next() {
             plans.push(p);
@@ -189,11 +222,20 @@ mod tests {
     fn tuned_search_finds_the_fastest_rate_and_caps_slower_ones_at_the_best_so_far() {
         let grid = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0];
         // Steps ∝ 1/lr below the edge 0.7: the best is the largest stable rate, 0.5.
-        let (plans, best) = drive(RateSearch::tuned(8, 0, &grid, 10_000, 2), 0.7, |lr| (10.0 / lr) as u64);
+        let (plans, best) = drive(RateSearch::tuned(8, 0, &grid, 10_000, 2), 0.7, |lr| {
+            (10.0 / lr) as u64
+        });
         assert_eq!(best, Some((0.5, 20)));
         let tried: Vec<f64> = plans.iter().map(|p| p.lr).collect();
-        assert_eq!(tried, [2.0, 1.0, 0.5, 0.2, 0.1], "stops after two rates lost in a row");
-        assert_eq!(plans[3].budget, 20, "a slower rate runs at most the best's steps");
+        assert_eq!(
+            tried,
+            [2.0, 1.0, 0.5, 0.2, 0.1],
+            "stops after two rates lost in a row"
+        );
+        assert_eq!(
+            plans[3].budget, 20,
+            "a slower rate runs at most the best's steps"
+        );
     }
 
     #[test]
@@ -210,7 +252,13 @@ mod tests {
     fn rates_stalled_on_their_noise_floor_before_the_optimum_do_not_end_the_search() {
         let grid: Vec<f64> = (0..10).map(|k| 0.001 * 2f64.powi(k)).collect();
         // Above 0.02 the noise floor stays above the target (never completes); below, 1/lr.
-        let steps = |lr: f64| if lr > 0.02 { u64::MAX } else { (10.0 / lr) as u64 };
+        let steps = |lr: f64| {
+            if lr > 0.02 {
+                u64::MAX
+            } else {
+                (10.0 / lr) as u64
+            }
+        };
         let (_, best) = drive(RateSearch::tuned(1, 0, &grid, 1_000_000, 2), 10.0, steps);
         assert_eq!(best, Some((0.016, 625)));
     }
@@ -235,6 +283,9 @@ mod tests {
     fn policies_parse_and_refuse_with_the_accepted_values() {
         assert_eq!("sqrt".parse::<LrPolicy>(), Ok(LrPolicy::Sqrt));
         let e = "cubic".parse::<LrPolicy>().unwrap_err();
-        assert!(e.contains("\"cubic\"") && e.contains("tuned, linear, sqrt or none"), "{e}");
+        assert!(
+            e.contains("\"cubic\"") && e.contains("tuned, linear, sqrt or none"),
+            "{e}"
+        );
     }
 }
