@@ -331,7 +331,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
                     let Some(mut search) = queue.lock().expect("poisoned").pop() else {
                         return Ok(());
                     };
-                    while let Some(t) = search.next() {
+                    while let Some(t) = search.next_trial() {
                         let (rec, was_cached) = run_trial(&sweep, &t)?;
                         let counter = if was_cached {
                             &trials_cached

@@ -343,7 +343,7 @@ pub enum Begin {
     /// Compute step `t`.
     Compute,
     /// The run is over.
-    Finished(RunSummary),
+    Finished(Box<RunSummary>),
 }
 
 /// What [`Replica::apply`] decided.
@@ -355,7 +355,7 @@ pub enum Applied {
     Redo,
     /// The run ended with this step: it diverged (INFEASIBLE, the update was not applied), or
     /// its training loss reached a `train` target (COMPLETE, the update was applied).
-    Finished(Box<StepMetrics>, RunSummary),
+    Finished(Box<StepMetrics>, Box<RunSummary>),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -410,10 +410,10 @@ impl Replica {
             if cfg.target_metric == TargetMetric::Eval
                 && cfg.target_loss.is_some_and(|target| e.loss <= target)
             {
-                return Begin::Finished(self.summary(
+                return Begin::Finished(Box::new(self.summary(
                     Status::Complete,
                     format!("reached eval loss {:.6e} ≤ target after {t} steps", e.loss),
-                ));
+                )));
             }
         }
         if at_end {
@@ -421,7 +421,7 @@ impl Replica {
                 Some(target) => format!("budget of {t} steps spent before the target {target:e}"),
                 None => format!("ran the budget of {t} steps"),
             };
-            return Begin::Finished(self.summary(Status::Incomplete, message));
+            return Begin::Finished(Box::new(self.summary(Status::Incomplete, message)));
         }
         if cfg.sharpness_every > 0 && t % cfg.sharpness_every == 0 {
             let s = self.sharpness(scratch);
@@ -555,7 +555,7 @@ impl Replica {
                 self.t
             );
             let summary = self.summary(Status::Infeasible, message);
-            return Applied::Finished(Box::new(row), summary);
+            return Applied::Finished(Box::new(row), Box::new(summary));
         }
         let prev = std::mem::take(&mut self.prev_grad);
         let mut keep = prev.unwrap_or_else(|| vec![0.0; self.grad.len()]);
@@ -578,7 +578,7 @@ impl Replica {
                     self.t - 1
                 ),
             );
-            return Applied::Finished(Box::new(row), summary);
+            return Applied::Finished(Box::new(row), Box::new(summary));
         }
         self.t += 1;
         self.scale = self.scale.fitted(max_abs, num_micro);
@@ -748,7 +748,7 @@ pub enum Progress {
     /// A step was applied.
     Step(Box<StepMetrics>),
     /// The run ended; the metrics row of the step that ended it comes with it, if one did.
-    Done(Option<Box<StepMetrics>>, RunSummary),
+    Done(Option<Box<StepMetrics>>, Box<RunSummary>),
 }
 
 impl Trainer {
@@ -771,10 +771,10 @@ impl Trainer {
     /// Runs one step (or finishes the run).
     pub fn step(&mut self) -> Progress {
         if let Some(s) = &self.finished {
-            return Progress::Done(None, s.clone());
+            return Progress::Done(None, Box::new(s.clone()));
         }
         if let Begin::Finished(summary) = self.replica.begin(&mut self.scratch.task) {
-            self.finished = Some(summary.clone());
+            self.finished = Some((*summary).clone());
             return Progress::Done(None, summary);
         }
         let num_micro = self.replica.plan.num_micro();
@@ -793,7 +793,7 @@ impl Trainer {
                 Applied::Redo => continue,
                 Applied::Step(row) => return Progress::Step(row),
                 Applied::Finished(row, summary) => {
-                    self.finished = Some(summary.clone());
+                    self.finished = Some((*summary).clone());
                     return Progress::Done(Some(row), summary);
                 }
             }
@@ -809,7 +809,7 @@ impl Trainer {
                     if let Some(row) = row {
                         on_step(&row);
                     }
-                    return summary;
+                    return *summary;
                 }
             }
         }

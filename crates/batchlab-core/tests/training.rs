@@ -342,7 +342,7 @@ fn run_split(cfg: &TrainConfig, world: usize) -> (Vec<StepMetrics>, RunSummary) 
     let mut eval_scratch = batchlab_core::Scratch::new();
     loop {
         if let Begin::Finished(s) = replica.begin(&mut eval_scratch) {
-            return (rows, s);
+            return (rows, *s);
         }
         loop {
             for (rank, (sampler, packet, scratch)) in workers.iter_mut().enumerate() {
@@ -367,7 +367,7 @@ fn run_split(cfg: &TrainConfig, world: usize) -> (Vec<StepMetrics>, RunSummary) 
                 Applied::Step(r) => rows.push(*r),
                 Applied::Finished(r, s) => {
                     rows.push(*r);
-                    return (rows, s);
+                    return (rows, *s);
                 }
             }
             break;

@@ -11,7 +11,7 @@
 //!     linear / sqrt / none: one trial at η₀·B/B₀, η₀·√(B/B₀) or η₀.
 //! ```
 //!
-//! A [`RateSearch`] is a plain state machine: [`RateSearch::next`] says what to run,
+//! A [`RateSearch`] is a plain state machine: [`RateSearch::next_trial`] says what to run,
 //! [`RateSearch::record`] takes the result. Executors (in one process, or on a cluster) drive
 //! many searches, in parallel or not; the outcome does not depend on the order in which the
 //! searches of different `(B, seed)` are advanced.
@@ -117,7 +117,7 @@ impl RateSearch {
     }
 
     /// The next trial, or `None` when the search is over.
-    pub fn next(&mut self) -> Option<TrialPlan> {
+    pub fn next_trial(&mut self) -> Option<TrialPlan> {
         if self.done || self.next >= self.rates.len() {
             self.done = true;
             return None;
@@ -138,7 +138,7 @@ impl RateSearch {
         })
     }
 
-    /// Takes the result of the trial last returned by [`RateSearch::next`].
+    /// Takes the result of the trial last returned by [`RateSearch::next_trial`].
     pub fn record(&mut self, r: &TrialRecord) {
         let won = r.status == Status::Complete && self.best.is_none_or(|(_, s)| r.steps < s);
         if won {
@@ -204,7 +204,7 @@ mod tests {
         steps: impl Fn(f64) -> u64,
     ) -> (Vec<TrialPlan>, Option<(f64, u64)>) {
         let mut plans = Vec::new();
-        while let Some(p) = s.next() {
+        while let Some(p) = s.next_trial() {
             plans.push(p);
             let r = if p.lr >= edge {
                 rec(p, Status::Infeasible, 3)
@@ -266,10 +266,10 @@ mod tests {
     #[test]
     fn fixed_policies_run_one_trial_with_the_full_budget() {
         let mut s = RateSearch::fixed(64, 2, 0.3, 500);
-        let p = s.next().unwrap();
+        let p = s.next_trial().unwrap();
         assert_eq!((p.batch, p.seed, p.lr, p.budget), (64, 2, 0.3, 500));
         s.record(&rec(p, Status::Complete, 100));
-        assert!(s.next().is_none());
+        assert!(s.next_trial().is_none());
     }
 
     #[test]

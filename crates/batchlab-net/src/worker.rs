@@ -421,7 +421,7 @@ where
         let begun = tokio::task::block_in_place(|| replica.begin(&mut eval_scratch));
         timing.eval_s += t0.elapsed().as_secs_f64();
         if let Begin::Finished(summary) = begun {
-            return send(run_report::Kind::SummaryJson(finish(summary, timing))).await;
+            return send(run_report::Kind::SummaryJson(finish(*summary, timing))).await;
         }
         loop {
             let t0 = Instant::now();
@@ -458,7 +458,7 @@ where
                         ))
                         .await?;
                     }
-                    return send(run_report::Kind::SummaryJson(finish(summary, timing))).await;
+                    return send(run_report::Kind::SummaryJson(finish(*summary, timing))).await;
                 }
             }
         }
