@@ -1,1 +1,0 @@
-//! Reports: HTML with SVG plots, and terminal summaries. (STUB)

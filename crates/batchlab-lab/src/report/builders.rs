@@ -1,0 +1,625 @@
+//! Builders: the standard plots of a batch-size study, each from plain data to a [`Plot`] or a
+//! [`Heatmap`] that the caller may still adjust (it is a plain struct) before drawing.
+
+use serde::{Deserialize, Serialize};
+
+use super::axis::fmt_num;
+use super::{Heatmap, Plot, Series, Table};
+use crate::study::TrialRecord;
+
+/// Curves keyed by batch size: `(B, [(x, y)])`, one entry per batch.
+pub type PerBatch = [(u64, Vec<(f64, f64)>)];
+
+fn series(label: impl Into<String>, points: &[(f64, f64)]) -> Series {
+    Series::new(label, points.to_vec())
+}
+
+/// Steps or samples to target against batch size, log-log: measured points, the fitted curve,
+/// `B_crit` as a vertical line, and a theory curve where there is one.
+fn to_target_vs_batch(
+    title: &str,
+    y_label: &str,
+    fit_label: &str,
+    measured: &[(f64, f64)],
+    fitted: &[(f64, f64)],
+    b_crit: Option<f64>,
+    theory: Option<&[(f64, f64)]>,
+) -> Plot {
+    let mut lines = vec![series(fit_label, fitted)];
+    lines.extend(theory.map(|t| series("theory", t)));
+    Plot {
+        title: title.to_owned(),
+        x_label: "batch size B".to_owned(),
+        y_label: y_label.to_owned(),
+        log_x: true,
+        log_y: true,
+        lines,
+        scatter: vec![series("measured (best rate)", measured)],
+        vlines: b_crit
+            .map(|b| (b, format!("B_crit = {}", fmt_num(b))))
+            .into_iter()
+            .collect(),
+        hlines: Vec::new(),
+    }
+}
+
+/// Steps to target `S` against batch size `B` (log-log): `measured` points `(B, S)` at each
+/// batch's best rate, the `fitted_curve` `S_min(1 + B_crit/B)`, `b_crit` as a dashed vertical
+/// line, and an optional `theory` curve (e.g. the noisy quadratic model's prediction).
+pub fn steps_vs_batch(
+    measured: &[(f64, f64)],
+    fitted_curve: &[(f64, f64)],
+    b_crit: Option<f64>,
+    theory: Option<&[(f64, f64)]>,
+) -> Plot {
+    to_target_vs_batch(
+        "Steps to target vs batch size",
+        "steps to target S",
+        "fit S_min(1 + B_crit/B)",
+        measured,
+        fitted_curve,
+        b_crit,
+        theory,
+    )
+}
+
+/// Samples to target `E = B·S` against batch size (log-log), laid out as [`steps_vs_batch`];
+/// the fitted curve is `E_min(1 + B/B_crit)`.
+pub fn samples_vs_batch(
+    measured: &[(f64, f64)],
+    fitted_curve: &[(f64, f64)],
+    b_crit: Option<f64>,
+    theory: Option<&[(f64, f64)]>,
+) -> Plot {
+    to_target_vs_batch(
+        "Samples to target vs batch size",
+        "samples to target E",
+        "fit E_min(1 + B/B_crit)",
+        measured,
+        fitted_curve,
+        b_crit,
+        theory,
+    )
+}
+
+/// Best learning rate against batch size (log-log): `measured` points `(B, η*)`, the linear
+/// scaling rule `η₀·B/B₀` as a line, and the fitted `ε_opt(B) = ε_max/(1 + B_noise/B)`.
+pub fn best_rate_vs_batch(
+    measured: &[(f64, f64)],
+    linear_rule_line: &[(f64, f64)],
+    eps_opt_curve: &[(f64, f64)],
+) -> Plot {
+    Plot {
+        title: "Best learning rate vs batch size".to_owned(),
+        x_label: "batch size B".to_owned(),
+        y_label: "best learning rate".to_owned(),
+        log_x: true,
+        log_y: true,
+        lines: vec![
+            series("linear rule η₀·B/B₀", linear_rule_line),
+            series("ε_max/(1 + B_noise/B)", eps_opt_curve),
+        ],
+        scatter: vec![series("measured best rate", measured)],
+        ..Plot::default()
+    }
+}
+
+/// Measured `B_simple` over training, one line per batch size: `per_batch` holds `(B, [(step,
+/// B_simple)])`; `exact` the closed-form values where the task has them (drawn after each
+/// batch's measured line); `b_crit` the fitted critical batch as a dashed horizontal line.
+/// The `y` axis is logarithmic.
+pub fn b_simple_over_training(
+    per_batch: &PerBatch,
+    exact: Option<&PerBatch>,
+    b_crit: Option<f64>,
+) -> Plot {
+    let mut lines = Vec::new();
+    for (b, points) in per_batch {
+        lines.push(series(format!("B={b}"), points));
+        let exact_b = exact.into_iter().flatten().filter(|(e, _)| e == b);
+        lines.extend(exact_b.map(|(_, p)| series(format!("B={b} exact"), p)));
+    }
+    // Exact curves of batches without a measured curve still show.
+    let measured = |b: &u64| per_batch.iter().any(|(m, _)| m == b);
+    let unmatched = exact.into_iter().flatten().filter(|(b, _)| !measured(b));
+    lines.extend(unmatched.map(|(b, p)| series(format!("B={b} exact"), p)));
+    Plot {
+        title: "Gradient noise scale over training".to_owned(),
+        x_label: "step".to_owned(),
+        y_label: "B_simple = tr Σ / |G|²".to_owned(),
+        log_y: true,
+        lines,
+        hlines: b_crit
+            .map(|b| (b, format!("B_crit = {}", fmt_num(b))))
+            .into_iter()
+            .collect(),
+        ..Plot::default()
+    }
+}
+
+/// What the horizontal axis of [`loss_curves`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LossAxis {
+    /// Steps (updates): a linear axis.
+    Steps,
+    /// Samples consumed: a log axis, as samples span decades across batch sizes.
+    Samples,
+}
+
+/// Loss curves, one per batch size: `per_batch` holds `(B, [(x, loss)])` with `x` in the unit
+/// `x` names (a step row's `step` or `samples`). The loss axis is logarithmic.
+pub fn loss_curves(per_batch: &PerBatch, x: LossAxis) -> Plot {
+    let (title, x_label, log_x) = match x {
+        LossAxis::Steps => ("Training loss vs steps", "step", false),
+        LossAxis::Samples => ("Training loss vs samples", "samples", true),
+    };
+    Plot {
+        title: title.to_owned(),
+        x_label: x_label.to_owned(),
+        y_label: "training loss".to_owned(),
+        log_x,
+        log_y: true,
+        lines: per_batch
+            .iter()
+            .map(|(b, points)| series(format!("B={b}"), points))
+            .collect(),
+        ..Plot::default()
+    }
+}
+
+/// Sharpness against the stability thresholds over training (log `y`): `sharpness` as
+/// `(step, λ_max)`, `two_over_eta` as `(step, 2/η_t)`, and for heavy ball
+/// `two_one_plus_mu_over_eta` as `(step, 2(1+μ)/η_t)`. Edge of stability shows as sharpness
+/// rising to the threshold and hovering there.
+pub fn sharpness_vs_two_over_lr(
+    sharpness: &[(f64, f64)],
+    two_over_eta: &[(f64, f64)],
+    two_one_plus_mu_over_eta: Option<&[(f64, f64)]>,
+) -> Plot {
+    let mut lines = vec![
+        series("sharpness λ_max", sharpness),
+        series("2/η", two_over_eta),
+    ];
+    lines.extend(two_one_plus_mu_over_eta.map(|p| series("2(1+μ)/η", p)));
+    Plot {
+        title: "Sharpness and the stability threshold".to_owned(),
+        x_label: "step".to_owned(),
+        y_label: "λ_max, threshold".to_owned(),
+        log_y: true,
+        lines,
+        ..Plot::default()
+    }
+}
+
+/// The warmup stability map from trials `(warmup steps, peak rate, final loss)`, where a
+/// `None` (or non-finite) final loss means the run diverged. Columns are the distinct warmups
+/// and rows the distinct peak rates, both ascending (highest rate on top); replicates of a cell
+/// average their final losses, and a cell is diverged if any replicate diverged. Colour is by
+/// log final loss; combinations never run stay blank.
+pub fn warmup_map(trials: &[(u64, f64, Option<f64>)]) -> Heatmap {
+    let mut warmups: Vec<u64> = trials.iter().map(|t| t.0).collect();
+    warmups.sort_unstable();
+    warmups.dedup();
+    let mut rates: Vec<f64> = trials
+        .iter()
+        .map(|t| t.1)
+        .filter(|r| r.is_finite())
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    let cells = rates
+        .iter()
+        .map(|&rate| {
+            warmups
+                .iter()
+                .map(|&warmup| {
+                    let losses: Vec<Option<f64>> = trials
+                        .iter()
+                        .filter(|t| t.0 == warmup && t.1 == rate)
+                        .map(|t| t.2.filter(|l| l.is_finite()))
+                        .collect();
+                    match losses.iter().copied().collect::<Option<Vec<f64>>>() {
+                        _ if losses.is_empty() => None,
+                        Some(finite) => Some(finite.iter().sum::<f64>() / finite.len() as f64),
+                        None => Some(f64::INFINITY),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Heatmap {
+        title: "Warmup stability map".to_owned(),
+        x_label: "warmup steps T_w".to_owned(),
+        y_label: "peak learning rate".to_owned(),
+        x_ticks: warmups.iter().map(u64::to_string).collect(),
+        y_ticks: rates.iter().map(|&r| fmt_num(r)).collect(),
+        cells,
+        value_label: "final loss".to_owned(),
+        log_color: true,
+    }
+}
+
+/// The terminal summary of trials, one row each in the given order: batch, rate, seed, status,
+/// steps, samples, measured and exact `B_simple`, exact `B_noise`, final loss (`-` where absent).
+pub fn trials_table(records: &[TrialRecord]) -> Table {
+    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), fmt_num);
+    let status = |r: &TrialRecord| {
+        serde_json::to_value(r.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    Table {
+        header: [
+            "B",
+            "lr",
+            "seed",
+            "status",
+            "steps",
+            "samples",
+            "B_simple",
+            "B_simple exact",
+            "B_noise exact",
+            "final loss",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: records
+            .iter()
+            .map(|r| {
+                vec![
+                    r.batch.to_string(),
+                    fmt_num(r.lr),
+                    r.seed.to_string(),
+                    status(r),
+                    r.steps.to_string(),
+                    r.samples.to_string(),
+                    opt(r.b_simple),
+                    opt(r.b_simple_exact),
+                    opt(r.b_noise_exact),
+                    opt(r.final_loss),
+                ]
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use batchlab_core::train::Status;
+
+    use super::*;
+    use crate::report::plot::tests::polylines;
+    use crate::report::{Section, heatmap_svg, html_page, svg, terminal_table};
+
+    /// A deterministic wobble in `[1 - a, 1 + a]`, standing in for measurement noise.
+    fn wobble(i: f64, a: f64) -> f64 {
+        1.0 + a * (i * 12.9898).sin()
+    }
+
+    fn batches() -> Vec<f64> {
+        (0..=16).map(|k| 2f64.powi(k)).collect()
+    }
+
+    /// Every plot kind on synthetic data shaped like the science: `S = S_min(1 + B_crit/B)`,
+    /// `ε_opt = ε_max/(1 + B_noise/B)`, sharpness rising to `2/η` during warmup.
+    fn example_sections() -> Vec<Section> {
+        let (s_min, b_crit) = (120.0, 512.0);
+        let steps = |b: f64| s_min * (1.0 + b_crit / b);
+        let dense: Vec<f64> = (0..=160)
+            .map(|i| 10f64.powf(i as f64 / 10.0 * 4.816 / 16.0))
+            .collect();
+        let measured: Vec<(f64, f64)> = batches()
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b, steps(b) * wobble(i as f64, 0.12)))
+            .collect();
+        let fitted: Vec<(f64, f64)> = dense.iter().map(|&b| (b, steps(b))).collect();
+        let theory: Vec<(f64, f64)> = dense
+            .iter()
+            .map(|&b| (b, 0.9 * s_min * (1.0 + 400.0 / b)))
+            .collect();
+        let samples = |pts: &[(f64, f64)]| pts.iter().map(|&(b, s)| (b, b * s)).collect::<Vec<_>>();
+
+        let eps = |b: f64| 0.8 / (1.0 + 300.0 / b);
+        let rate_measured: Vec<(f64, f64)> = batches()
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b, eps(b) * wobble(i as f64 + 3.0, 0.2)))
+            .collect();
+        let linear: Vec<(f64, f64)> = dense
+            .iter()
+            .map(|&b| (b, 0.8 / 300.0 * b))
+            .filter(|p| p.1 < 3.0)
+            .collect();
+        let eps_curve: Vec<(f64, f64)> = dense.iter().map(|&b| (b, eps(b))).collect();
+
+        let per_batch_b = |exact: bool| -> Vec<(u64, Vec<(f64, f64)>)> {
+            [16u64, 256, 4096]
+                .iter()
+                .map(|&b| {
+                    let pts = (0..400)
+                        .map(|t| {
+                            let t = f64::from(t) * 5.0;
+                            let smooth = 40.0 * (1.0 + t / 80.0).powf(0.9);
+                            let noise = if exact {
+                                1.0
+                            } else {
+                                wobble(t + b as f64, 0.25 / (b as f64).log2().max(1.0))
+                            };
+                            (t, smooth * noise)
+                        })
+                        .collect();
+                    (b, pts)
+                })
+                .collect()
+        };
+        let measured_b = per_batch_b(false);
+        let exact_b = per_batch_b(true);
+
+        let losses = |x: LossAxis| -> Vec<(u64, Vec<(f64, f64)>)> {
+            [16u64, 64, 256, 1024, 4096]
+                .iter()
+                .map(|&b| {
+                    let pts = (0..300)
+                        .map(|t| {
+                            let t = f64::from(t) * 10.0;
+                            let speed = 1.0 / (1.0 + b_crit / b as f64);
+                            let loss = 0.01
+                                + 2.0 * (-t * speed / 150.0).exp()
+                                + 0.02 / (b as f64).sqrt() * wobble(t, 0.5);
+                            let xv = match x {
+                                LossAxis::Steps => t,
+                                LossAxis::Samples => (t + 1.0) * b as f64,
+                            };
+                            (xv, loss)
+                        })
+                        .collect();
+                    (b, pts)
+                })
+                .collect()
+        };
+
+        let (warmup_steps, peak) = (200.0, 0.1);
+        let eta = |t: f64| peak * ((t + 1.0) / warmup_steps).min(1.0);
+        let sharp: Vec<(f64, f64)> = (0..100)
+            .map(|i| {
+                let t = f64::from(i) * 10.0;
+                (t, (5.0 + 0.08 * t).min(2.0 / eta(t) * wobble(t, 0.03)))
+            })
+            .collect();
+        let two_over: Vec<(f64, f64)> = (0..1000)
+            .map(|t| (f64::from(t), 2.0 / eta(f64::from(t))))
+            .collect();
+        let two_mu: Vec<(f64, f64)> = two_over.iter().map(|&(t, v)| (t, 1.9 * v)).collect();
+
+        let rates = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0];
+        let mut trials = Vec::new();
+        for &w in &[0u64, 10, 30, 100, 300, 1000] {
+            for (i, &r) in rates.iter().enumerate() {
+                if w == 30 && i == 2 {
+                    continue; // never run: a blank cell
+                }
+                let limit = 0.25 * (1.0 + (1.0 + w as f64).log10());
+                let loss =
+                    (r < limit).then(|| 0.02 + 0.5 * (-r * 30.0).exp() + 0.01 * (w as f64 / 100.0));
+                trials.push((w, r, loss));
+            }
+        }
+
+        let records: Vec<TrialRecord> = batches()
+            .iter()
+            .take(6)
+            .map(|&b| TrialRecord {
+                batch: b as u64 * 64,
+                lr: eps(b * 64.0),
+                seed: 0,
+                status: if b < 30.0 {
+                    Status::Complete
+                } else {
+                    Status::Infeasible
+                },
+                steps: steps(b * 64.0) as u64,
+                samples: (b * 64.0 * steps(b * 64.0)) as u64,
+                b_simple: Some(480.0 + b),
+                b_simple_exact: None,
+                b_noise_exact: Some(300.0),
+                final_loss: (b < 30.0).then_some(0.0099),
+            })
+            .collect();
+
+        let (w, h) = (640, 420);
+        vec![
+            Section {
+                title: "Critical batch size".into(),
+                text:
+                    "Steps and samples to reach the target, each batch size at its best rate.\n\n\
+                       Below B_crit doubling B nearly halves S; above it the gains vanish."
+                        .into(),
+                figures: vec![
+                    svg(
+                        &steps_vs_batch(&measured, &fitted, Some(b_crit), Some(&theory)),
+                        w,
+                        h,
+                    ),
+                    svg(
+                        &samples_vs_batch(
+                            &samples(&measured),
+                            &samples(&fitted),
+                            Some(b_crit),
+                            Some(&samples(&theory)),
+                        ),
+                        w,
+                        h,
+                    ),
+                    svg(
+                        &best_rate_vs_batch(&rate_measured, &linear, &eps_curve),
+                        w,
+                        h,
+                    ),
+                ],
+                table: Some(trials_table(&records)),
+            },
+            Section {
+                title: "Noise scale and loss curves".into(),
+                text: "Measured B_simple (ratio of EMAs) against the closed form.".into(),
+                figures: vec![
+                    svg(
+                        &b_simple_over_training(&measured_b, Some(&exact_b), Some(b_crit)),
+                        w,
+                        h,
+                    ),
+                    svg(
+                        &loss_curves(&losses(LossAxis::Steps), LossAxis::Steps),
+                        w,
+                        h,
+                    ),
+                    svg(
+                        &loss_curves(&losses(LossAxis::Samples), LossAxis::Samples),
+                        w,
+                        h,
+                    ),
+                ],
+                table: None,
+            },
+            Section {
+                title: "Stability and warmup".into(),
+                text: "Sharpness rises to 2/η as warmup ends (edge of stability).".into(),
+                figures: vec![
+                    svg(
+                        &sharpness_vs_two_over_lr(&sharp, &two_over, Some(&two_mu)),
+                        w,
+                        h,
+                    ),
+                    heatmap_svg(&warmup_map(&trials), w, h),
+                    svg(
+                        &Plot {
+                            title: "An empty plot".into(),
+                            ..Plot::default()
+                        },
+                        w,
+                        h,
+                    ),
+                ],
+                table: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn example_page_renders_every_plot_kind() {
+        let sections = example_sections();
+        let page = html_page(
+            "batchlab report (example)",
+            "Synthetic data shaped like a batch-size study.",
+            &sections,
+        );
+        for figure in sections.iter().flat_map(|s| &s.figures) {
+            assert!(figure.starts_with("<svg") && !figure.contains("plot failed"));
+            assert!(page.contains(figure.trim()));
+        }
+        let path = std::env::temp_dir().join("report-example.html");
+        std::fs::write(&path, &page).expect("write the example page");
+        assert!(
+            terminal_table(sections[0].table.as_ref().expect("a table")).contains("INFEASIBLE")
+        );
+    }
+
+    #[test]
+    fn steps_plot_is_log_log_with_b_crit_and_theory() {
+        let plot = steps_vs_batch(
+            &[(1.0, 100.0)],
+            &[(1.0, 90.0), (2.0, 60.0)],
+            Some(512.0),
+            Some(&[(1.0, 80.0)]),
+        );
+        assert!(plot.log_x && plot.log_y);
+        assert_eq!(plot.lines.len(), 2);
+        assert_eq!(plot.scatter[0].points, [(1.0, 100.0)]);
+        assert_eq!(plot.vlines, [(512.0, "B_crit = 512".to_owned())]);
+        let without = samples_vs_batch(&[], &[], None, None);
+        assert!(without.vlines.is_empty() && without.lines.len() == 1);
+    }
+
+    #[test]
+    fn b_simple_pairs_each_batch_with_its_exact_curve() {
+        let measured = vec![(16, vec![(0.0, 1.0)]), (64, vec![(0.0, 2.0)])];
+        let exact = vec![(64, vec![(0.0, 2.5)]), (256, vec![(0.0, 3.0)])];
+        let plot = b_simple_over_training(&measured, Some(&exact), None);
+        let labels: Vec<&str> = plot.lines.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["B=16", "B=64", "B=64 exact", "B=256 exact"]);
+    }
+
+    #[test]
+    fn warmup_map_lays_trials_on_a_grid() {
+        let trials = [
+            (100, 0.1, Some(0.5)),
+            (100, 0.1, Some(0.3)),
+            (0, 0.1, Some(0.2)),
+            (0, 1.0, None),
+            (100, 1.0, Some(0.4)),
+            (100, 1.0, Some(f64::NAN)),
+        ];
+        let map = warmup_map(&trials);
+        assert_eq!(map.x_ticks, ["0", "100"]);
+        assert_eq!(map.y_ticks, ["0.1", "1"]);
+        assert_eq!(map.cells[0], [Some(0.2), Some(0.4)], "replicates average");
+        assert!(
+            map.cells[1].iter().all(|c| c.is_some_and(f64::is_infinite)),
+            "any diverged replicate"
+        );
+        let sparse = warmup_map(&[(0, 0.1, Some(1.0)), (10, 0.3, Some(1.0))]);
+        assert_eq!(sparse.cells, [vec![Some(1.0), None], vec![None, Some(1.0)]]);
+    }
+
+    #[test]
+    fn loss_curves_draw_one_line_per_batch() {
+        let per_batch: Vec<(u64, Vec<(f64, f64)>)> = [8u64, 32, 128]
+            .iter()
+            .map(|&b| {
+                (
+                    b,
+                    (1..=20)
+                        .map(|t| (f64::from(t), 1.0 / f64::from(t)))
+                        .collect(),
+                )
+            })
+            .collect();
+        let plot = loss_curves(&per_batch, LossAxis::Samples);
+        assert!(plot.log_x && plot.log_y && plot.x_label == "samples");
+        let out = svg(&plot, 500, 300);
+        assert_eq!(polylines(&out).iter().filter(|l| l.len() == 20).count(), 3);
+    }
+
+    #[test]
+    fn trials_table_names_statuses_as_the_records_do() {
+        let record = TrialRecord {
+            batch: 256,
+            lr: 0.05,
+            seed: 3,
+            status: Status::Incomplete,
+            steps: 1000,
+            samples: 256_000,
+            b_simple: Some(123.456),
+            b_simple_exact: None,
+            b_noise_exact: Some(98.0),
+            final_loss: None,
+        };
+        let table = trials_table(&[record]);
+        assert_eq!(
+            table.rows[0],
+            [
+                "256",
+                "0.05",
+                "3",
+                "INCOMPLETE",
+                "1000",
+                "256000",
+                "123.5",
+                "-",
+                "98",
+                "-"
+            ]
+        );
+    }
+}
