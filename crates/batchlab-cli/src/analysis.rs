@@ -198,3 +198,168 @@ fn print_summary(a: &SweepAnalysis) {
         println!();
     }
 }
+
+/// The per-step rows of a trial's folder.
+fn read_rows(dir: &Path) -> Vec<batchlab_core::train::StepMetrics> {
+    let Ok(mut r) = csv::Reader::from_path(dir.join("metrics.csv")) else {
+        return Vec::new();
+    };
+    r.deserialize().filter_map(Result::ok).collect()
+}
+
+/// Writes `report.html` for a sweep: steps and samples against `B` with the fit and `B_crit`,
+/// best rate against `B`, `B_simple` over training, loss curves per batch, and every trial.
+pub fn sweep_report(
+    out: &Path,
+    a: &SweepAnalysis,
+    records: &[TrialRecord],
+    trial_dir: impl Fn(u64, f64, u64) -> std::path::PathBuf,
+) -> Result<std::path::PathBuf> {
+    use batchlab_lab::report::{self, LossAxis, Section};
+    let measured: Vec<(f64, f64)> = a
+        .medians
+        .iter()
+        .map(|m| (m.batch as f64, m.steps))
+        .collect();
+    let batches: Vec<f64> = measured.iter().map(|p| p.0).collect();
+    let (lo, hi) = (
+        batches.first().copied().unwrap_or(1.0),
+        batches.last().copied().unwrap_or(1.0),
+    );
+    let grid: Vec<f64> = batchlab_core::theory::log_grid(lo, hi.max(lo), 64);
+    let fitted: Vec<(f64, f64)> = a.fit.as_ref().map_or_else(Vec::new, |f| {
+        grid.iter().map(|&b| (b, f.steps(b))).collect()
+    });
+    let theory: Vec<(f64, f64)> = a
+        .theory
+        .iter()
+        .filter_map(|t| t.steps.map(|s| (t.batch as f64, s as f64)))
+        .collect();
+    let theory_opt = (!theory.is_empty()).then_some(theory.as_slice());
+    let b_crit = a.fit.as_ref().map(|f| f.b_crit);
+    let steps_plot = report::steps_vs_batch(&measured, &fitted, b_crit, theory_opt);
+    let samples = |v: &[(f64, f64)]| v.iter().map(|&(b, s)| (b, b * s)).collect::<Vec<_>>();
+    let samples_plot = report::samples_vs_batch(
+        &samples(&measured),
+        &samples(&fitted),
+        b_crit,
+        Some(&samples(&theory))
+            .filter(|t| !t.is_empty())
+            .map(|v| v.as_slice()),
+    );
+    let rates: Vec<(f64, f64)> = a.medians.iter().map(|m| (m.batch as f64, m.lr)).collect();
+    let linear: Vec<(f64, f64)> = rates.first().map_or_else(Vec::new, |&(b0, l0)| {
+        grid.iter().map(|&b| (b, l0 * b / b0)).collect()
+    });
+    let eps_opt: Vec<(f64, f64)> = a
+        .rate_fit
+        .as_ref()
+        .map_or_else(Vec::new, |r| grid.iter().map(|&b| (b, r.lr(b))).collect());
+    let rate_plot = report::best_rate_vs_batch(&rates, &linear, &eps_opt);
+    // Curves of each batch size's best trial of the first seed.
+    let first_seed = a.best.iter().map(|b| b.seed).min();
+    let mut b_simple = Vec::new();
+    let mut b_exact = Vec::new();
+    let mut loss = Vec::new();
+    let mut loss_samples = Vec::new();
+    for b in a.best.iter().filter(|b| Some(b.seed) == first_seed) {
+        let rows = read_rows(&trial_dir(b.batch, b.lr, b.seed));
+        let series = |f: &dyn Fn(&batchlab_core::train::StepMetrics) -> Option<f64>,
+                      x_samples: bool|
+         -> Vec<(f64, f64)> {
+            rows.iter()
+                .filter_map(|r| {
+                    f(r).map(|y| {
+                        (
+                            if x_samples {
+                                r.samples as f64
+                            } else {
+                                r.step as f64
+                            },
+                            y,
+                        )
+                    })
+                })
+                .collect()
+        };
+        b_simple.push((
+            b.batch,
+            series(&|r| Some(r.b_simple).filter(|x| x.is_finite()), false),
+        ));
+        b_exact.push((b.batch, series(&|r| r.b_simple_exact, false)));
+        let l = |r: &batchlab_core::train::StepMetrics| r.eval_loss.or(Some(r.train_loss));
+        loss.push((b.batch, series(&l, false)));
+        loss_samples.push((b.batch, series(&l, true)));
+    }
+    let has_exact = b_exact.iter().any(|(_, v)| !v.is_empty());
+    let noise_plot =
+        report::b_simple_over_training(&b_simple, has_exact.then_some(b_exact.as_slice()), b_crit);
+    let (w, h) = (720, 440);
+    let mut text = String::new();
+    if let Some(f) = &a.fit {
+        text += &format!(
+            "Fit S = S_min(1 + B_crit/B): B_crit ≈ {:.0}, S_min ≈ {:.0} steps, E_min ≈ {:.0} samples. ",
+            f.b_crit, f.s_min, f.e_min
+        );
+    }
+    if let Some(i) = &a.interval {
+        text += &format!(
+            "{:.0}% bootstrap interval of B_crit: {:.0}–{:.0}. ",
+            100.0 * i.level,
+            i.b_crit.lo,
+            i.b_crit.hi
+        );
+    }
+    if let Some(t) = &a.theory_fit {
+        text += &format!(
+            "Closed form (NQM): B_crit ≈ {:.0}, S_min ≈ {:.0}, E_min ≈ {:.0}. ",
+            t.b_crit, t.s_min, t.e_min
+        );
+    }
+    if let Some(n) = &a.noise {
+        text += &format!(
+            "Measured B_simple near the target ≈ {:.0} (IQR {:.0}–{:.0}). ",
+            n.median_b_simple, n.lo, n.hi
+        );
+    }
+    let sections = vec![
+        Section {
+            title: "Steps and samples to the target".into(),
+            text,
+            figures: vec![report::svg(&steps_plot, w, h), report::svg(&samples_plot, w, h)],
+            table: None,
+        },
+        Section {
+            title: "Best learning rate".into(),
+            text: a.rate_fit.as_ref().map_or_else(String::new, |r| {
+                format!(
+                    "ε_opt(B) = ε_max/(1 + B_noise/B) with ε_max ≈ {:.3}, B_noise ≈ {:.0}; the dotted line is η ∝ B from the smallest batch.",
+                    r.eps_max, r.b_noise
+                )
+            }),
+            figures: vec![report::svg(&rate_plot, w, h)],
+            table: None,
+        },
+        Section {
+            title: "Gradient noise scale during training".into(),
+            text: "B_simple (ratio of EMAs of the two-batch estimates) of each batch size's best run, seed 0; exact values where the task has a closed form.".into(),
+            figures: vec![report::svg(&noise_plot, w, h)],
+            table: None,
+        },
+        Section {
+            title: "Loss curves".into(),
+            text: "Each batch size's best run (first seed), against steps and against samples.".into(),
+            figures: vec![report::svg(&report::loss_curves(&loss, LossAxis::Steps), w, h), report::svg(&report::loss_curves(&loss_samples, LossAxis::Samples), w, h)],
+            table: None,
+        },
+        Section { title: "Every trial".into(), text: String::new(), figures: vec![], table: Some(report::trials_table(records)) },
+    ];
+    let page = report::html_page(
+        "batchlab sweep",
+        &format!("Target loss {:.4e}.", a.target),
+        &sections,
+    );
+    let path = out.join("report.html");
+    std::fs::write(&path, page)?;
+    Ok(path)
+}

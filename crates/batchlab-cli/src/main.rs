@@ -27,6 +27,11 @@ enum Command {
     Train(train::TrainArgs),
     /// Batch-size sweep: steps and samples to a target, the critical batch size, the noise scale.
     Sweep(sweep::SweepArgs),
+    /// Re-analyse a study folder (from `sweep`) and render its report.html again.
+    Report {
+        /// The study folder.
+        dir: std::path::PathBuf,
+    },
     /// Train one run on N local worker processes (coordinator in this process, loopback).
     Run(cluster::RunArgs),
     /// Wait for workers on --listen, train the configured run on them, shut them down.
@@ -51,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => train::run(args),
         Command::Run(args) => cluster::run(args),
         Command::Sweep(args) => sweep::run(args),
+        Command::Report { dir } => sweep::report(&dir),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),
         Command::Bench(Bench::Step(args)) => cluster::bench_step(args),

@@ -376,7 +376,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         trials_cached.into_inner(),
         sweep.out.display()
     );
-    crate::analysis::sweep_summary(
+    let analysis = crate::analysis::sweep_summary(
         &sweep.out,
         &records,
         sweep.target,
@@ -384,6 +384,63 @@ pub fn run(args: SweepArgs) -> Result<()> {
         &sweep.batches,
         &sweep.grid,
     )?;
+    let report = crate::analysis::sweep_report(&sweep.out, &analysis, &records, |b, lr, seed| {
+        sweep.trial_dir(&TrialPlan {
+            batch: b,
+            lr,
+            seed,
+            budget: 0,
+        })
+    })?;
+    println!("report: {}", report.display());
+    Ok(())
+}
+
+/// Runs `batchlab report DIR`: re-analyses a sweep's folder and renders its report again.
+pub fn report(dir: &Path) -> Result<()> {
+    let read = |name: &str| -> Result<String> {
+        std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("reading {}", dir.join(name).display()))
+    };
+    let study: serde_json::Value = serde_json::from_str(&read("study.json")?)
+        .with_context(|| format!("parsing {}/study.json", dir.display()))?;
+    let records: Vec<TrialRecord> = serde_json::from_str(&read("trials.json")?)
+        .with_context(|| format!("parsing {}/trials.json", dir.display()))?;
+    let field = |k: &str| {
+        study
+            .get(k)
+            .cloned()
+            .with_context(|| format!("{}/study.json has no {k}", dir.display()))
+    };
+    let base: TrainConfig = serde_json::from_value(field("base")?).context("study.json: base")?;
+    let target = field("target_loss")?
+        .as_f64()
+        .context("study.json: target_loss is not a number")?;
+    let batches: Vec<u64> =
+        serde_json::from_value(field("batches")?).context("study.json: batches")?;
+    let grid: Vec<f64> =
+        serde_json::from_value(field("lr_grid")?).context("study.json: lr_grid")?;
+    let analysis = crate::analysis::sweep_summary(dir, &records, target, &base, &batches, &grid)?;
+    let sweep = Sweep {
+        base,
+        target,
+        batches,
+        seeds: vec![],
+        policy: LrPolicy::Tuned,
+        grid,
+        patience: 0,
+        out: dir.to_path_buf(),
+        exact_eval: false,
+    };
+    let report = crate::analysis::sweep_report(dir, &analysis, &records, |b, lr, seed| {
+        sweep.trial_dir(&TrialPlan {
+            batch: b,
+            lr,
+            seed,
+            budget: 0,
+        })
+    })?;
+    println!("report: {}", report.display());
     Ok(())
 }
 
