@@ -26,10 +26,16 @@ pub struct DefaultTag {
 /// in missing tags, and deserializes.
 pub fn load<T: DeserializeOwned>(
     path: Option<&Path>,
+    base: &[&str],
     overrides: &[String],
     tags: &[DefaultTag],
 ) -> Result<T> {
-    let mut doc: Table = match path {
+    // A command's own defaults lie under the file, the file under the flags.
+    let mut doc = Table::new();
+    for b in base {
+        apply_override(&mut doc, b)?;
+    }
+    let file: Table = match path {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading config {}", p.display()))?;
@@ -38,6 +44,7 @@ pub fn load<T: DeserializeOwned>(
         }
         None => Table::new(),
     };
+    merge(&mut doc, file);
     for o in overrides {
         apply_override(&mut doc, o)?;
     }
@@ -63,6 +70,28 @@ pub fn load<T: DeserializeOwned>(
         (None, _) => "the command-line overrides".to_string(),
     };
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config ({source}): {e}"))
+}
+
+/// Merges `over` into `doc`, table by table; `over`'s values win. A table whose tag (`kind`,
+/// `source`) changes replaces the old one whole.
+fn merge(doc: &mut Table, over: Table) {
+    for (k, v) in over {
+        match (doc.get_mut(&k), v) {
+            (Some(Value::Table(old)), Value::Table(new)) => {
+                let retag = ["kind", "source"]
+                    .iter()
+                    .any(|t| new.get(*t).is_some_and(|n| old.get(*t) != Some(n)));
+                if retag {
+                    *old = new;
+                } else {
+                    merge(old, new);
+                }
+            }
+            (_, v) => {
+                doc.insert(k, v);
+            }
+        }
+    }
 }
 
 /// Applies one `dotted.key=value` override.
@@ -129,6 +158,39 @@ mod tests {
         assert_eq!(doc["task"]["kind"].as_str(), Some("mlp"));
         assert_eq!(doc["task"]["hidden"].as_array().unwrap().len(), 2);
         assert_eq!(doc["batch"].as_integer(), Some(256));
+    }
+
+    #[test]
+    fn command_defaults_lie_under_the_file_and_the_file_under_the_flags() {
+        let dir = std::env::temp_dir().join(format!("batchlab-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "steps = 7\n[task]\nkind = \"nqm\"\ndim = 3\n").unwrap();
+        let t: Table = load(
+            Some(&path),
+            &["task.dim=100", "steps=1", "batch=5"],
+            &["batch=9".into()],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            t["task"]["dim"].as_integer(),
+            Some(3),
+            "the file wins over the command default"
+        );
+        assert_eq!(t["steps"].as_integer(), Some(7));
+        assert_eq!(t["batch"].as_integer(), Some(9), "the flag wins over both");
+        // A file that picks another task kind drops the default task's fields.
+        std::fs::write(&path, "[task]\nkind = \"linreg\"\n").unwrap();
+        let t: Table = load(
+            Some(&path),
+            &["task.kind=\"nqm\"", "task.dim=100"],
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(t["task"].get("dim").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub struct SweepArgs {
     /// Target as a fraction of the initial loss (ignored when --target-loss is given).
     #[arg(long, default_value_t = 0.01)]
     target_fraction: f64,
+    /// Steps to target are taken on the mean eval loss over the last fraction of the run (see
+    /// target_window in --print-config); 0 = the latest evaluation alone.
+    #[arg(long, default_value_t = 0.05)]
+    target_window: f64,
     /// Parallel trials in this process (default: the number of cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -88,6 +92,8 @@ struct Sweep {
     out: PathBuf,
     /// The task's evaluation is its closed-form population loss.
     exact_eval: bool,
+    /// Fraction of the run whose mean eval loss is checked against the target.
+    target_window: f64,
 }
 
 fn parse_grid(s: &str) -> Result<Vec<f64>> {
@@ -161,6 +167,7 @@ impl SweepArgs {
             patience: self.patience,
             out,
             exact_eval: plan.task.closed_form().is_some(),
+            target_window: self.target_window,
         }))
     }
 
@@ -212,6 +219,7 @@ impl Sweep {
         c.seed = t.seed;
         c.steps = t.budget;
         c.target_loss = Some(self.target);
+        c.target_window = self.target_window;
         if self.exact_eval {
             // The population loss is exact and cheap: check the target every step.
             c.eval_every = 1;
@@ -431,6 +439,7 @@ pub fn report(dir: &Path) -> Result<()> {
         patience: 0,
         out: dir.to_path_buf(),
         exact_eval: false,
+        target_window: 0.0,
     };
     let report = crate::analysis::sweep_report(dir, &analysis, &records, |b, lr, seed| {
         sweep.trial_dir(&TrialPlan {

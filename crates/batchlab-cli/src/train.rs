@@ -154,12 +154,15 @@ impl TrainArgs {
         self.prepare_with_base(prefix, &[])
     }
 
-    /// Like [`TrainArgs::prepare`], with `base` overrides applied before the flags, so that the
-    /// flags win (a command's own defaults, e.g. the benchmark's model).
+    /// Like [`TrainArgs::prepare`], with a command's own defaults (`base`, e.g. the benchmark's
+    /// model) under the config file and the flags.
     pub fn prepare_with_base(&self, prefix: &str, base: &[&str]) -> Result<Option<Prepared>> {
-        let mut overrides: Vec<String> = base.iter().map(|s| s.to_string()).collect();
-        overrides.extend(self.overrides());
-        let cfg: TrainConfig = config::load(self.config.as_deref(), &overrides, &default_tags())?;
+        let cfg: TrainConfig = config::load(
+            self.config.as_deref(),
+            base,
+            &self.overrides(),
+            &default_tags(),
+        )?;
         if self.print_config {
             print!(
                 "{}",

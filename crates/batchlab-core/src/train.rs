@@ -75,6 +75,11 @@ pub struct TrainConfig {
     pub target_loss: Option<f64>,
     /// Which loss `target_loss` refers to: `eval` or `train`.
     pub target_metric: TargetMetric,
+    /// Check an `eval` target on the mean of the last `⌈target_window · n⌉` of the `n`
+    /// evaluations so far (at least the latest): a window that grows with the run, so that
+    /// fluctuations around a noise floor do not count as reaching the target, while the lag
+    /// stays a fixed fraction of the steps. 0 = the latest evaluation alone.
+    pub target_window: f64,
     /// Evaluate on held-out data every this many steps (and at the end); 0 = only at the end.
     pub eval_every: u64,
     /// Measure sharpness `λ_max` every this many steps; 0 = never.
@@ -102,6 +107,7 @@ impl Default for TrainConfig {
             steps: 1000,
             target_loss: None,
             target_metric: TargetMetric::Eval,
+            target_window: 0.0,
             eval_every: 10,
             sharpness_every: 0,
             sharpness_iters: 50,
@@ -172,6 +178,12 @@ impl TrainConfig {
             "a batch size of at least 1",
         )?;
         ensure(c.steps >= 1, "steps", c.steps, "at least 1 step")?;
+        ensure(
+            c.target_window >= 0.0 && c.target_window < 1.0,
+            "target_window",
+            c.target_window,
+            "a fraction in [0, 1)",
+        )?;
         if let Some(t) = c.target_loss {
             ensure(t.is_finite(), "target_loss", t, "a finite loss")?;
         }
@@ -237,6 +249,7 @@ impl RunPlan {
             scale: FixedScale::INITIAL,
             initial_loss: None,
             pending: Pending::default(),
+            eval_window: EvalWindow::default(),
             plan: self.clone(),
         }
     }
@@ -384,7 +397,43 @@ pub struct Replica {
     grad: Vec<f64>,
     initial_loss: Option<f64>,
     pending: Pending,
+    eval_window: EvalWindow,
     plan: RunPlan,
+}
+
+/// The evaluations of a run, for the mean over a window that grows with the run.
+#[derive(Debug, Clone, Default)]
+struct EvalWindow {
+    /// Prefix sums: `prefix[k]` = sum of the first `k` evaluation losses.
+    prefix: Vec<f64>,
+    last_width: usize,
+}
+
+impl EvalWindow {
+    /// Records an evaluation; returns the mean over the last `⌈fraction · n⌉` (≥ 1) of them.
+    fn push(&mut self, loss: f64, fraction: f64) -> f64 {
+        if self.prefix.is_empty() {
+            self.prefix.push(0.0);
+        }
+        let total = self.prefix.last().copied().unwrap_or(0.0) + loss;
+        self.prefix.push(total);
+        let n = self.prefix.len() - 1;
+        let w = ((fraction * n as f64).ceil() as usize).clamp(1, n);
+        self.last_width = w;
+        if w == 1 {
+            loss
+        } else {
+            (self.prefix[n] - self.prefix[n - w]) / w as f64
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.last_width > 1 {
+            format!(" (mean of the last {} evaluations)", self.last_width)
+        } else {
+            String::new()
+        }
+    }
 }
 
 impl Replica {
@@ -407,12 +456,16 @@ impl Replica {
             let e = self.plan.task.evaluate(&self.params, scratch);
             self.pending.eval = Some(e);
             self.pending.last_eval = Some(e);
+            let smoothed = self.eval_window.push(e.loss, cfg.target_window);
             if cfg.target_metric == TargetMetric::Eval
-                && cfg.target_loss.is_some_and(|target| e.loss <= target)
+                && cfg.target_loss.is_some_and(|target| smoothed <= target)
             {
                 return Begin::Finished(Box::new(self.summary(
                     Status::Complete,
-                    format!("reached eval loss {:.6e} ≤ target after {t} steps", e.loss),
+                    format!(
+                        "reached eval loss {smoothed:.6e} ≤ target after {t} steps{}",
+                        self.eval_window.describe()
+                    ),
                 )));
             }
         }
@@ -813,5 +866,26 @@ impl Trainer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eval_window_grows_with_the_run() {
+        let mut w = EvalWindow::default();
+        // fraction 0.5: n = 1 → 1, n = 2 → 1, n = 3 → 2, n = 4 → 2, n = 5 → 3.
+        assert_eq!(w.push(8.0, 0.5), 8.0);
+        assert_eq!(w.push(6.0, 0.5), 6.0);
+        assert_eq!(w.push(4.0, 0.5), 5.0);
+        assert_eq!(w.push(2.0, 0.5), 3.0);
+        assert_eq!(w.push(0.0, 0.5), 2.0);
+        assert_eq!(w.describe(), " (mean of the last 3 evaluations)");
+        let mut plain = EvalWindow::default();
+        assert_eq!(plain.push(3.0, 0.0), 3.0);
+        assert_eq!(plain.push(1.0, 0.0), 1.0);
+        assert_eq!(plain.describe(), "");
     }
 }
