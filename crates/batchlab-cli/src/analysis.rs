@@ -30,6 +30,8 @@ pub struct TheoryPoint {
 pub struct SweepAnalysis {
     /// The target loss.
     pub target: f64,
+    /// Seeds averaged in each trial (1 when every seed's run is its own trial).
+    pub seeds_per_trial: u64,
     /// Best trial per (batch, seed).
     pub best: Vec<BestTrial>,
     /// Medians over seeds per batch.
@@ -104,6 +106,7 @@ pub fn sweep_summary(
         .collect();
     let a = SweepAnalysis {
         target,
+        seeds_per_trial: records.iter().map(|r| r.seeds).max().unwrap_or(1),
         fit: fit::fit_critical_batch(&points),
         interval: fit::bootstrap_critical_batch(&per_seed, 1000, 0, 0.95),
         rate_fit: fit::fit_best_rate(&rates),
@@ -124,10 +127,17 @@ pub fn sweep_summary(
 
 fn print_summary(a: &SweepAnalysis) {
     let has_theory = !a.theory.is_empty();
-    println!(
-        "target loss {:.4e}; per batch size, medians over seeds of each seed's best rate:",
-        a.target
-    );
+    if a.seeds_per_trial > 1 {
+        println!(
+            "target loss {:.4e} on the mean loss of {} seeds; per batch size, the best rate's trial:",
+            a.target, a.seeds_per_trial
+        );
+    } else {
+        println!(
+            "target loss {:.4e}; per batch size, medians over seeds of each seed's best rate:",
+            a.target
+        );
+    }
     print!(
         "{:>7} {:>6} {:>10} {:>12} {:>11}",
         "B", "seeds", "steps S", "samples E", "best lr"
@@ -140,7 +150,7 @@ fn print_summary(a: &SweepAnalysis) {
         print!(
             "{:>7} {:>6} {:>10.0} {:>12.0} {:>11.3e}",
             m.batch,
-            m.seeds,
+            m.seeds as u64 * a.seeds_per_trial,
             m.steps,
             m.steps * m.batch as f64,
             m.lr

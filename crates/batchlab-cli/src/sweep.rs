@@ -62,6 +62,11 @@ pub struct SweepArgs {
     /// target_window in --print-config); 0 = the latest evaluation alone.
     #[arg(long, default_value_t = 0.05)]
     target_window: f64,
+    /// What reaches the target: `mean` (the loss averaged over the seeds, run in lock step: the
+    /// expected loss that closed forms describe) or `each` (every seed's own run, as Shallue et
+    /// al. 2018 measure).
+    #[arg(long, default_value = "mean")]
+    target_on: String,
     /// Parallel trials in this process (default: the number of cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -94,6 +99,8 @@ struct Sweep {
     exact_eval: bool,
     /// Fraction of the run whose mean eval loss is checked against the target.
     target_window: f64,
+    /// The target is checked on the mean over the seeds' runs.
+    seed_mean: bool,
 }
 
 fn parse_grid(s: &str) -> Result<Vec<f64>> {
@@ -168,6 +175,11 @@ impl SweepArgs {
             out,
             exact_eval: plan.task.closed_form().is_some(),
             target_window: self.target_window,
+            seed_mean: match self.target_on.as_str() {
+                "mean" => true,
+                "each" => false,
+                other => bail!("--target-on {other}: expected mean or each"),
+            },
         }))
     }
 
@@ -180,8 +192,14 @@ impl Sweep {
     fn searches(&self) -> Vec<RateSearch> {
         let base_batch = self.base.base_batch.unwrap_or(self.base.batch);
         let mut v = Vec::new();
+        // With the seed mean, one search per batch size covers every seed (keyed by the first).
+        let seeds: &[u64] = if self.seed_mean {
+            &self.seeds[..1]
+        } else {
+            &self.seeds
+        };
         for &b in &self.batches {
-            for &seed in &self.seeds {
+            for &seed in seeds {
                 v.push(match self.policy {
                     LrPolicy::Tuned => {
                         RateSearch::tuned(b, seed, &self.grid, self.base.steps, self.patience)
@@ -246,10 +264,15 @@ fn cached(dir: &Path, cfg: &TrainConfig) -> Option<RunSummary> {
 }
 
 fn record(t: &TrialPlan, s: &RunSummary) -> TrialRecord {
+    record_n(t, s, 1)
+}
+
+fn record_n(t: &TrialPlan, s: &RunSummary, seeds: u64) -> TrialRecord {
     TrialRecord {
         batch: t.batch,
         lr: t.lr,
         seed: t.seed,
+        seeds,
         status: s.status,
         steps: s.steps,
         samples: s.samples,
@@ -262,6 +285,9 @@ fn record(t: &TrialPlan, s: &RunSummary) -> TrialRecord {
 
 /// Trains one trial in this process, writing its folder.
 fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
+    if sweep.seed_mean {
+        return run_trial_mean(sweep, t);
+    }
     let cfg = sweep.trial_config(t);
     let dir = sweep.trial_dir(t);
     if let Some(s) = cached(&dir, &cfg) {
@@ -290,6 +316,127 @@ fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
     Ok((record(t, &summary), false))
 }
 
+/// Trains every seed of a trial in lock step and checks the target on their mean eval loss
+/// (over the same growing window as single runs): steps to target of the expected loss.
+/// Writes `seed{s}/` folders and the trial's `summary.json`.
+fn run_trial_mean(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
+    use batchlab_core::train::{EvalWindow, Progress, Status};
+    let dir = sweep.trial_dir(t);
+    let mut cfg = sweep.trial_config(t);
+    cfg.seed = sweep.seeds[0];
+    let key = serde_json::json!({ "config": cfg, "seeds": sweep.seeds });
+    if let Some(s) = cached_json(&dir, &key) {
+        return Ok((record_n(t, &s, sweep.seeds.len() as u64), true));
+    }
+    // The seeds' runs do not stop on their own target: only the mean counts.
+    let mut runs = Vec::new();
+    for &seed in &sweep.seeds {
+        let mut c = cfg.clone();
+        c.seed = seed;
+        c.target_loss = None;
+        let plan = c
+            .build()
+            .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
+        let writer = MetricsWriter::create(&dir.join(format!("seed{seed}")), &c)?;
+        runs.push((
+            Trainer::new(&plan),
+            writer,
+            c,
+            None::<batchlab_core::train::StepMetrics>,
+        ));
+    }
+    let start = std::time::Instant::now();
+    let mut window = EvalWindow::default();
+    let (status, steps, message) = 'run: loop {
+        let mut evals = Vec::with_capacity(runs.len());
+        for (trainer, writer, _, last) in &mut runs {
+            match trainer.step() {
+                Progress::Step(row) => {
+                    writer.write(&row)?;
+                    evals.extend(row.eval_loss);
+                    *last = Some(*row);
+                }
+                Progress::Done(row, summary) => {
+                    if let Some(row) = row {
+                        writer.write(&row)?;
+                        *last = Some(*row);
+                    }
+                    let step = last.as_ref().map_or(0, |r| r.step);
+                    break 'run (summary.status, step, summary.message.clone());
+                }
+            }
+        }
+        if evals.len() == runs.len() {
+            let mean = evals.iter().sum::<f64>() / evals.len() as f64;
+            let smoothed = window.push(mean, sweep.target_window);
+            let step = runs[0].3.as_ref().map_or(0, |r| r.step);
+            if smoothed <= sweep.target {
+                break 'run (
+                    Status::Complete,
+                    step,
+                    format!(
+                        "the mean over {} seeds reached {smoothed:.6e} ≤ target after {step} steps{}",
+                        runs.len(),
+                        window.describe()
+                    ),
+                );
+            }
+        }
+    };
+    // Per-seed results at the step where the trial ended.
+    let median = |f: &dyn Fn(&batchlab_core::train::StepMetrics) -> Option<f64>| {
+        let mut v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.3.as_ref().and_then(f))
+            .filter(|x| x.is_finite())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let summary = RunSummary {
+        status,
+        steps,
+        samples: steps * t.batch,
+        message,
+        batch: t.batch,
+        micro: cfg.micro.unwrap_or(t.batch),
+        peak_lr: t.lr,
+        final_eval_loss: median(&|r| r.eval_loss),
+        final_eval_accuracy: median(&|r| r.eval_accuracy),
+        final_train_loss: median(&|r| Some(r.train_loss)),
+        final_b_simple: median(&|r| Some(r.b_simple)),
+        last_sharpness: median(&|r| r.sharpness),
+        final_b_simple_exact: median(&|r| r.b_simple_exact),
+        final_b_noise_exact: None,
+        params_digest: String::new(),
+    };
+    // Each seed's folder gets its metrics and, as summary.json, the trial's summary.
+    for (_, writer, c, _) in runs {
+        writer.finish(
+            &summary,
+            &c,
+            start.elapsed().as_secs_f64(),
+            serde_json::Map::new(),
+        )?;
+    }
+    let doc = serde_json::json!({ "key": key, "summary": summary });
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    Ok((record_n(t, &summary, sweep.seeds.len() as u64), false))
+}
+
+/// A finished seed-mean trial's summary, if it ran with exactly `key`.
+fn cached_json(dir: &Path, key: &serde_json::Value) -> Option<RunSummary> {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
+    if &doc["key"] != key {
+        return None;
+    }
+    serde_json::from_value(doc["summary"].clone()).ok()
+}
+
 /// Runs `batchlab sweep`.
 pub fn run(args: SweepArgs) -> Result<()> {
     let Some(sweep) = args.build()? else {
@@ -300,6 +447,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let settings = serde_json::json!({
         "batches": sweep.batches, "seeds": sweep.seeds, "lr_policy": args.lr_policy,
         "lr_grid": sweep.grid, "patience": sweep.patience, "target_loss": sweep.target,
+        "target_on": args.target_on, "target_window": sweep.target_window,
         "base": sweep.base,
     });
     std::fs::write(
@@ -440,6 +588,7 @@ pub fn report(dir: &Path) -> Result<()> {
         out: dir.to_path_buf(),
         exact_eval: false,
         target_window: 0.0,
+        seed_mean: study.get("target_on").and_then(|v| v.as_str()) == Some("mean"),
     };
     let report = crate::analysis::sweep_report(dir, &analysis, &records, |b, lr, seed| {
         sweep.trial_dir(&TrialPlan {

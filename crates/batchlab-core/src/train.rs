@@ -88,7 +88,8 @@ pub struct TrainConfig {
     pub sharpness_iters: usize,
     /// Decay of the EMAs in the noise-scale estimate `B_simple = EMA(tr Σ)/EMA(|G|²)`.
     pub noise_ema: f64,
-    /// The run is INFEASIBLE once the training loss exceeds this multiple of its initial value.
+    /// The run is INFEASIBLE once the training loss exceeds this multiple of the initial loss
+    /// (the evaluation at step 0 when there is one, else the first batch's training loss).
     pub divergence_factor: f64,
 }
 
@@ -401,9 +402,10 @@ pub struct Replica {
     plan: RunPlan,
 }
 
-/// The evaluations of a run, for the mean over a window that grows with the run.
+/// The evaluations of a run, for the mean over a window that grows with the run (see
+/// [`TrainConfig::target_window`]).
 #[derive(Debug, Clone, Default)]
-struct EvalWindow {
+pub struct EvalWindow {
     /// Prefix sums: `prefix[k]` = sum of the first `k` evaluation losses.
     prefix: Vec<f64>,
     last_width: usize,
@@ -411,7 +413,7 @@ struct EvalWindow {
 
 impl EvalWindow {
     /// Records an evaluation; returns the mean over the last `⌈fraction · n⌉` (≥ 1) of them.
-    fn push(&mut self, loss: f64, fraction: f64) -> f64 {
+    pub fn push(&mut self, loss: f64, fraction: f64) -> f64 {
         if self.prefix.is_empty() {
             self.prefix.push(0.0);
         }
@@ -427,7 +429,8 @@ impl EvalWindow {
         }
     }
 
-    fn describe(&self) -> String {
+    /// ` (mean of the last w evaluations)` when the last mean spanned several, else empty.
+    pub fn describe(&self) -> String {
         if self.last_width > 1 {
             format!(" (mean of the last {} evaluations)", self.last_width)
         } else {
@@ -454,6 +457,11 @@ impl Replica {
         self.pending.redos = 0;
         if eval_due {
             let e = self.plan.task.evaluate(&self.params, scratch);
+            if t == 0 && e.loss.is_finite() {
+                // The divergence bound's reference: the held-out loss at θ₀ is not subject to
+                // the sampling noise of one minibatch (at B = 1 that loss can be near zero).
+                self.initial_loss = Some(e.loss.abs());
+            }
             self.pending.eval = Some(e);
             self.pending.last_eval = Some(e);
             let smoothed = self.eval_window.push(e.loss, cfg.target_window);

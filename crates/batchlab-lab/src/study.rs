@@ -10,8 +10,11 @@ pub struct TrialRecord {
     pub batch: u64,
     /// Peak learning rate.
     pub lr: f64,
-    /// Sampler seed (the replicate).
+    /// Sampler seed (the replicate); with `seeds > 1`, the first of the averaged seeds.
     pub seed: u64,
+    /// Number of seeds whose mean loss was checked against the target (1: a single run).
+    #[serde(default = "one")]
+    pub seeds: u64,
     /// COMPLETE (target reached), INCOMPLETE (budget spent), INFEASIBLE (diverged).
     pub status: Status,
     /// Updates applied: the steps to target `S` when COMPLETE.
@@ -26,4 +29,8 @@ pub struct TrialRecord {
     pub b_noise_exact: Option<f64>,
     /// The loss the target is checked on, at the end.
     pub final_loss: Option<f64>,
+}
+
+fn one() -> u64 {
+    1
 }

@@ -186,6 +186,7 @@ mod tests {
             batch: plan.batch,
             lr: plan.lr,
             seed: plan.seed,
+            seeds: 1,
             status,
             steps,
             samples: steps * plan.batch,

@@ -414,6 +414,7 @@ mod tests {
                 batch: b as u64 * 64,
                 lr: eps(b * 64.0),
                 seed: 0,
+                seeds: 1,
                 status: if b < 30.0 {
                     Status::Complete
                 } else {
@@ -597,6 +598,7 @@ mod tests {
             batch: 256,
             lr: 0.05,
             seed: 3,
+            seeds: 1,
             status: Status::Incomplete,
             steps: 1000,
             samples: 256_000,

@@ -1,0 +1,102 @@
+//! `batchlab sweep` and `batchlab report` as a user runs them, checked against the noisy
+//! quadratic model's closed form.
+
+use std::process::{Command, Output};
+
+fn batchlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_batchlab"))
+        .args(args)
+        .output()
+        .expect("run batchlab")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn a_sweep_measures_the_closed_form_critical_batch_and_resumes_without_rerunning() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("study");
+    let args = [
+        "sweep",
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "task.dim=30",
+        "--batches",
+        "1,4,16,64,256",
+        "--seeds",
+        "3",
+        "--lr-grid",
+        "0.005:1.99:16",
+        "--steps",
+        "20000",
+    ];
+    let o = batchlab(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("critical batch size B_crit ≈"), "{t}");
+    for f in [
+        "study.json",
+        "trials.csv",
+        "trials.json",
+        "analysis.json",
+        "report.html",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("analysis.json")).unwrap()).unwrap();
+    let measured = a["fit"]["b_crit"].as_f64().unwrap();
+    let theory = a["theory_fit"]["b_crit"].as_f64().unwrap();
+    // The closed form's B_crit (expected loss, same rate grid) is the reference; three seeds'
+    // mean curves bring the measurement within 25%.
+    assert!(
+        (measured / theory - 1.0).abs() < 0.25,
+        "measured B_crit {measured} vs closed form {theory}"
+    );
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        page.contains("<svg") && page.contains("Steps to target vs batch size"),
+        "report has its plots"
+    );
+
+    // Running it again reuses every finished trial.
+    let o = batchlab(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("(0 run, "), "{}", text(&o));
+
+    // The report re-renders from the folder alone.
+    std::fs::remove_file(out.join("report.html")).unwrap();
+    let o = batchlab(&["report", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("report.html").exists());
+}
+
+#[test]
+fn bad_sweep_settings_are_refused_naming_the_value() {
+    let o = batchlab(&["sweep", "--lr-grid", "1:0.1:5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).contains("--lr-grid 1:0.1:5: expected LO:HI:N"),
+        "{}",
+        text(&o)
+    );
+    let o = batchlab(&["sweep", "--lr-policy", "cubic"]);
+    assert!(
+        text(&o).contains("\"cubic\"") && text(&o).contains("tuned, linear, sqrt or none"),
+        "{}",
+        text(&o)
+    );
+    let o = batchlab(&["sweep", "--target-on", "median"]);
+    assert!(
+        text(&o).contains("--target-on median: expected mean or each"),
+        "{}",
+        text(&o)
+    );
+}
