@@ -214,7 +214,7 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
             .with_context(|| format!("binding {listen}"))?;
         tracing::info!(addr = %listener.local_addr()?, workers, "coordinator listening");
         let coordinator = Coordinator::new(cfg);
-        let (stop, server) = serve(&coordinator, listener);
+        let (stop, mut server) = serve(&coordinator, listener);
         let result = drive(&coordinator, &p, spec, None).await.map(|_| ());
         match &result {
             Ok(_) => coordinator.shutdown_workers("run finished"),
@@ -223,7 +223,13 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         // Give workers a moment to hear the shutdown before the server goes away.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _ = stop.send(true);
-        let _ = server.await;
+        // Graceful shutdown waits for open calls; a frozen worker's never end, so bound it.
+        if tokio::time::timeout(Duration::from_secs(2), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
         result
     })
 }
@@ -366,7 +372,7 @@ pub fn run_local(p: &Prepared, workers: usize, reduce: &ReduceArgs) -> Result<Ru
             .context("binding a loopback port")?;
         let addr = listener.local_addr()?;
         let coordinator = Coordinator::new(cfg);
-        let (stop, server) = serve(&coordinator, listener);
+        let (stop, mut server) = serve(&coordinator, listener);
         let mut children = Vec::with_capacity(workers);
         for _ in 0..workers {
             let child = Command::new(&exe)
@@ -408,7 +414,13 @@ pub fn run_local(p: &Prepared, workers: usize, reduce: &ReduceArgs) -> Result<Ru
             }
         }
         let _ = stop.send(true);
-        let _ = server.await;
+        // Graceful shutdown waits for open calls; a frozen worker's never end, so bound it.
+        if tokio::time::timeout(Duration::from_secs(2), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
         result
     })
 }

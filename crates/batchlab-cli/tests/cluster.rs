@@ -188,8 +188,10 @@ fn wait_exit(
     }
 }
 
-#[test]
-fn a_worker_killed_mid_run_stops_the_run_naming_the_lost_rank_and_nothing_hangs() {
+/// Starts a coordinator and three workers on a long run, applies `fault` to rank 1 once training
+/// is under way, and checks that the coordinator stops within `limit` naming rank 1 (and, in its
+/// message, `cause`), and that every other process ends.
+fn lose_rank_one(fault: &str, cause: &str, limit: std::time::Duration) {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -252,7 +254,11 @@ fn a_worker_killed_mid_run_stops_the_run_naming_the_lost_rank_and_nothing_hangs(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    workers[1].kill().unwrap(); // SIGKILL
+    let sent = Command::new("kill")
+        .args([fault, &workers[1].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
     let killed_at = Instant::now();
     let mut coordinator = coordinator;
     let status = wait_exit(&mut coordinator, Duration::from_secs(30), "the coordinator");
@@ -260,14 +266,34 @@ fn a_worker_killed_mid_run_stops_the_run_naming_the_lost_rank_and_nothing_hangs(
     let o = coordinator.wait_with_output().unwrap();
     let t = text(&o);
     assert_eq!(status.code(), Some(2), "{t}");
-    assert!(t.contains("rank 1"), "the message names the lost rank: {t}");
     assert!(
-        detected < Duration::from_secs(2 + 5),
-        "stopped {detected:?} after the kill: {t}"
+        t.contains("rank 1") && t.contains(cause),
+        "the message names the lost rank and why: {t}"
     );
+    assert!(
+        detected < limit,
+        "stopped {detected:?} after the fault: {t}"
+    );
+    let _ = workers[1].kill(); // a stopped process stays until killed
     for (rank, w) in workers.iter_mut().enumerate() {
         wait_exit(w, Duration::from_secs(15), &format!("worker {rank}"));
     }
+}
+
+#[test]
+fn a_worker_killed_mid_run_stops_the_run_naming_the_lost_rank_and_nothing_hangs() {
+    // Its connections break: the peers see it at once.
+    lose_rank_one("-KILL", "lost rank 1", std::time::Duration::from_secs(7));
+}
+
+#[test]
+fn a_frozen_worker_is_lost_by_heartbeat_within_the_timeout_and_nothing_hangs() {
+    // SIGSTOP keeps its connections open: only the missing heartbeats (timeout 2 s) reveal it.
+    lose_rank_one(
+        "-STOP",
+        "no heartbeat",
+        std::time::Duration::from_secs(2 + 5),
+    );
 }
 
 fn free_port() -> u16 {

@@ -429,7 +429,15 @@ where
                 reducer.compute(&plan, &replica, &mut sampler, mine.clone(), &mut scratch)
             });
             let t1 = Instant::now();
-            reducer.all_reduce(mesh).await?;
+            // A peer that froze keeps its streams open: the coordinator's abort (from the
+            // heartbeats) ends the wait before the receive deadline does.
+            let mut aborted = abort.clone();
+            tokio::select! {
+                r = reducer.all_reduce(mesh) => r?,
+                m = aborted.wait_for(Option::is_some) => {
+                    return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
+                }
+            }
             let t2 = Instant::now();
             let applied = reducer.apply(&mut replica);
             timing.compute_s += (t1 - t0).as_secs_f64();
