@@ -67,6 +67,10 @@ pub struct SweepArgs {
     /// al. 2018 measure).
     #[arg(long, default_value = "mean")]
     target_on: String,
+    /// Samples of the noise probe at the end of every trial that reaches the target (64
+    /// microbatches × 16 batches; 0 = no probe, B_simple from the training-time EMA).
+    #[arg(long, default_value_t = 65536)]
+    probe_samples: u64,
     /// Parallel trials in this process (default: the number of cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -101,6 +105,8 @@ struct Sweep {
     target_window: f64,
     /// The target is checked on the mean over the seeds' runs.
     seed_mean: bool,
+    /// Noise-probe samples per finished trial (0 = none).
+    probe_samples: u64,
 }
 
 fn parse_grid(s: &str) -> Result<Vec<f64>> {
@@ -175,6 +181,7 @@ impl SweepArgs {
             out,
             exact_eval: plan.task.closed_form().is_some(),
             target_window: self.target_window,
+            probe_samples: self.probe_samples,
             seed_mean: match self.target_on.as_str() {
                 "mean" => true,
                 "each" => false,
@@ -277,9 +284,57 @@ fn record_n(t: &TrialPlan, s: &RunSummary, seeds: u64) -> TrialRecord {
         steps: s.steps,
         samples: s.samples,
         b_simple: s.final_b_simple,
+        b_simple_se: None,
+        b_simple_ema: s.final_b_simple,
         b_simple_exact: s.final_b_simple_exact,
         b_noise_exact: s.final_b_noise_exact,
         final_loss: s.final_eval_loss.or(s.final_train_loss),
+    }
+}
+
+/// Measures `B_simple` at the final parameters of a trial that reached the target (written to
+/// `probe.json`), and the exact value at the same parameters where the task has one.
+fn probe(
+    sweep: &Sweep,
+    dir: &Path,
+    task: &dyn batchlab_core::Task,
+    params: &[f64],
+    seed: u64,
+    rec: &mut TrialRecord,
+) -> Result<()> {
+    if sweep.probe_samples == 0 || rec.status != batchlab_core::train::Status::Complete {
+        return Ok(());
+    }
+    let (reps, num_micro) = (16usize, 64usize);
+    let micro = (sweep.probe_samples / (reps * num_micro) as u64).max(1);
+    let p = batchlab_core::train::noise_probe(task, params, seed, micro, num_micro, reps);
+    let exact = task.closed_form().map(|c| c.b_simple(params));
+    let doc = serde_json::json!({ "probe": p, "b_simple_exact": exact });
+    std::fs::write(
+        dir.join("probe.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    apply_probe(rec, &doc);
+    Ok(())
+}
+
+fn apply_probe(rec: &mut TrialRecord, doc: &serde_json::Value) {
+    if let Some(b) = doc["probe"]["b_simple"].as_f64() {
+        rec.b_simple = Some(b);
+        rec.b_simple_se = doc["probe"]["b_simple_se"].as_f64();
+        if let Some(e) = doc["b_simple_exact"].as_f64() {
+            rec.b_simple_exact = Some(e);
+        }
+    }
+}
+
+/// A cached trial's probe, if it has one.
+fn cached_probe(dir: &Path, rec: &mut TrialRecord) {
+    if let Some(doc) = std::fs::read_to_string(dir.join("probe.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+    {
+        apply_probe(rec, &doc);
     }
 }
 
@@ -291,7 +346,9 @@ fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
     let cfg = sweep.trial_config(t);
     let dir = sweep.trial_dir(t);
     if let Some(s) = cached(&dir, &cfg) {
-        return Ok((record(t, &s), true));
+        let mut rec = record(t, &s);
+        cached_probe(&dir, &mut rec);
+        return Ok((rec, true));
     }
     let plan = cfg
         .build()
@@ -299,7 +356,8 @@ fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
     let mut writer = MetricsWriter::create(&dir, &cfg)?;
     let start = std::time::Instant::now();
     let mut err = None;
-    let summary = Trainer::new(&plan).run(|row| {
+    let mut trainer = Trainer::new(&plan);
+    let summary = trainer.run(|row| {
         if let Err(e) = writer.write(row) {
             err.get_or_insert(e);
         }
@@ -313,7 +371,16 @@ fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
         start.elapsed().as_secs_f64(),
         serde_json::Map::new(),
     )?;
-    Ok((record(t, &summary), false))
+    let mut rec = record(t, &summary);
+    probe(
+        sweep,
+        &dir,
+        plan.task.as_ref(),
+        &trainer.replica().params,
+        t.seed,
+        &mut rec,
+    )?;
+    Ok((rec, false))
 }
 
 /// Trains every seed of a trial in lock step and checks the target on their mean eval loss
@@ -326,7 +393,9 @@ fn run_trial_mean(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
     cfg.seed = sweep.seeds[0];
     let key = serde_json::json!({ "config": cfg, "seeds": sweep.seeds });
     if let Some(s) = cached_json(&dir, &key) {
-        return Ok((record_n(t, &s, sweep.seeds.len() as u64), true));
+        let mut rec = record_n(t, &s, sweep.seeds.len() as u64);
+        cached_probe(&dir, &mut rec);
+        return Ok((rec, true));
     }
     // The seeds' runs do not stop on their own target: only the mean counts.
     let mut runs = Vec::new();
@@ -410,6 +479,11 @@ fn run_trial_mean(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
         final_b_noise_exact: None,
         params_digest: String::new(),
     };
+    // The first seed's final state, for the noise probe.
+    let runs_params = (
+        runs[0].0.replica().plan().clone(),
+        runs[0].0.replica().params.clone(),
+    );
     // Each seed's folder gets its metrics and, as summary.json, the trial's summary.
     for (_, writer, c, _) in runs {
         writer.finish(
@@ -424,7 +498,16 @@ fn run_trial_mean(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
         dir.join("summary.json"),
         serde_json::to_string_pretty(&doc)? + "\n",
     )?;
-    Ok((record_n(t, &summary, sweep.seeds.len() as u64), false))
+    let mut rec = record_n(t, &summary, sweep.seeds.len() as u64);
+    probe(
+        sweep,
+        &dir,
+        runs_params.0.task.as_ref(),
+        &runs_params.1,
+        cfg.seed,
+        &mut rec,
+    )?;
+    Ok((rec, false))
 }
 
 /// A finished seed-mean trial's summary, if it ran with exactly `key`.
@@ -589,6 +672,7 @@ pub fn report(dir: &Path) -> Result<()> {
         exact_eval: false,
         target_window: 0.0,
         seed_mean: study.get("target_on").and_then(|v| v.as_str()) == Some("mean"),
+        probe_samples: 0,
     };
     let report = crate::analysis::sweep_report(dir, &analysis, &records, |b, lr, seed| {
         sweep.trial_dir(&TrialPlan {

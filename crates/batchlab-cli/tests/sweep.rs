@@ -60,6 +60,13 @@ fn a_sweep_measures_the_closed_form_critical_batch_and_resumes_without_rerunning
         (measured / theory - 1.0).abs() < 0.25,
         "measured B_crit {measured} vs closed form {theory}"
     );
+    // The noise probe at each best trial's final parameters measures the exact B_simple there.
+    let measured = a["noise"]["median_b_simple"].as_f64().unwrap();
+    let exact = a["noise"]["median_b_simple_exact"].as_f64().unwrap();
+    assert!(
+        (measured / exact - 1.0).abs() < 0.2,
+        "B_simple near the target {measured} vs exact {exact}"
+    );
     let page = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(
         page.contains("<svg") && page.contains("Steps to target vs batch size"),

@@ -897,3 +897,80 @@ mod tests {
         assert_eq!(plain.describe(), "");
     }
 }
+
+/// The gradient noise scale measured at fixed parameters from fresh samples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NoiseProbe {
+    /// Mean of the unbiased `|G|²` estimates.
+    pub g2: f64,
+    /// Mean of the unbiased `tr Σ` estimates.
+    pub trace_sigma: f64,
+    /// `tr Σ / |G|²` from the two means.
+    pub b_simple: f64,
+    /// Its standard error (delta method over the repetitions).
+    pub b_simple_se: f64,
+    /// Samples drawn.
+    pub samples: u64,
+}
+
+/// Offset between a run's sampler seed and its noise probe's, so the probe draws samples the
+/// run never saw (on an infinite stream; from the same dataset otherwise).
+const PROBE_SEED_OFFSET: u64 = 1 << 20;
+
+/// Measures `B_simple` at `params` with `reps` independent batches of `num_micro` microbatches
+/// of `micro` samples: the two-batch estimates (science.md) of each batch, averaged, then
+/// divided — a ratio of means, like the training-time EMAs, but at one state and as precise as
+/// the sample count makes it.
+pub fn noise_probe(
+    task: &dyn Task,
+    params: &[f64],
+    seed: u64,
+    micro: u64,
+    num_micro: usize,
+    reps: usize,
+) -> NoiseProbe {
+    let batch = micro * num_micro as u64;
+    let source = match task.train_size() {
+        Some(n) => Source::Epochs { n },
+        None => Source::Stream,
+    };
+    let mut sampler = Sampler::new(seed.wrapping_add(PROBE_SEED_OFFSET), batch, micro, source)
+        .expect("probe sizes are at least 1");
+    let mut scratch = Scratch::new();
+    let mut grad = vec![0.0; params.len()];
+    let mut total = vec![0.0; params.len()];
+    let mut samples = Vec::new();
+    let (mut sg, mut st, mut sgg, mut stt, mut sgt) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for r in 0..reps {
+        total.fill(0.0);
+        let mut small = 0.0;
+        for j in 0..num_micro {
+            samples.clear();
+            sampler.samples_into(r as u64, j..j + 1, &mut samples);
+            task.loss_grad(params, &samples, &mut grad, &mut scratch);
+            small += vec::norm_sq(&grad) / (micro * micro) as f64;
+            vec::axpy(1.0, &grad, &mut total);
+        }
+        let big = vec::norm_sq(&total) / (batch * batch) as f64;
+        let est = two_batch(micro as f64, small / num_micro as f64, batch as f64, big);
+        sg += est.g2;
+        st += est.trace_sigma;
+        sgg += est.g2 * est.g2;
+        stt += est.trace_sigma * est.trace_sigma;
+        sgt += est.g2 * est.trace_sigma;
+    }
+    let n = reps.max(1) as f64;
+    let (g, t) = (sg / n, st / n);
+    let b = t / g;
+    // Var of the means, and the delta method for the ratio.
+    let var = |s2: f64, m: f64| (s2 / n - m * m).max(0.0) / (n - 1.0).max(1.0);
+    let cov = (sgt / n - g * t) / (n - 1.0).max(1.0);
+    let rel = var(stt, t) / (t * t) + var(sgg, g) / (g * g) - 2.0 * cov / (g * t);
+    NoiseProbe {
+        g2: g,
+        trace_sigma: t,
+        b_simple: b,
+        b_simple_se: b.abs() * rel.max(0.0).sqrt(),
+        samples: batch * reps as u64,
+    }
+}

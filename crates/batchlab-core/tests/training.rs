@@ -537,3 +537,30 @@ fn an_overflowing_run_is_infeasible_even_without_a_loss_bound() {
     assert_eq!(s.status, Status::Infeasible);
     assert!(s.message.contains("non-finite"), "{}", s.message);
 }
+
+#[test]
+fn the_noise_probe_measures_the_exact_b_simple_within_its_standard_error() {
+    use batchlab_core::train::noise_probe;
+    // Near the optimum of an NQM, where |G|² ≪ tr Σ and the training-time EMA is poor.
+    let task = TaskConfig::Nqm(NqmConfig {
+        dim: 50,
+        init: 0.05,
+        ..NqmConfig::default()
+    })
+    .build()
+    .unwrap();
+    let params = task.init_params();
+    let exact = task.closed_form().unwrap().b_simple(&params);
+    let p = noise_probe(task.as_ref(), &params, 3, 64, 64, 64);
+    assert!(
+        (p.b_simple - exact).abs() <= 4.0 * p.b_simple_se,
+        "probe {} ± {} vs exact {exact}",
+        p.b_simple,
+        p.b_simple_se
+    );
+    assert!(
+        p.b_simple_se < 0.15 * exact,
+        "precise enough to mean something: {p:?}"
+    );
+    assert_eq!(p.samples, 64 * 64 * 64);
+}

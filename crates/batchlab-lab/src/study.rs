@@ -21,8 +21,15 @@ pub struct TrialRecord {
     pub steps: u64,
     /// Samples consumed, `E = B·S` when COMPLETE.
     pub samples: u64,
-    /// Measured `B_simple` (ratio of EMAs) at the end of the run, i.e. near the target.
+    /// Measured `B_simple` at the end of the run, i.e. near the target: the noise probe at the
+    /// final parameters when one ran (see `b_simple_se`), else the training-time EMA.
     pub b_simple: Option<f64>,
+    /// Standard error of the probe's `B_simple`.
+    #[serde(default)]
+    pub b_simple_se: Option<f64>,
+    /// The training-time `B_simple` (ratio of EMAs) at the end of the run.
+    #[serde(default)]
+    pub b_simple_ema: Option<f64>,
     /// Exact `B_simple` at the end, where the task has a closed form.
     pub b_simple_exact: Option<f64>,
     /// Exact `B_noise` at the end, where the task has a closed form.

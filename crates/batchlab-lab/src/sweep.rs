@@ -191,6 +191,8 @@ mod tests {
             steps,
             samples: steps * plan.batch,
             b_simple: None,
+            b_simple_se: None,
+            b_simple_ema: None,
             b_simple_exact: None,
             b_noise_exact: None,
             final_loss: None,
