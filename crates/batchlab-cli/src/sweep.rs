@@ -245,6 +245,8 @@ impl Sweep {
         c.steps = t.budget;
         c.target_loss = Some(self.target);
         c.target_window = self.target_window;
+        // A rate whose noise floor lies above the target cannot win: stop it when it stalls.
+        c.stop_stalled = true;
         if self.exact_eval {
             // The population loss is exact and cheap: check the target every step.
             c.eval_every = 1;
@@ -447,6 +449,17 @@ fn run_trial_mean(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
                         "the mean over {} seeds reached {smoothed:.6e} ≤ target after {step} steps{}",
                         runs.len(),
                         window.describe()
+                    ),
+                );
+            }
+            use batchlab_core::train::{STALL_MIN_EVALS, STALL_TOLERANCE};
+            if let Some(level) = window.stalled(STALL_MIN_EVALS, STALL_TOLERANCE) {
+                break 'run (
+                    Status::Incomplete,
+                    step,
+                    format!(
+                        "the mean over {} seeds stalled at {level:.6e} above the target after {step} steps",
+                        runs.len()
                     ),
                 );
             }

@@ -80,6 +80,10 @@ pub struct TrainConfig {
     /// fluctuations around a noise floor do not count as reaching the target, while the lag
     /// stays a fixed fraction of the steps. 0 = the latest evaluation alone.
     pub target_window: f64,
+    /// Stop INCOMPLETE once the eval loss has stalled above the target: after at least 200
+    /// evaluations, when the mean of the latest half of them is within 2% of the mean of the
+    /// quarter before (a noise floor above the target: the run cannot get there).
+    pub stop_stalled: bool,
     /// Evaluate on held-out data every this many steps (and at the end); 0 = only at the end.
     pub eval_every: u64,
     /// Measure sharpness `λ_max` every this many steps; 0 = never.
@@ -109,6 +113,7 @@ impl Default for TrainConfig {
             target_loss: None,
             target_metric: TargetMetric::Eval,
             target_window: 0.0,
+            stop_stalled: false,
             eval_every: 10,
             sharpness_every: 0,
             sharpness_iters: 50,
@@ -402,6 +407,11 @@ pub struct Replica {
     plan: RunPlan,
 }
 
+/// Evaluations before a run can count as stalled ([`TrainConfig::stop_stalled`]).
+pub const STALL_MIN_EVALS: usize = 200;
+/// Relative decrease below which a run counts as stalled.
+pub const STALL_TOLERANCE: f64 = 0.02;
+
 /// The evaluations of a run, for the mean over a window that grows with the run (see
 /// [`TrainConfig::target_window`]).
 #[derive(Debug, Clone, Default)]
@@ -427,6 +437,18 @@ impl EvalWindow {
         } else {
             (self.prefix[n] - self.prefix[n - w]) / w as f64
         }
+    }
+
+    /// Whether the evaluations have stalled: at least `min` of them, and the mean of the latest
+    /// half is at least `1 − tol` times the mean of the quarter before it.
+    pub fn stalled(&self, min: usize, tol: f64) -> Option<f64> {
+        let n = self.prefix.len().saturating_sub(1);
+        if n < min.max(4) {
+            return None;
+        }
+        let mean = |a: usize, b: usize| (self.prefix[b] - self.prefix[a]) / (b - a) as f64;
+        let (recent, before) = (mean(n / 2, n), mean(n / 4, n / 2));
+        (recent >= (1.0 - tol) * before).then_some(recent)
     }
 
     /// ` (mean of the last w evaluations)` when the last mean spanned several, else empty.
@@ -475,6 +497,17 @@ impl Replica {
                         self.eval_window.describe()
                     ),
                 )));
+            }
+            if cfg.stop_stalled && cfg.target_loss.is_some() {
+                if let Some(level) = self.eval_window.stalled(STALL_MIN_EVALS, STALL_TOLERANCE) {
+                    return Begin::Finished(Box::new(self.summary(
+                        Status::Incomplete,
+                        format!(
+                            "stalled at eval loss {level:.6e} above the target after {t} steps \
+                             (the latest half of the evaluations no lower than the quarter before)"
+                        ),
+                    )));
+                }
             }
         }
         if at_end {
@@ -891,6 +924,22 @@ mod tests {
         assert_eq!(w.push(2.0, 0.5), 3.0);
         assert_eq!(w.push(0.0, 0.5), 2.0);
         assert_eq!(w.describe(), " (mean of the last 3 evaluations)");
+        // 2 → 1: the latest half (1, 0) averages 0.5, the quarter before (4) is 4: not stalled.
+        assert_eq!(w.stalled(4, 0.02), None);
+        let mut flat = EvalWindow::default();
+        for k in 0..400 {
+            flat.push(1.0 + 0.001 * (k % 2) as f64, 0.0);
+        }
+        assert!(
+            flat.stalled(200, 0.02)
+                .is_some_and(|l| (l - 1.0005).abs() < 1e-9)
+        );
+        assert_eq!(flat.stalled(401, 0.02), None, "too few evaluations yet");
+        let mut falling = EvalWindow::default();
+        for k in 0..400 {
+            falling.push(1.0 / (1.0 + k as f64), 0.0);
+        }
+        assert_eq!(falling.stalled(200, 0.02), None);
         let mut plain = EvalWindow::default();
         assert_eq!(plain.push(3.0, 0.0), 3.0);
         assert_eq!(plain.push(1.0, 0.0), 1.0);
