@@ -1,22 +1,10 @@
 //! The `batchlab` binary as a user runs it.
 
+mod common;
+
+use common::{batchlab, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn batchlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_batchlab"))
-        .args(args)
-        .output()
-        .expect("run batchlab")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[test]
 fn train_writes_config_metrics_and_summary_that_agree() {

@@ -1,22 +1,11 @@
 //! Training across real worker processes over gRPC on loopback.
 
+mod common;
+
+use common::{batchlab, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn batchlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_batchlab"))
-        .args(args)
-        .output()
-        .expect("run batchlab")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::process::Command;
 
 fn summary(dir: &Path) -> serde_json::Value {
     let s = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");

@@ -1,22 +1,9 @@
 //! `batchlab sweep` and `batchlab report` as a user runs them, checked against the noisy
 //! quadratic model's closed form.
 
-use std::process::{Command, Output};
+mod common;
 
-fn batchlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_batchlab"))
-        .args(args)
-        .output()
-        .expect("run batchlab")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{batchlab, text};
 
 #[test]
 fn a_sweep_measures_the_closed_form_critical_batch_and_resumes_without_rerunning() {
