@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use batchlab_core::train::{StepMetrics, TrainConfig};
 use batchlab_net::{Coordinator, CoordinatorConfig, RankTiming, RunOutcome, WorkerConfig};
 use batchlab_proto::v1::RunSpec;
 use clap::Args;
@@ -39,7 +40,8 @@ pub struct ReduceArgs {
 }
 
 impl ReduceArgs {
-    fn spec(&self, p: &Prepared) -> Result<RunSpec> {
+    /// Checks the flags once, before any worker starts.
+    fn validate(&self) -> Result<()> {
         self.allreduce
             .parse::<batchlab_collective::Algorithm>()
             .map_err(|e| anyhow!("--allreduce {}: {e}", self.allreduce))?;
@@ -53,12 +55,20 @@ impl ReduceArgs {
                 64 << 20
             );
         }
+        Ok(())
+    }
+
+    /// The spec of a run of `cfg` (a seed-mean group when `seeds` is not empty).
+    fn spec(&self, cfg: &TrainConfig, seeds: &[u64], return_params: bool) -> Result<RunSpec> {
+        self.validate()?;
         Ok(RunSpec {
-            config_toml: toml::to_string(&p.cfg).context("rendering the config")?,
+            config_toml: toml::to_string(cfg).context("rendering the config")?,
             allreduce: self.allreduce.clone(),
             reduce: self.reduce.clone(),
             chunk_bytes: self.chunk_bytes,
             peer_timeout_ms: self.peer_timeout_ms,
+            seeds: seeds.to_vec(),
+            return_params,
         })
     }
 
@@ -191,112 +201,266 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let Some(p) = args.train.prepare("run")? else {
         return Ok(());
     };
-    if args.token.is_empty() && !args.listen.ip().is_loopback() {
-        bail!(
-            "refusing to listen on {} without a token: anyone who reaches it could join. \
-             Set --token or BATCHLAB_TOKEN (the same on every worker)",
-            args.listen
-        );
-    }
     let workers = match args.workers {
         Some(w) => w,
         None => env_number(&["WORLD_SIZE", "SLURM_NTASKS"])?.map_or(1, |w| w as usize),
     };
-    if workers == 0 {
-        bail!("--workers 0: expected at least 1 worker");
+    let mut cluster = Cluster::listen(args.listen, workers, &args.token, &args.reduce)?;
+    let result = drive(&mut cluster, &p);
+    cluster.close(result.as_ref().err());
+    result.map(|_| ())
+}
+
+/// A cluster of workers this process coordinates: local worker processes of this binary, or
+/// workers that join from anywhere. Runs execute on it one at a time; [`Cluster::close`] (or
+/// dropping it) shuts the workers down.
+pub struct Cluster {
+    rt: tokio::runtime::Runtime,
+    coordinator: Coordinator,
+    /// Local worker processes (killed when dropped).
+    children: Vec<Child>,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    reduce: ReduceArgs,
+    workers: usize,
+    closed: bool,
+}
+
+impl Cluster {
+    /// Starts `workers` local worker processes of this binary, coordinated from this process
+    /// over loopback with a random token, and waits until they joined.
+    pub fn local(workers: usize, reduce: &ReduceArgs) -> Result<Self> {
+        if workers == 0 {
+            bail!("--workers 0: expected at least 1 worker");
+        }
+        reduce.validate()?;
+        let token = random_token()?;
+        let exe = std::env::current_exe().context("locating the batchlab binary")?;
+        let rt = runtime()?;
+        let (listener, addr) = rt.block_on(async {
+            let l = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding a loopback port")?;
+            let a = l.local_addr()?;
+            anyhow::Ok((l, a))
+        })?;
+        let mut cluster = Self::start(rt, listener, workers, &token, reduce);
+        let _guard = cluster.rt.enter();
+        for _ in 0..workers {
+            let child = Command::new(&exe)
+                .args([
+                    "worker",
+                    "--coordinator",
+                    &addr.to_string(),
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
+                .env("BATCHLAB_TOKEN", &token)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
+                )
+                .env_remove("RANK")
+                .env_remove("SLURM_PROCID")
+                .env_remove("JOB_COMPLETION_INDEX")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting worker {}", exe.display()))?;
+            cluster.children.push(child);
+        }
+        drop(_guard);
+        tracing::info!(workers, %addr, "started local workers");
+        cluster.wait_ready()?;
+        Ok(cluster)
     }
-    let spec = args.reduce.spec(&p)?;
-    let cfg = args.reduce.coordinator_config(workers, args.token.clone());
-    let listen = args.listen;
-    runtime()?.block_on(async move {
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
+
+    /// Listens on `listen` for `workers` workers started elsewhere (`batchlab worker
+    /// --coordinator ADDR`) and waits until they joined.
+    pub fn listen(
+        listen: SocketAddr,
+        workers: usize,
+        token: &str,
+        reduce: &ReduceArgs,
+    ) -> Result<Self> {
+        if token.is_empty() && !listen.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {listen} without a token: anyone who reaches it could join. \
+                 Set --token or BATCHLAB_TOKEN (the same on every worker)"
+            );
+        }
+        if workers == 0 {
+            bail!("--workers 0: expected at least 1 worker");
+        }
+        reduce.validate()?;
+        let rt = runtime()?;
+        let listener = rt.block_on(async {
+            TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))
+        })?;
         tracing::info!(addr = %listener.local_addr()?, workers, "coordinator listening");
-        let coordinator = Coordinator::new(cfg);
-        let (stop, mut server) = serve(&coordinator, listener);
-        let result = drive(&coordinator, &p, spec, None).await.map(|_| ());
-        match &result {
-            Ok(_) => coordinator.shutdown_workers("run finished"),
-            Err(e) => coordinator.abort_and_shutdown(&format!("the coordinator stopped: {e}")),
+        let mut cluster = Self::start(rt, listener, workers, token, reduce);
+        cluster.wait_ready()?;
+        Ok(cluster)
+    }
+
+    fn start(
+        rt: tokio::runtime::Runtime,
+        listener: TcpListener,
+        workers: usize,
+        token: &str,
+        reduce: &ReduceArgs,
+    ) -> Self {
+        let coordinator = Coordinator::new(reduce.coordinator_config(workers, token.to_string()));
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let c = coordinator.clone();
+        let server = rt.spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = c.serve(listener, shutdown).await {
+                tracing::error!("coordinator server: {e}");
+            }
+        });
+        Self {
+            rt,
+            coordinator,
+            children: Vec::new(),
+            stop,
+            server: Some(server),
+            reduce: reduce.clone(),
+            workers,
+            closed: false,
         }
-        // Give workers a moment to hear the shutdown before the server goes away.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = stop.send(true);
-        // Graceful shutdown waits for open calls; a frozen worker's never end, so bound it.
-        if tokio::time::timeout(Duration::from_secs(2), &mut server)
-            .await
-            .is_err()
-        {
-            server.abort();
+    }
+
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let coordinator = self.coordinator.clone();
+        let children = &mut self.children;
+        self.rt.block_on(async {
+            tokio::select! {
+                r = coordinator.wait_ready(Duration::from_secs(120)) => r.map(|_| ()).map_err(|e| anyhow!(e)),
+                e = dead_child(children) => Err(e),
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            }
+        })
+    }
+
+    /// Runs `cfg` on the workers (a seed-mean group over `seeds` when not empty), handing each
+    /// metrics row to `on_row` with its member; the final parameters come back when
+    /// `return_params`. A dead local worker or Ctrl-C ends it with an error.
+    pub fn run(
+        &mut self,
+        cfg: &TrainConfig,
+        seeds: &[u64],
+        return_params: bool,
+        on_row: impl FnMut(usize, StepMetrics),
+    ) -> Result<RunOutcome> {
+        let spec = self.reduce.spec(cfg, seeds, return_params)?;
+        let coordinator = self.coordinator.clone();
+        let children = &mut self.children;
+        self.rt.block_on(async {
+            tokio::select! {
+                r = coordinator.run(spec, on_row) => r.map_err(|e| anyhow!(e)),
+                e = dead_child(children) => Err(e),
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            }
+        })
+    }
+
+    /// Shuts the workers down (telling them why when `error` is given) and waits for local
+    /// worker processes to exit; none outlives the call.
+    pub fn close(mut self, error: Option<&anyhow::Error>) {
+        self.shutdown(error);
+    }
+
+    fn shutdown(&mut self, error: Option<&anyhow::Error>) {
+        if self.closed {
+            return;
         }
-        result
-    })
+        self.closed = true;
+        match error {
+            None => self.coordinator.shutdown_workers("run finished"),
+            Some(e) => self
+                .coordinator
+                .abort_and_shutdown(&format!("the coordinator stopped: {e:#}")),
+        }
+        let children = std::mem::take(&mut self.children);
+        let stop = self.stop.clone();
+        let server = self.server.take();
+        self.rt.block_on(async move {
+            let mut children = children;
+            // Workers exit on their own after the shutdown; anything still running is killed.
+            for child in &mut children {
+                if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            if children.is_empty() {
+                // Remote workers: give them a moment to hear the shutdown.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let _ = stop.send(true);
+            // Graceful shutdown waits for open calls; a frozen worker's never end, so bound it.
+            if let Some(mut server) = server {
+                if tokio::time::timeout(Duration::from_secs(2), &mut server)
+                    .await
+                    .is_err()
+                {
+                    server.abort();
+                }
+            }
+        });
+    }
 }
 
-fn serve(
-    coordinator: &Coordinator,
-    listener: TcpListener,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let c = coordinator.clone();
-    let server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(e) = c.serve(listener, shutdown).await {
-            tracing::error!("coordinator server: {e}");
-        }
-    });
-    (stop, server)
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown(Some(&anyhow!("the coordinator went away")));
+    }
 }
 
-/// Waits for the workers and runs the training, with Ctrl-C and dead children ending it;
-/// writes the results (with each rank's timing) and prints the outcome.
-async fn drive(
-    coordinator: &Coordinator,
-    p: &Prepared,
-    spec: RunSpec,
-    children: Option<&mut Vec<Child>>,
-) -> Result<RunOutcome> {
+/// Resolves when a local worker process has exited (never when there are none).
+async fn dead_child(children: &mut [Child]) -> anyhow::Error {
+    if children.is_empty() {
+        return std::future::pending().await;
+    }
+    loop {
+        for (i, c) in children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return anyhow!("worker process {i} exited early with {status}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the training of `p` on the cluster, writes the results (with each rank's timing) and
+/// prints the outcome.
+fn drive(cluster: &mut Cluster, p: &Prepared) -> Result<RunOutcome> {
     let mut sink = Sink::create(p)?;
     let mut write_error = None;
-    let work = async {
-        coordinator.wait_ready(Duration::from_secs(120)).await?;
-        tracing::info!(
-            task = p.plan.task.name(),
-            params = p.plan.task.num_params(),
-            "all workers joined; training"
-        );
-        coordinator
-            .run(spec, |row| {
-                if let Err(e) = sink.row(&row) {
-                    write_error.get_or_insert(e);
-                }
-            })
-            .await
-    };
-    let dead_child = async {
-        match children {
-            Some(children) => loop {
-                for (i, c) in children.iter_mut().enumerate() {
-                    if let Ok(Some(status)) = c.try_wait() {
-                        return anyhow!("worker process {i} exited early with {status}");
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            },
-            None => std::future::pending().await,
+    tracing::info!(
+        task = p.plan.task.name(),
+        params = p.plan.task.num_params(),
+        workers = cluster.workers(),
+        "training"
+    );
+    let outcome = cluster.run(&p.cfg, &[], false, |_, row| {
+        if let Err(e) = sink.row(&row) {
+            write_error.get_or_insert(e);
         }
-    };
-    let outcome = tokio::select! {
-        r = work => r.map_err(|e| anyhow!(e))?,
-        e = dead_child => return Err(e),
-        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
-    };
+    })?;
     if let Some(e) = write_error {
         return Err(e);
     }
@@ -359,70 +523,10 @@ pub fn run(args: RunArgs) -> Result<()> {
 /// Trains `p` on `workers` local worker processes of this binary, coordinated from this process
 /// over loopback; no process outlives the call.
 pub fn run_local(p: &Prepared, workers: usize, reduce: &ReduceArgs) -> Result<RunOutcome> {
-    if workers == 0 {
-        bail!("--workers 0: expected at least 1 worker");
-    }
-    let spec = reduce.spec(p)?;
-    let token = random_token()?;
-    let cfg = reduce.coordinator_config(workers, token.clone());
-    let exe = std::env::current_exe().context("locating the batchlab binary")?;
-    runtime()?.block_on(async move {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding a loopback port")?;
-        let addr = listener.local_addr()?;
-        let coordinator = Coordinator::new(cfg);
-        let (stop, mut server) = serve(&coordinator, listener);
-        let mut children = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let child = Command::new(&exe)
-                .args([
-                    "worker",
-                    "--coordinator",
-                    &addr.to_string(),
-                    "--listen",
-                    "127.0.0.1:0",
-                ])
-                .env("BATCHLAB_TOKEN", &token)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
-                )
-                .env_remove("RANK")
-                .env_remove("SLURM_PROCID")
-                .env_remove("JOB_COMPLETION_INDEX")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting worker {}", exe.display()))?;
-            children.push(child);
-        }
-        tracing::info!(workers, %addr, "started local workers");
-        let result = drive(&coordinator, p, spec, Some(&mut children)).await;
-        match &result {
-            Ok(_) => coordinator.shutdown_workers("run finished"),
-            Err(e) => coordinator.abort_and_shutdown(&format!("the coordinator stopped: {e}")),
-        }
-        // Workers exit on their own after the shutdown; anything still running is killed.
-        for child in &mut children {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
-        let _ = stop.send(true);
-        // Graceful shutdown waits for open calls; a frozen worker's never end, so bound it.
-        if tokio::time::timeout(Duration::from_secs(2), &mut server)
-            .await
-            .is_err()
-        {
-            server.abort();
-        }
-        result
-    })
+    let mut cluster = Cluster::local(workers, reduce)?;
+    let result = drive(&mut cluster, p);
+    cluster.close(result.as_ref().err());
+    result
 }
 
 /// Flags of `batchlab bench step`.

@@ -3,6 +3,7 @@
 mod analysis;
 mod cluster;
 mod config;
+mod exec;
 mod output;
 mod sweep;
 mod train;

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
-use batchlab_core::train::{RunSummary, TrainConfig, Trainer, default_micro};
+use batchlab_core::train::{RunSummary, TrainConfig, default_micro};
 use batchlab_lab::study::TrialRecord;
 use batchlab_lab::sweep::{LrPolicy, RateSearch, TrialPlan, powers_of_two};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::output::MetricsWriter;
+use crate::exec::{ExecArgs, Executor};
 use crate::train::{Prepared, TrainArgs};
 
 /// Flags of `batchlab sweep`.
@@ -74,6 +74,8 @@ pub struct SweepArgs {
     /// Parallel trials in this process (default: the number of cores).
     #[arg(long)]
     jobs: Option<usize>,
+    #[command(flatten)]
+    exec: ExecArgs,
 }
 
 const SWEEP_HELP: &str = "\
@@ -299,7 +301,7 @@ fn record_n(t: &TrialPlan, s: &RunSummary, seeds: u64) -> TrialRecord {
 fn probe(
     sweep: &Sweep,
     dir: &Path,
-    task: &dyn batchlab_core::Task,
+    cfg: &TrainConfig,
     params: &[f64],
     seed: u64,
     rec: &mut TrialRecord,
@@ -307,6 +309,8 @@ fn probe(
     if sweep.probe_samples == 0 || rec.status != batchlab_core::train::Status::Complete {
         return Ok(());
     }
+    let plan = cfg.build().context("the probe's task")?;
+    let task = plan.task.as_ref();
     let (reps, num_micro) = (16usize, 64usize);
     let micro = (sweep.probe_samples / (reps * num_micro) as u64).max(1);
     let p = batchlab_core::train::noise_probe(task, params, seed, micro, num_micro, reps);
@@ -340,10 +344,10 @@ fn cached_probe(dir: &Path, rec: &mut TrialRecord) {
     }
 }
 
-/// Trains one trial in this process, writing its folder.
-fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
+/// Trains one trial (in this process or on the cluster), writing its folder.
+fn run_trial(sweep: &Sweep, exec: &Executor, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
     if sweep.seed_mean {
-        return run_trial_mean(sweep, t);
+        return run_trial_mean(sweep, exec, t);
     }
     let cfg = sweep.trial_config(t);
     let dir = sweep.trial_dir(t);
@@ -352,44 +356,21 @@ fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
         cached_probe(&dir, &mut rec);
         return Ok((rec, true));
     }
-    let plan = cfg
-        .build()
+    let want = sweep.probe_samples > 0;
+    let done = exec
+        .run(&cfg, &dir, want)
         .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
-    let mut writer = MetricsWriter::create(&dir, &cfg)?;
-    let start = std::time::Instant::now();
-    let mut err = None;
-    let mut trainer = Trainer::new(&plan);
-    let summary = trainer.run(|row| {
-        if let Err(e) = writer.write(row) {
-            err.get_or_insert(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
+    let mut rec = record(t, &done.summary);
+    if let Some(params) = done.params.first() {
+        probe(sweep, &dir, &cfg, params, t.seed, &mut rec)?;
     }
-    writer.finish(
-        &summary,
-        &cfg,
-        start.elapsed().as_secs_f64(),
-        serde_json::Map::new(),
-    )?;
-    let mut rec = record(t, &summary);
-    probe(
-        sweep,
-        &dir,
-        plan.task.as_ref(),
-        &trainer.replica().params,
-        t.seed,
-        &mut rec,
-    )?;
     Ok((rec, false))
 }
 
 /// Trains every seed of a trial in lock step and checks the target on their mean eval loss
 /// (over the same growing window as single runs): steps to target of the expected loss.
 /// Writes `seed{s}/` folders and the trial's `summary.json`.
-fn run_trial_mean(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
-    use batchlab_core::train::{EvalWindow, Progress, Status};
+fn run_trial_mean(sweep: &Sweep, exec: &Executor, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
     let dir = sweep.trial_dir(t);
     let mut cfg = sweep.trial_config(t);
     cfg.seed = sweep.seeds[0];
@@ -399,127 +380,22 @@ fn run_trial_mean(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
         cached_probe(&dir, &mut rec);
         return Ok((rec, true));
     }
-    // The seeds' runs do not stop on their own target: only the mean counts.
-    let mut runs = Vec::new();
-    for &seed in &sweep.seeds {
-        let mut c = cfg.clone();
-        c.seed = seed;
-        c.target_loss = None;
-        let plan = c
-            .build()
-            .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
-        let writer = MetricsWriter::create(&dir.join(format!("seed{seed}")), &c)?;
-        runs.push((
-            Trainer::new(&plan),
-            writer,
-            c,
-            None::<batchlab_core::train::StepMetrics>,
-        ));
-    }
-    let start = std::time::Instant::now();
-    let mut window = EvalWindow::default();
-    let (status, steps, message) = 'run: loop {
-        let mut evals = Vec::with_capacity(runs.len());
-        for (trainer, writer, _, last) in &mut runs {
-            match trainer.step() {
-                Progress::Step(row) => {
-                    writer.write(&row)?;
-                    evals.extend(row.eval_loss);
-                    *last = Some(*row);
-                }
-                Progress::Done(row, summary) => {
-                    if let Some(row) = row {
-                        writer.write(&row)?;
-                        *last = Some(*row);
-                    }
-                    let step = last.as_ref().map_or(0, |r| r.step);
-                    break 'run (summary.status, step, summary.message.clone());
-                }
-            }
-        }
-        if evals.len() == runs.len() {
-            let mean = evals.iter().sum::<f64>() / evals.len() as f64;
-            let smoothed = window.push(mean, sweep.target_window);
-            let step = runs[0].3.as_ref().map_or(0, |r| r.step);
-            if smoothed <= sweep.target {
-                break 'run (
-                    Status::Complete,
-                    step,
-                    format!(
-                        "the mean over {} seeds reached {smoothed:.6e} ≤ target after {step} steps{}",
-                        runs.len(),
-                        window.describe()
-                    ),
-                );
-            }
-            use batchlab_core::train::{STALL_MIN_EVALS, STALL_TOLERANCE};
-            if let Some(level) = window.stalled(STALL_MIN_EVALS, STALL_TOLERANCE) {
-                break 'run (
-                    Status::Incomplete,
-                    step,
-                    format!(
-                        "the mean over {} seeds stalled at {level:.6e} above the target after {step} steps",
-                        runs.len()
-                    ),
-                );
-            }
-        }
-    };
-    // Per-seed results at the step where the trial ended.
-    let median = |f: &dyn Fn(&batchlab_core::train::StepMetrics) -> Option<f64>| {
-        let mut v: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.3.as_ref().and_then(f))
-            .filter(|x| x.is_finite())
-            .collect();
-        v.sort_by(f64::total_cmp);
-        (!v.is_empty()).then(|| v[v.len() / 2])
-    };
-    let summary = RunSummary {
-        status,
-        steps,
-        samples: steps * t.batch,
-        message,
-        batch: t.batch,
-        micro: cfg.micro.unwrap_or(t.batch),
-        peak_lr: t.lr,
-        final_eval_loss: median(&|r| r.eval_loss),
-        final_eval_accuracy: median(&|r| r.eval_accuracy),
-        final_train_loss: median(&|r| Some(r.train_loss)),
-        final_b_simple: median(&|r| Some(r.b_simple)),
-        last_sharpness: median(&|r| r.sharpness),
-        final_b_simple_exact: median(&|r| r.b_simple_exact),
-        final_b_noise_exact: None,
-        params_digest: String::new(),
-    };
-    // The first seed's final state, for the noise probe.
-    let runs_params = (
-        runs[0].0.replica().plan().clone(),
-        runs[0].0.replica().params.clone(),
-    );
-    // Each seed's folder gets its metrics and, as summary.json, the trial's summary.
-    for (_, writer, c, _) in runs {
-        writer.finish(
-            &summary,
-            &c,
-            start.elapsed().as_secs_f64(),
-            serde_json::Map::new(),
-        )?;
-    }
+    let want = sweep.probe_samples > 0;
+    let done = exec
+        .run_group(&cfg, &sweep.seeds, &dir, want)
+        .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
+    let summary = done.summary;
     let doc = serde_json::json!({ "key": key, "summary": summary });
     std::fs::write(
         dir.join("summary.json"),
         serde_json::to_string_pretty(&doc)? + "\n",
     )?;
     let mut rec = record_n(t, &summary, sweep.seeds.len() as u64);
-    probe(
-        sweep,
-        &dir,
-        runs_params.0.task.as_ref(),
-        &runs_params.1,
-        cfg.seed,
-        &mut rec,
-    )?;
+    // The probe measures at the first seed's final parameters.
+    if let Some(params) = done.params.first() {
+        let first = batchlab_core::group::SeedMean::member_config(&cfg, sweep.seeds[0]);
+        probe(sweep, &dir, &first, params, cfg.seed, &mut rec)?;
+    }
     Ok((rec, false))
 }
 
@@ -558,6 +434,44 @@ pub fn run(args: SweepArgs) -> Result<()> {
         out = %sweep.out.display(),
         "sweep"
     );
+    let exec = Executor::start(&args.exec)?;
+    let result = run_searches(&args, &sweep, &exec);
+    exec.close(result.as_ref().err());
+    let (records, trials_run, trials_cached) = result?;
+    write_records(&sweep.out, &records)?;
+    println!(
+        "{} trials ({trials_run} run, {trials_cached} reused from {})",
+        records.len(),
+        sweep.out.display()
+    );
+    let analysis = crate::analysis::sweep_summary(
+        &sweep.out,
+        &records,
+        sweep.target,
+        &sweep.base,
+        &sweep.batches,
+        &sweep.grid,
+    )?;
+    let report = crate::analysis::sweep_report(&sweep.out, &analysis, &records, |b, lr, seed| {
+        sweep.trial_dir(&TrialPlan {
+            batch: b,
+            lr,
+            seed,
+            budget: 0,
+        })
+    })?;
+    println!("report: {}", report.display());
+    Ok(())
+}
+
+/// Every (batch, seed) search of the sweep, its trials on `exec`: the records (sorted), and
+/// how many trials ran and how many were reused.
+fn run_searches(
+    args: &SweepArgs,
+    sweep: &Sweep,
+    exec: &Executor,
+) -> Result<(Vec<TrialRecord>, u64, u64)> {
+    tracing::info!(runs = %exec.describe(), "sweep trials");
     let searches = sweep.searches();
     let total = searches.len() as u64;
     let bar = ProgressBar::new(total).with_style(
@@ -569,10 +483,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     );
     let queue = Arc::new(Mutex::new(searches));
     let records = Arc::new(Mutex::new(Vec::new()));
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+    let jobs = exec.jobs(args.jobs);
     let trials_run = std::sync::atomic::AtomicU64::new(0);
     let trials_cached = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|scope| -> Result<()> {
@@ -584,7 +495,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
                         return Ok(());
                     };
                     while let Some(t) = search.next_trial() {
-                        let (rec, was_cached) = run_trial(&sweep, &t)?;
+                        let (rec, was_cached) = run_trial(sweep, exec, &t)?;
                         let counter = if was_cached {
                             &trials_cached
                         } else {
@@ -620,32 +531,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
             .partial_cmp(&(b.batch, b.seed, a.lr))
             .expect("finite rates")
     });
-    write_records(&sweep.out, &records)?;
-    println!(
-        "{} trials ({} run, {} reused from {})",
-        records.len(),
-        trials_run.into_inner(),
-        trials_cached.into_inner(),
-        sweep.out.display()
-    );
-    let analysis = crate::analysis::sweep_summary(
-        &sweep.out,
-        &records,
-        sweep.target,
-        &sweep.base,
-        &sweep.batches,
-        &sweep.grid,
-    )?;
-    let report = crate::analysis::sweep_report(&sweep.out, &analysis, &records, |b, lr, seed| {
-        sweep.trial_dir(&TrialPlan {
-            batch: b,
-            lr,
-            seed,
-            budget: 0,
-        })
-    })?;
-    println!("report: {}", report.display());
-    Ok(())
+    Ok((records, trials_run.into_inner(), trials_cached.into_inner()))
 }
 
 /// Runs `batchlab report DIR`: re-analyses a sweep's folder and renders its report again.

@@ -94,3 +94,90 @@ fn bad_sweep_settings_are_refused_naming_the_value() {
         text(&o)
     );
 }
+
+/// Every file of a study whose content is numbers (not timings), concatenated in path order.
+fn study_numbers(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if [
+                "metrics.jsonl",
+                "trials.json",
+                "analysis.json",
+                "probe.json",
+            ]
+            .contains(&p.file_name().unwrap().to_str().unwrap())
+            {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                files.push((rel, std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_sweeps_numbers_are_identical_in_process_and_on_1_and_4_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str], target_on: &str| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "sweep",
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "task.dim=12",
+            "--batches",
+            "2,32",
+            "--seeds",
+            "2",
+            "--lr-grid",
+            "0.3:1.2:3",
+            "--target-fraction",
+            "0.05",
+            "--steps",
+            "400",
+            "--probe-samples",
+            "2048",
+            "--target-on",
+            target_on,
+        ];
+        args.extend_from_slice(extra);
+        let o = batchlab(&args);
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let numbers = study_numbers(&out);
+        assert!(
+            numbers
+                .iter()
+                .filter(|(f, _)| f.ends_with("metrics.jsonl"))
+                .count()
+                >= 6,
+            "{name}: every trial's seeds wrote their rows: {:?}",
+            numbers.iter().map(|(f, _)| f).collect::<Vec<_>>()
+        );
+        assert!(
+            numbers.iter().any(|(f, _)| f.ends_with("probe.json")),
+            "{name}: a trial reached the target and was probed"
+        );
+        numbers
+    };
+    // The seed mean (the default): each trial a lock-step group of both seeds.
+    let local = run("mean-local", &[], "mean");
+    assert_eq!(local, run("mean-w1", &["--workers", "1"], "mean"));
+    assert_eq!(
+        local,
+        run(
+            "mean-w4",
+            &["--workers", "4", "--allreduce", "tree"],
+            "mean"
+        )
+    );
+    // Every seed its own run.
+    let local = run("each-local", &[], "each");
+    assert_eq!(local, run("each-w4", &["--workers", "4"], "each"));
+}

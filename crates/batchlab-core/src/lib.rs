@@ -10,6 +10,7 @@
 //! - [`exact`]: the order-independent (fixed-point) reduction that makes a run bit-identical on
 //!   any number of workers.
 //! - [`train`]: the training step as a pure state machine, and a single-process driver.
+//! - [`group`]: several seeds' runs in lock step, ended on their mean evaluation loss.
 //!
 //! This crate does no I/O beyond reading a dataset file it is handed, and never spawns threads
 //! or sockets.
@@ -17,6 +18,7 @@
 pub mod error;
 pub mod estimate;
 pub mod exact;
+pub mod group;
 pub mod optim;
 pub mod rng;
 pub mod sampler;

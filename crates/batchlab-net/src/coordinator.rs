@@ -67,6 +67,9 @@ pub struct RunOutcome {
     pub summary: batchlab_core::train::RunSummary,
     /// Where each rank's time went, by rank.
     pub timings: Vec<RankTiming>,
+    /// The final parameters (of every member of a seed-mean group, in member order), when the
+    /// spec asked for them.
+    pub params: Option<Vec<f64>>,
 }
 
 /// A member of the cluster.
@@ -172,7 +175,12 @@ impl Rendezvous {
 enum Event {
     Row {
         task: u64,
+        member: usize,
         json: String,
+    },
+    Params {
+        task: u64,
+        bytes: Vec<u8>,
     },
     Summary {
         rank: usize,
@@ -336,13 +344,16 @@ impl Coordinator {
         })
     }
 
-    /// Runs `spec` on the workers, handing each metrics row to `on_row`, and returns the
-    /// summary once every rank reported the same final parameters, with each rank's timing.
+    /// Runs `spec` on the workers, handing each metrics row to `on_row` with the member it is
+    /// of (0 for a single run; the index into `spec.seeds` for a seed-mean group), and returns
+    /// the summary once every rank reported the same final parameters, with each rank's timing.
     pub async fn run(
         &self,
         spec: RunSpec,
-        mut on_row: impl FnMut(StepMetrics),
+        mut on_row: impl FnMut(usize, StepMetrics),
     ) -> Result<RunOutcome, NetError> {
+        let members = spec.seeds.len().max(1);
+        let want_params = spec.return_params;
         let mut inbox = self.shared.inbox.lock().await;
         while inbox.try_recv().is_ok() {} // leftovers of an earlier run
         let task = {
@@ -360,6 +371,7 @@ impl Coordinator {
         self.shared.bump();
         let world = self.shared.cfg.workers;
         let mut summaries: BTreeMap<usize, RankResult> = BTreeMap::new();
+        let mut params = None;
         let fail = |message: String| {
             let mut s = self.shared.state.lock().expect("poisoned");
             s.abort = Some(message.clone());
@@ -372,11 +384,34 @@ impl Coordinator {
                 return Err(fail("the coordinator is shutting down".to_string()));
             };
             match event {
-                Event::Row { task: t, json } if t == task => {
+                Event::Row {
+                    task: t,
+                    member,
+                    json,
+                } if t == task => {
                     let row: StepMetrics = serde_json::from_str(&json).map_err(|e| {
                         NetError::Peer(format!("rank 0 sent a malformed metrics row: {e}"))
                     })?;
-                    on_row(row);
+                    if member >= members {
+                        return Err(fail(format!(
+                            "rank 0 sent a row of member {member}; the run has {members}"
+                        )));
+                    }
+                    on_row(member, row);
+                }
+                Event::Params { task: t, bytes } if t == task => {
+                    if bytes.len() % 8 != 0 {
+                        return Err(fail(format!(
+                            "rank 0 sent {} bytes of parameters: expected a multiple of 8",
+                            bytes.len()
+                        )));
+                    }
+                    params = Some(
+                        bytes
+                            .chunks_exact(8)
+                            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                            .collect::<Vec<f64>>(),
+                    );
                 }
                 Event::Summary {
                     rank,
@@ -409,9 +444,15 @@ impl Coordinator {
                 first.params_digest, r.summary.params_digest
             )));
         }
+        if want_params && params.is_none() {
+            return Err(NetError::Peer(
+                "rank 0 finished without sending the final parameters the run asked for".into(),
+            ));
+        }
         Ok(RunOutcome {
             summary: first,
             timings: summaries.into_values().map(|r| r.timing).collect(),
+            params,
         })
     }
 
@@ -581,7 +622,15 @@ impl coordinator_server::Coordinator for Service {
             self.shared.check_session(&m.session, m.rank)?;
             let rank = m.rank as usize;
             let event = match m.kind {
-                Some(run_report::Kind::StepJson(json)) => Event::Row { task: m.task, json },
+                Some(run_report::Kind::StepJson(json)) => Event::Row {
+                    task: m.task,
+                    member: m.member as usize,
+                    json,
+                },
+                Some(run_report::Kind::Params(bytes)) => Event::Params {
+                    task: m.task,
+                    bytes,
+                },
                 Some(run_report::Kind::SummaryJson(json)) => Event::Summary {
                     rank,
                     task: m.task,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use batchlab_collective::{Algorithm, PlanConfig};
 use batchlab_core::exact::Packet;
+use batchlab_core::group::SeedMean;
 use batchlab_core::sampler::balanced_range;
 use batchlab_core::train::{
     Applied, Begin, RunSummary, TrainConfig, WorkerScratch, compute_micros, compute_micros_fast,
@@ -310,15 +311,16 @@ async fn train(
             .report(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    let report = |kind| RunReport {
+    let report = |kind, member: usize| RunReport {
         session: ctx.session.clone(),
         rank: ctx.rank as u32,
         task,
         kind: Some(kind),
+        member: member as u32,
     };
-    let result = train_steps(ctx, spec, mesh, abort, |kind| {
+    let result = train_steps(ctx, spec, mesh, abort, |kind, member| {
         let tx = tx.clone();
-        let msg = report(kind);
+        let msg = report(kind, member);
         async move {
             tx.send(msg)
                 .await
@@ -328,7 +330,7 @@ async fn train(
     .await;
     if let Err(e) = &result {
         let _ = tx
-            .send(report(run_report::Kind::Error(e.to_string())))
+            .send(report(run_report::Kind::Error(e.to_string()), 0))
             .await;
     }
     drop(tx);
@@ -339,6 +341,12 @@ async fn train(
     }
 }
 
+/// One replica of a run (a seed-mean group has one per seed) and its sampler.
+struct Member {
+    replica: batchlab_core::train::Replica,
+    sampler: batchlab_core::sampler::Sampler,
+}
+
 async fn train_steps<F, Fut>(
     ctx: &Ctx,
     spec: &RunSpec,
@@ -347,7 +355,7 @@ async fn train_steps<F, Fut>(
     send: F,
 ) -> Result<(), NetError>
 where
-    F: Fn(run_report::Kind) -> Fut,
+    F: Fn(run_report::Kind, usize) -> Fut,
     Fut: std::future::Future<Output = Result<(), NetError>>,
 {
     let cfg: TrainConfig =
@@ -372,8 +380,26 @@ where
     let (rank, world) = (mesh.rank(), mesh.world());
     let n = plan.num_micro();
     let mine = balanced_range(n, rank, world);
-    let mut replica = plan.replica();
-    let mut sampler = plan.sampler();
+    // A seed-mean group runs one member per seed under the group's stopping rule.
+    let mut group =
+        (!spec.seeds.is_empty()).then(|| SeedMean::new(&cfg, plan.micro, spec.seeds.len()));
+    let mut members = Vec::new();
+    if spec.seeds.is_empty() {
+        members.push(Member {
+            replica: plan.replica(),
+            sampler: plan.sampler(),
+        });
+    } else {
+        for &seed in &spec.seeds {
+            let p = SeedMean::member_config(&cfg, seed)
+                .build()
+                .map_err(|e| NetError::Config(e.to_string()))?;
+            members.push(Member {
+                replica: p.replica(),
+                sampler: p.sampler(),
+            });
+        }
+    }
     let dim = plan.task.num_params();
     let plan_for = |len: usize, elem: usize| {
         let chunk_elems = (spec.chunk_bytes as usize / elem).max(1);
@@ -409,68 +435,106 @@ where
         ..RankTiming::default()
     };
     let started = Instant::now();
-    let finish = |summary: RunSummary, mut timing: RankTiming| {
+    // The run's end: rank 0 sends the parameters if asked, every rank its summary.
+    let finish = |summary: RunSummary, mut timing: RankTiming, members: &[Member]| {
         timing.wall_s = started.elapsed().as_secs_f64();
-        serde_json::to_string(&RankResult { summary, timing }).expect("result serializes")
+        let params = (spec.return_params && rank == 0).then(|| {
+            members
+                .iter()
+                .flat_map(|m| m.replica.params.iter().flat_map(|p| p.to_le_bytes()))
+                .collect::<Vec<u8>>()
+        });
+        let json =
+            serde_json::to_string(&RankResult { summary, timing }).expect("result serializes");
+        (params, json)
     };
-    loop {
-        if let Some(reason) = abort.borrow().clone() {
-            return Err(NetError::Aborted(reason));
-        }
-        let t0 = Instant::now();
-        let begun = tokio::task::block_in_place(|| replica.begin(&mut eval_scratch));
-        timing.eval_s += t0.elapsed().as_secs_f64();
-        if let Begin::Finished(summary) = begun {
-            return send(run_report::Kind::SummaryJson(finish(*summary, timing))).await;
-        }
-        loop {
+    let end = 'run: loop {
+        for (i, m) in members.iter_mut().enumerate() {
+            if let Some(reason) = abort.borrow().clone() {
+                return Err(NetError::Aborted(reason));
+            }
             let t0 = Instant::now();
-            tokio::task::block_in_place(|| {
-                reducer.compute(&plan, &replica, &mut sampler, mine.clone(), &mut scratch)
-            });
-            let t1 = Instant::now();
-            // A peer that froze keeps its streams open: the coordinator's abort (from the
-            // heartbeats) ends the wait before the receive deadline does.
-            let mut aborted = abort.clone();
-            tokio::select! {
-                r = reducer.all_reduce(mesh) => r?,
-                m = aborted.wait_for(Option::is_some) => {
-                    return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
-                }
+            let begun = tokio::task::block_in_place(|| m.replica.begin(&mut eval_scratch));
+            timing.eval_s += t0.elapsed().as_secs_f64();
+            if let Begin::Finished(summary) = begun {
+                break 'run Ended::Member(i, summary);
             }
-            let t2 = Instant::now();
-            let applied = reducer.apply(&mut replica);
-            timing.compute_s += (t1 - t0).as_secs_f64();
-            timing.comm_s += (t2 - t1).as_secs_f64();
-            timing.apply_s += t2.elapsed().as_secs_f64();
-            match applied {
-                Applied::Redo => {
-                    timing.redos += 1;
-                    continue;
-                }
-                Applied::Step(row) => {
-                    timing.steps += 1;
-                    if ctx.rank == 0 {
-                        send(run_report::Kind::StepJson(
-                            serde_json::to_string(&row).expect("row serializes"),
-                        ))
-                        .await?;
+            loop {
+                let t0 = Instant::now();
+                tokio::task::block_in_place(|| {
+                    reducer.compute(
+                        &plan,
+                        &m.replica,
+                        &mut m.sampler,
+                        mine.clone(),
+                        &mut scratch,
+                    )
+                });
+                let t1 = Instant::now();
+                // A peer that froze keeps its streams open: the coordinator's abort (from the
+                // heartbeats) ends the wait before the receive deadline does.
+                let mut aborted = abort.clone();
+                tokio::select! {
+                    r = reducer.all_reduce(mesh) => r?,
+                    m = aborted.wait_for(Option::is_some) => {
+                        return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
                     }
-                    break;
                 }
-                Applied::Finished(row, summary) => {
-                    timing.steps += 1;
-                    if ctx.rank == 0 {
-                        send(run_report::Kind::StepJson(
-                            serde_json::to_string(&row).expect("row serializes"),
-                        ))
-                        .await?;
+                let t2 = Instant::now();
+                let applied = reducer.apply(&mut m.replica);
+                timing.compute_s += (t1 - t0).as_secs_f64();
+                timing.comm_s += (t2 - t1).as_secs_f64();
+                timing.apply_s += t2.elapsed().as_secs_f64();
+                let (row, ended) = match applied {
+                    Applied::Redo => {
+                        timing.redos += 1;
+                        continue;
                     }
-                    return send(run_report::Kind::SummaryJson(finish(*summary, timing))).await;
+                    Applied::Step(row) => (row, None),
+                    Applied::Finished(row, summary) => (row, Some(summary)),
+                };
+                timing.steps += 1;
+                if let Some(g) = &mut group {
+                    g.record(i, &row);
                 }
+                if ctx.rank == 0 {
+                    let json = serde_json::to_string(&row).expect("row serializes");
+                    send(run_report::Kind::StepJson(json), i).await?;
+                }
+                if let Some(summary) = ended {
+                    break 'run Ended::Member(i, summary);
+                }
+                break;
             }
         }
+        if let Some(end) = group.as_mut().and_then(SeedMean::check) {
+            break 'run Ended::Group(end);
+        }
+    };
+    let summary = match (end, &group) {
+        (Ended::Member(_, s), None) => *s,
+        (Ended::Member(i, s), Some(g)) => g.summary(
+            g.member_ended(i, &s),
+            members.iter().map(|m| m.replica.params.as_slice()),
+        ),
+        (Ended::Group(end), Some(g)) => {
+            g.summary(end, members.iter().map(|m| m.replica.params.as_slice()))
+        }
+        (Ended::Group(_), None) => unreachable!("only a group ends as a group"),
+    };
+    let (params, json) = finish(summary, timing, &members);
+    if let Some(bytes) = params {
+        send(run_report::Kind::Params(bytes), 0).await?;
     }
+    send(run_report::Kind::SummaryJson(json), 0).await
+}
+
+/// How a run's step loop ended.
+enum Ended {
+    /// A member's own end (the run's, when it is alone).
+    Member(usize, Box<RunSummary>),
+    /// The seed-mean rule.
+    Group(batchlab_core::group::GroupEnd),
 }
 
 /// The reduction of one step, exact or fast.

@@ -299,6 +299,8 @@ fn spec(cfg: &batchlab_core::train::TrainConfig, allreduce: &str) -> batchlab_pr
         reduce: "exact".into(),
         chunk_bytes: 1 << 12,
         peer_timeout_ms: 20_000,
+        seeds: vec![],
+        return_params: false,
     }
 }
 
@@ -306,8 +308,9 @@ fn spec(cfg: &batchlab_core::train::TrainConfig, allreduce: &str) -> batchlab_pr
 /// three in-process workers end exactly where single-process training ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
+    use batchlab_core::group::SeedMean;
     use batchlab_core::tasks::{TaskConfig, linreg::LinregConfig};
-    use batchlab_core::train::{TrainConfig, Trainer};
+    use batchlab_core::train::{Progress, Status, TrainConfig, Trainer};
     let (coordinator, addr) = start_coordinator(3).await;
     let workers: Vec<_> = (0..3)
         .map(|_| {
@@ -343,7 +346,7 @@ async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
         let want = Trainer::new(&cfg.build().unwrap()).run(|_| {});
         let mut rows = 0;
         let got = coordinator
-            .run(spec(&cfg, allreduce), |_| rows += 1)
+            .run(spec(&cfg, allreduce), |_, _| rows += 1)
             .await
             .unwrap();
         assert_eq!(got.summary, want, "seed {seed}, {allreduce}");
@@ -351,6 +354,66 @@ async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
         assert_eq!(got.timings.len(), 3);
         assert!(got.timings.iter().all(|t| t.steps == 30));
     }
+    // A seed-mean group (two seeds in lock step, ended on their mean eval loss) with its final
+    // parameters, against the same group stepped in this process.
+    let cfg = TrainConfig {
+        task: TaskConfig::Linreg(LinregConfig {
+            dim: 30,
+            train_size: Some(600),
+            ..LinregConfig::default()
+        }),
+        batch: 24,
+        micro: Some(4),
+        lr: 0.2,
+        steps: 400,
+        eval_every: 5,
+        target_loss: Some(0.5),
+        ..TrainConfig::default()
+    };
+    let seeds = [3, 8];
+    let mut trainers: Vec<Trainer> = seeds
+        .iter()
+        .map(|&s| Trainer::new(&SeedMean::member_config(&cfg, s).build().unwrap()))
+        .collect();
+    let mut rule = SeedMean::new(&cfg, 4, seeds.len());
+    let mut want_rows = vec![0; seeds.len()];
+    let end = 'run: loop {
+        for (i, t) in trainers.iter_mut().enumerate() {
+            match t.step() {
+                Progress::Step(row) => {
+                    want_rows[i] += 1;
+                    rule.record(i, &row);
+                }
+                Progress::Done(row, s) => {
+                    if let Some(row) = row {
+                        want_rows[i] += 1;
+                        rule.record(i, &row);
+                    }
+                    break 'run rule.member_ended(i, &s);
+                }
+            }
+        }
+        if let Some(end) = rule.check() {
+            break end;
+        }
+    };
+    assert_eq!(end.status, Status::Complete, "{}", end.message);
+    let want_params: Vec<f64> = trainers
+        .iter()
+        .flat_map(|t| t.replica().params.clone())
+        .collect();
+    let want = rule.summary(end, trainers.iter().map(|t| t.replica().params.as_slice()));
+    let mut group_spec = spec(&cfg, "ring");
+    group_spec.seeds = seeds.to_vec();
+    group_spec.return_params = true;
+    let mut rows = vec![0; seeds.len()];
+    let got = coordinator
+        .run(group_spec, |member, _| rows[member] += 1)
+        .await
+        .unwrap();
+    assert_eq!(got.summary, want);
+    assert_eq!(rows, want_rows);
+    assert_eq!(got.params.as_deref(), Some(want_params.as_slice()));
     coordinator.shutdown_workers("test over");
     for w in workers {
         tokio::time::timeout(Duration::from_secs(10), w)

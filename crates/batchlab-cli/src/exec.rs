@@ -1,0 +1,258 @@
+//! Where an experiment's runs execute: in this process (several at once on threads), or one at
+//! a time on a cluster of workers (local worker processes, or workers that join from other
+//! hosts). Either way a run's folder gets the same files and its summary the same numbers:
+//! the reduction is exact, so the cluster's runs are bit-identical to this process's.
+//!
+//! ```text
+//!   experiment ──run(cfg, dir)────────► InProcess: Trainer on this thread
+//!              ──run_group(cfg, seeds)─►            replicas in lock step, SeedMean rule
+//!                                      ► Cluster:   RunSpec ─► workers (data parallel)
+//!                                                   rows ─► dir/metrics.*, summary.json
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use batchlab_core::group::SeedMean;
+use batchlab_core::train::{Progress, RunSummary, StepMetrics, TrainConfig, Trainer};
+use clap::Args;
+
+use crate::cluster::{Cluster, ReduceArgs};
+use crate::output::MetricsWriter;
+
+/// Where an experiment's runs execute.
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// Run every trial data-parallel on N worker processes, one trial at a time (0: in this
+    /// process, --jobs trials at a time). The numbers are the same either way.
+    #[arg(short = 'w', long, default_value_t = 0)]
+    workers: usize,
+    /// With --workers N: wait on this address for N workers started elsewhere (`batchlab worker
+    /// --coordinator HOST:PORT`) instead of starting local ones.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The cluster's shared secret (with --listen); every worker must give the same.
+    #[arg(
+        long,
+        env = "BATCHLAB_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
+    #[command(flatten)]
+    reduce: ReduceArgs,
+}
+
+/// A finished run: its summary and, when asked for, each member's final parameters.
+pub struct Finished {
+    /// The run's (or the group's) summary.
+    pub summary: RunSummary,
+    /// Final parameters by member (one member for a single run); empty unless asked for.
+    pub params: Vec<Vec<f64>>,
+}
+
+/// Runs experiments' trainings in this process or on a cluster.
+pub enum Executor {
+    /// Trainer on the calling thread.
+    InProcess,
+    /// One run at a time on the cluster's workers.
+    Cluster(Box<Mutex<Cluster>>),
+}
+
+impl Executor {
+    /// The executor the flags ask for; starts (or waits for) the workers.
+    pub fn start(args: &ExecArgs) -> Result<Self> {
+        match (args.workers, args.listen) {
+            (0, None) => Ok(Self::InProcess),
+            (0, Some(addr)) => Err(anyhow!(
+                "--listen {addr} needs --workers N: how many workers to wait for"
+            )),
+            (n, None) => Ok(Self::Cluster(Box::new(Mutex::new(Cluster::local(
+                n,
+                &args.reduce,
+            )?)))),
+            (n, Some(addr)) => {
+                let c = Cluster::listen(addr, n, &args.token, &args.reduce)?;
+                Ok(Self::Cluster(Box::new(Mutex::new(c))))
+            }
+        }
+    }
+
+    /// How many runs may go at once: `requested` (default: the cores) in this process, one on
+    /// a cluster (its workers already share every run).
+    pub fn jobs(&self, requested: Option<usize>) -> usize {
+        match self {
+            Self::InProcess => requested
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1),
+            Self::Cluster(_) => 1,
+        }
+    }
+
+    /// Where the runs go, in words.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::InProcess => "in this process".to_string(),
+            Self::Cluster(c) => format!("on {} workers", c.lock().map_or(0, |c| c.workers())),
+        }
+    }
+
+    /// Shuts the cluster's workers down, if any.
+    pub fn close(self, error: Option<&anyhow::Error>) {
+        if let Self::Cluster(c) = self {
+            if let Ok(c) = (*c).into_inner() {
+                c.close(error);
+            }
+        }
+    }
+
+    /// Trains `cfg`, writing its rows and summary to `dir` (see [`MetricsWriter`]).
+    pub fn run(&self, cfg: &TrainConfig, dir: &Path, want_params: bool) -> Result<Finished> {
+        let start = Instant::now();
+        let mut writer = MetricsWriter::create(dir, cfg)?;
+        let mut err = None;
+        let mut write = |row: &StepMetrics| {
+            if let Err(e) = writer.write(row) {
+                err.get_or_insert(e);
+            }
+        };
+        let (summary, params, extra) = match self {
+            Self::InProcess => {
+                let plan = cfg.build().context("invalid trial config")?;
+                let mut trainer = Trainer::new(&plan);
+                let summary = trainer.run(&mut write);
+                let params = if want_params {
+                    vec![trainer.replica().params.clone()]
+                } else {
+                    vec![]
+                };
+                (summary, params, serde_json::Map::new())
+            }
+            Self::Cluster(c) => {
+                let mut c = c
+                    .lock()
+                    .map_err(|_| anyhow!("the cluster's lock is poisoned"))?;
+                let outcome = c.run(cfg, &[], want_params, |_, row| write(&row))?;
+                let params = outcome.params.clone().map(|p| vec![p]).unwrap_or_default();
+                (outcome.summary.clone(), params, timing(&outcome)?)
+            }
+        };
+        if let Some(e) = err {
+            return Err(e);
+        }
+        writer.finish(&summary, cfg, start.elapsed().as_secs_f64(), extra)?;
+        Ok(Finished { summary, params })
+    }
+
+    /// Trains one replica of `cfg` per seed in lock step and ends them together on their mean
+    /// evaluation loss ([`SeedMean`]). Seed `s` writes its rows to `dir/seed{s}`; every
+    /// member's `summary.json` holds the group's summary.
+    pub fn run_group(
+        &self,
+        cfg: &TrainConfig,
+        seeds: &[u64],
+        dir: &Path,
+        want_params: bool,
+    ) -> Result<Finished> {
+        let start = Instant::now();
+        let configs: Vec<TrainConfig> = seeds
+            .iter()
+            .map(|&s| SeedMean::member_config(cfg, s))
+            .collect();
+        let mut writers = seeds
+            .iter()
+            .zip(&configs)
+            .map(|(s, c)| MetricsWriter::create(&dir.join(format!("seed{s}")), c))
+            .collect::<Result<Vec<_>>>()?;
+        let (summary, params, extra) = match self {
+            Self::InProcess => {
+                let (summary, params) = group_in_process(cfg, &configs, &mut writers)?;
+                let params = if want_params { params } else { vec![] };
+                (summary, params, serde_json::Map::new())
+            }
+            Self::Cluster(c) => {
+                let mut c = c
+                    .lock()
+                    .map_err(|_| anyhow!("the cluster's lock is poisoned"))?;
+                let mut err = None;
+                let outcome = c.run(cfg, seeds, want_params, |member, row| {
+                    if let Err(e) = writers[member].write(&row) {
+                        err.get_or_insert(e);
+                    }
+                })?;
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                let params = match &outcome.params {
+                    Some(all) => {
+                        let dim = all.len() / seeds.len().max(1);
+                        all.chunks(dim.max(1)).map(<[f64]>::to_vec).collect()
+                    }
+                    None => vec![],
+                };
+                (outcome.summary.clone(), params, timing(&outcome)?)
+            }
+        };
+        for (w, c) in writers.into_iter().zip(&configs) {
+            w.finish(&summary, c, start.elapsed().as_secs_f64(), extra.clone())?;
+        }
+        Ok(Finished { summary, params })
+    }
+}
+
+fn timing(
+    outcome: &batchlab_net::RunOutcome,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "timing".to_string(),
+        serde_json::to_value(&outcome.timings)?,
+    );
+    Ok(extra)
+}
+
+/// A seed-mean group in this process: the members step in order, each step's rows go to the
+/// rule, exactly as the workers do it.
+fn group_in_process(
+    cfg: &TrainConfig,
+    configs: &[TrainConfig],
+    writers: &mut [MetricsWriter],
+) -> Result<(RunSummary, Vec<Vec<f64>>)> {
+    let mut trainers = Vec::with_capacity(configs.len());
+    let mut micro = 1;
+    for c in configs {
+        let plan = c.build().context("invalid trial config")?;
+        micro = plan.micro;
+        trainers.push(Trainer::new(&plan));
+    }
+    let mut rule = SeedMean::new(cfg, micro, configs.len());
+    let end = 'run: loop {
+        for (i, trainer) in trainers.iter_mut().enumerate() {
+            match trainer.step() {
+                Progress::Step(row) => {
+                    writers[i].write(&row)?;
+                    rule.record(i, &row);
+                }
+                Progress::Done(row, summary) => {
+                    if let Some(row) = row {
+                        writers[i].write(&row)?;
+                        rule.record(i, &row);
+                    }
+                    break 'run rule.member_ended(i, &summary);
+                }
+            }
+        }
+        if let Some(end) = rule.check() {
+            break 'run end;
+        }
+    };
+    let params: Vec<Vec<f64>> = trainers
+        .iter()
+        .map(|t| t.replica().params.clone())
+        .collect();
+    let summary = rule.summary(end, params.iter().map(Vec::as_slice));
+    Ok((summary, params))
+}
