@@ -189,6 +189,9 @@ fn print_summary(a: &SweepAnalysis) {
             "noise scale near the target: B_simple ≈ {:.0} (IQR {:.0}–{:.0})",
             n.median_b_simple, n.lo, n.hi
         );
+        if let Some(e) = n.median_b_simple_nested {
+            print!("; nested prefixes {e:.0}");
+        }
         if let Some(e) = n.median_b_simple_exact {
             print!("; exact B_simple {e:.0}");
         }
@@ -210,11 +213,53 @@ fn print_summary(a: &SweepAnalysis) {
 }
 
 /// The per-step rows of a trial's folder.
+/// A trial's metrics rows: its own `metrics.csv`, or for a seed-mean trial its first seed's
+/// (`seed{s}/metrics.csv`, smallest `s`).
 fn read_rows(dir: &Path) -> Vec<batchlab_core::train::StepMetrics> {
-    let Ok(mut r) = csv::Reader::from_path(dir.join("metrics.csv")) else {
+    let mut path = dir.join("metrics.csv");
+    if !path.exists() {
+        let first_seed = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_prefix("seed")?.parse::<u64>().ok()
+            })
+            .min();
+        match first_seed {
+            Some(s) => path = dir.join(format!("seed{s}")).join("metrics.csv"),
+            None => return Vec::new(),
+        }
+    }
+    let Ok(mut r) = csv::Reader::from_path(path) else {
         return Vec::new();
     };
     r.deserialize().filter_map(Result::ok).collect()
+}
+
+/// The noise probe's nested-prefix curve of the trial of batch `batch` in `dir`.
+fn read_nested(batch: u64, dir: &Path) -> Option<batchlab_lab::report::NestedCurve> {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("probe.json")).ok()?).ok()?;
+    let n: batchlab_core::train::NestedNoise =
+        serde_json::from_value(doc["probe"]["nested"].clone()).ok()?;
+    let points = n
+        .sizes
+        .iter()
+        .zip(&n.mean_sq_norms)
+        .map(|(&b, &g)| (b as f64, g))
+        .collect();
+    Some((batch, points, n.g2, n.trace_sigma))
+}
+
+/// At most `k` of `items`, spread evenly from the first to the last.
+fn spread<T: Clone>(items: &[T], k: usize) -> Vec<T> {
+    if items.len() <= k || k < 2 {
+        return items.iter().take(k.max(1)).cloned().collect();
+    }
+    (0..k)
+        .map(|i| items[i * (items.len() - 1) / (k - 1)].clone())
+        .collect()
 }
 
 /// Writes `report.html` for a sweep: steps and samples against `B` with the fit and `B_crit`,
@@ -268,12 +313,25 @@ pub fn sweep_report(
     let rate_plot = report::best_rate_vs_batch(&rates, &linear, &eps_opt);
     // Curves of each batch size's best trial of the first seed.
     let first_seed = a.best.iter().map(|b| b.seed).min();
+    let firsts: Vec<&BestTrial> = a
+        .best
+        .iter()
+        .filter(|b| Some(b.seed) == first_seed)
+        .collect();
+    // At most five batch sizes over training, or the lines hide each other.
+    let shown: Vec<u64> = spread(&firsts, 5).iter().map(|b| b.batch).collect();
+    let probed = spread(&shown, 3);
     let mut b_simple = Vec::new();
     let mut b_exact = Vec::new();
     let mut loss = Vec::new();
     let mut loss_samples = Vec::new();
-    for b in a.best.iter().filter(|b| Some(b.seed) == first_seed) {
-        let rows = read_rows(&trial_dir(b.batch, b.lr, b.seed));
+    let mut nested = Vec::new();
+    for b in &firsts {
+        let dir = trial_dir(b.batch, b.lr, b.seed);
+        if probed.contains(&b.batch) {
+            nested.extend(read_nested(b.batch, &dir));
+        }
+        let rows = read_rows(&dir);
         let series = |f: &dyn Fn(&batchlab_core::train::StepMetrics) -> Option<f64>,
                       x_samples: bool|
          -> Vec<(f64, f64)> {
@@ -292,11 +350,13 @@ pub fn sweep_report(
                 })
                 .collect()
         };
-        b_simple.push((
-            b.batch,
-            series(&|r| Some(r.b_simple).filter(|x| x.is_finite()), false),
-        ));
-        b_exact.push((b.batch, series(&|r| r.b_simple_exact, false)));
+        if shown.contains(&b.batch) {
+            b_simple.push((
+                b.batch,
+                series(&|r| Some(r.b_simple).filter(|x| x.is_finite()), false),
+            ));
+            b_exact.push((b.batch, series(&|r| r.b_simple_exact, false)));
+        }
         let l = |r: &batchlab_core::train::StepMetrics| r.eval_loss.or(Some(r.train_loss));
         loss.push((b.batch, series(&l, false)));
         loss_samples.push((b.batch, series(&l, true)));
@@ -328,8 +388,12 @@ pub fn sweep_report(
     }
     if let Some(n) = &a.noise {
         text += &format!(
-            "Measured B_simple near the target ≈ {:.0} (IQR {:.0}–{:.0}). ",
-            n.median_b_simple, n.lo, n.hi
+            "Measured B_simple near the target ≈ {:.0} (IQR {:.0}–{:.0}){}. ",
+            n.median_b_simple,
+            n.lo,
+            n.hi,
+            n.median_b_simple_nested
+                .map_or_else(String::new, |e| format!(", from nested prefixes ≈ {e:.0}"))
         );
     }
     let sections = vec![
@@ -352,8 +416,14 @@ pub fn sweep_report(
         },
         Section {
             title: "Gradient noise scale during training".into(),
-            text: "B_simple (ratio of EMAs of the two-batch estimates) of each batch size's best run, seed 0; exact values where the task has a closed form.".into(),
-            figures: vec![report::svg(&noise_plot, w, h)],
+            text: "B_simple (ratio of EMAs of the two-batch estimates) over the best runs of up to five batch sizes (first seed), with the exact values where the task has a closed form. Below: the noise probe at the end of three best runs, |g_b|² at every nested prefix size b of each probe batch and the fitted |G|² + tr Σ/b.".into(),
+            figures: {
+                let mut f = vec![report::svg(&noise_plot, w, h)];
+                if !nested.is_empty() {
+                    f.push(report::svg(&report::nested_noise(&nested), w, h));
+                }
+                f
+            },
             table: None,
         },
         Section {

@@ -290,6 +290,8 @@ fn record_n(t: &TrialPlan, s: &RunSummary, seeds: u64) -> TrialRecord {
         b_simple: s.final_b_simple,
         b_simple_se: None,
         b_simple_ema: s.final_b_simple,
+        b_simple_nested: None,
+        b_simple_nested_se: None,
         b_simple_exact: s.final_b_simple_exact,
         b_noise_exact: s.final_b_noise_exact,
         final_loss: s.final_eval_loss.or(s.final_train_loss),
@@ -331,6 +333,8 @@ fn apply_probe(rec: &mut TrialRecord, doc: &serde_json::Value) {
         if let Some(e) = doc["b_simple_exact"].as_f64() {
             rec.b_simple_exact = Some(e);
         }
+        rec.b_simple_nested = doc["probe"]["nested"]["b_simple"].as_f64();
+        rec.b_simple_nested_se = doc["probe"]["nested"]["b_simple_se"].as_f64();
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ensure;
-use crate::estimate::{NoiseScaleEma, power_iteration, two_batch};
+use crate::estimate::{NoiseScaleEma, PrefixNorms, power_iteration, two_batch};
 use crate::exact::{FixedScale, MicroStats, Packet};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::{Stream, rng};
@@ -948,7 +948,7 @@ mod tests {
 }
 
 /// The gradient noise scale measured at fixed parameters from fresh samples.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NoiseProbe {
     /// Mean of the unbiased `|G|²` estimates.
     pub g2: f64,
@@ -960,6 +960,64 @@ pub struct NoiseProbe {
     pub b_simple_se: f64,
     /// Samples drawn.
     pub samples: u64,
+    /// The same batches' nested prefixes: `|g_b|²` at every size, fitted at once.
+    pub nested: NestedNoise,
+}
+
+/// The gradient noise at many batch sizes at once, from the nested prefixes `m, 2m, 4m, …, B`
+/// of each batch (science.md): the mean `|g_b|²` per size over the repetitions, and the line
+/// `E|g_b|² = |G|² + tr Σ/b` fitted to each repetition's prefixes, averaged over repetitions.
+/// Repetitions are independent batches, so the standard error of their mean is honest (the
+/// prefixes within one batch are not independent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NestedNoise {
+    /// Prefix sizes `b` in samples.
+    pub sizes: Vec<u64>,
+    /// Mean over repetitions of `|g_b|²` per size.
+    pub mean_sq_norms: Vec<f64>,
+    /// Mean over repetitions of the fitted `|G|²`.
+    pub g2: f64,
+    /// Mean over repetitions of the fitted `tr Σ`.
+    pub trace_sigma: f64,
+    /// `tr Σ / |G|²` from the two means.
+    pub b_simple: f64,
+    /// Its standard error (delta method over the repetitions).
+    pub b_simple_se: f64,
+}
+
+/// Running sums of paired estimates `(|G|², tr Σ)` over repetitions, for the ratio of their
+/// means and its delta-method standard error.
+#[derive(Debug, Clone, Copy, Default)]
+struct RatioOfMeans {
+    n: f64,
+    g: f64,
+    t: f64,
+    gg: f64,
+    tt: f64,
+    gt: f64,
+}
+
+impl RatioOfMeans {
+    fn push(&mut self, g: f64, t: f64) {
+        self.n += 1.0;
+        self.g += g;
+        self.t += t;
+        self.gg += g * g;
+        self.tt += t * t;
+        self.gt += g * t;
+    }
+
+    /// `(mean |G|², mean tr Σ, ratio, its standard error)`.
+    fn finish(&self) -> (f64, f64, f64, f64) {
+        let n = self.n.max(1.0);
+        let (g, t) = (self.g / n, self.t / n);
+        let b = t / g;
+        // Var of the means, and the delta method for the ratio.
+        let var = |s2: f64, m: f64| (s2 / n - m * m).max(0.0) / (n - 1.0).max(1.0);
+        let cov = (self.gt / n - g * t) / (n - 1.0).max(1.0);
+        let rel = var(self.tt, t) / (t * t) + var(self.gg, g) / (g * g) - 2.0 * cov / (g * t);
+        (g, t, b, b.abs() * rel.max(0.0).sqrt())
+    }
 }
 
 /// Offset between a run's sampler seed and its noise probe's, so the probe draws samples the
@@ -987,39 +1045,44 @@ pub fn noise_probe(
         .expect("probe sizes are at least 1");
     let mut scratch = Scratch::new();
     let mut grad = vec![0.0; params.len()];
-    let mut total = vec![0.0; params.len()];
+    let mut prefixes = PrefixNorms::new(params.len(), num_micro, micro as usize);
+    let mut norm_sums = vec![0.0; prefixes.sizes().len()];
     let mut samples = Vec::new();
-    let (mut sg, mut st, mut sgg, mut stt, mut sgt) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut two, mut nested) = (RatioOfMeans::default(), RatioOfMeans::default());
     for r in 0..reps {
-        total.fill(0.0);
+        prefixes.reset();
         let mut small = 0.0;
         for j in 0..num_micro {
             samples.clear();
             sampler.samples_into(r as u64, j..j + 1, &mut samples);
             task.loss_grad(params, &samples, &mut grad, &mut scratch);
             small += vec::norm_sq(&grad) / (micro * micro) as f64;
-            vec::axpy(1.0, &grad, &mut total);
+            prefixes.push(&grad);
         }
-        let big = vec::norm_sq(&total) / (batch * batch) as f64;
+        let big = vec::norm_sq(prefixes.sum()) / (batch * batch) as f64;
         let est = two_batch(micro as f64, small / num_micro as f64, batch as f64, big);
-        sg += est.g2;
-        st += est.trace_sigma;
-        sgg += est.g2 * est.g2;
-        stt += est.trace_sigma * est.trace_sigma;
-        sgt += est.g2 * est.trace_sigma;
+        two.push(est.g2, est.trace_sigma);
+        let fit = prefixes.regression();
+        nested.push(fit.g2, fit.trace_sigma);
+        for (s, n) in norm_sums.iter_mut().zip(prefixes.norms()) {
+            *s += n;
+        }
     }
-    let n = reps.max(1) as f64;
-    let (g, t) = (sg / n, st / n);
-    let b = t / g;
-    // Var of the means, and the delta method for the ratio.
-    let var = |s2: f64, m: f64| (s2 / n - m * m).max(0.0) / (n - 1.0).max(1.0);
-    let cov = (sgt / n - g * t) / (n - 1.0).max(1.0);
-    let rel = var(stt, t) / (t * t) + var(sgg, g) / (g * g) - 2.0 * cov / (g * t);
+    let (g, t, b, se) = two.finish();
+    let (ng, nt, nb, nse) = nested.finish();
     NoiseProbe {
         g2: g,
         trace_sigma: t,
         b_simple: b,
-        b_simple_se: b.abs() * rel.max(0.0).sqrt(),
+        b_simple_se: se,
         samples: batch * reps as u64,
+        nested: NestedNoise {
+            sizes: prefixes.sizes().iter().map(|&k| k as u64 * micro).collect(),
+            mean_sq_norms: norm_sums.iter().map(|s| s / reps.max(1) as f64).collect(),
+            g2: ng,
+            trace_sigma: nt,
+            b_simple: nb,
+            b_simple_se: nse,
+        },
     }
 }

@@ -564,3 +564,44 @@ fn the_noise_probe_measures_the_exact_b_simple_within_its_standard_error() {
     );
     assert_eq!(p.samples, 64 * 64 * 64);
 }
+
+#[test]
+fn the_nested_prefix_noise_scale_on_linreg_matches_the_closed_form_within_its_interval() {
+    use batchlab_core::train::noise_probe;
+    let task = TaskConfig::Linreg(LinregConfig {
+        dim: 30,
+        ..LinregConfig::default()
+    })
+    .build()
+    .unwrap();
+    let cf = task.closed_form().unwrap();
+    // At θ₀ and at a point nearer the optimum, where tr Σ dominates |G|².
+    let init = task.init_params();
+    let near: Vec<f64> = init.iter().map(|x| 0.1 * x).collect();
+    for params in [init, near] {
+        let exact = cf.b_simple(&params);
+        let p = noise_probe(task.as_ref(), &params, 11, 4, 32, 200);
+        let n = &p.nested;
+        assert_eq!(n.sizes, [4, 8, 16, 32, 64, 128]);
+        assert!(
+            (n.b_simple - exact).abs() <= 4.0 * n.b_simple_se,
+            "nested prefixes {} ± {} vs exact {exact}",
+            n.b_simple,
+            n.b_simple_se
+        );
+        assert!(
+            n.b_simple_se < 0.15 * exact,
+            "the interval is narrow enough to mean something: {n:?}"
+        );
+        // Every size's mean squared norm follows E|g_b|² = |G|² + tr Σ/b of the closed form.
+        let g2: f64 = cf.true_gradient(&params).iter().map(|g| g * g).sum();
+        let tr = cf.trace_sigma(&params);
+        for (&b, &m) in n.sizes.iter().zip(&n.mean_sq_norms) {
+            let want = g2 + tr / b as f64;
+            assert!(
+                (m / want - 1.0).abs() < 0.1,
+                "b = {b}: mean |g_b|² {m} vs {want}"
+            );
+        }
+    }
+}

@@ -48,6 +48,9 @@ pub struct BestTrial {
     pub samples: u64,
     /// Measured `B_simple` at the end of that trial (near the target).
     pub b_simple: Option<f64>,
+    /// `B_simple` at the end from nested prefixes, where the probe measured it.
+    #[serde(default)]
+    pub b_simple_nested: Option<f64>,
     /// Exact `B_simple` at the end, where the task has a closed form.
     pub b_simple_exact: Option<f64>,
     /// Exact `B_noise` at the end, where the task has a closed form.
@@ -80,6 +83,7 @@ pub fn best_per_batch(trials: &[TrialRecord]) -> Vec<BestTrial> {
             steps: t.steps,
             samples: t.samples,
             b_simple: t.b_simple,
+            b_simple_nested: t.b_simple_nested,
             b_simple_exact: t.b_simple_exact,
             b_noise_exact: t.b_noise_exact,
         })
@@ -539,6 +543,9 @@ pub struct NoiseSummary {
     pub hi: f64,
     /// Number of best trials that report a measured `B_simple`.
     pub n: usize,
+    /// Median of the nested-prefix `B_simple`, where the probe measured it.
+    #[serde(default)]
+    pub median_b_simple_nested: Option<f64>,
     /// Median of the exact `B_simple`, where the task has a closed form.
     pub median_b_simple_exact: Option<f64>,
     /// Median of the exact `B_noise`, where the task has a closed form.
@@ -570,6 +577,7 @@ pub fn noise_scale_summary(trials: &[BestTrial]) -> Option<NoiseSummary> {
         lo: quantile(&mut measured, 0.25),
         hi: quantile(&mut measured, 0.75),
         n: measured.len(),
+        median_b_simple_nested: median_of(values(|t| t.b_simple_nested)),
         median_b_simple_exact: median_of(values(|t| t.b_simple_exact)),
         median_b_noise_exact: median_of(values(|t| t.b_noise_exact)),
     })
@@ -864,6 +872,8 @@ mod tests {
             b_simple: Some(lr * 1000.0),
             b_simple_se: None,
             b_simple_ema: None,
+            b_simple_nested: None,
+            b_simple_nested_se: None,
             b_simple_exact: None,
             b_noise_exact: None,
             final_loss: None,
@@ -928,6 +938,7 @@ mod tests {
             steps,
             samples: batch * steps,
             b_simple: None,
+            b_simple_nested: None,
             b_simple_exact: None,
             b_noise_exact: None,
         })
@@ -953,6 +964,7 @@ mod tests {
             steps: 10,
             samples: 80,
             b_simple,
+            b_simple_nested: None,
             b_simple_exact: exact,
             b_noise_exact: exact.map(|e| 2.0 * e),
         };
@@ -972,6 +984,7 @@ mod tests {
                 lo: 175.0,
                 hi: 325.0,
                 n: 4,
+                median_b_simple_nested: None,
                 median_b_simple_exact: Some(100.0),
                 median_b_noise_exact: Some(200.0),
             }
@@ -1020,6 +1033,8 @@ mod tests {
                     b_simple: None,
                     b_simple_se: None,
                     b_simple_ema: None,
+                    b_simple_nested: None,
+                    b_simple_nested_se: None,
                     b_simple_exact: None,
                     b_noise_exact: None,
                     final_loss: None,

@@ -27,6 +27,13 @@ pub struct TrialRecord {
     /// Standard error of the probe's `B_simple`.
     #[serde(default)]
     pub b_simple_se: Option<f64>,
+    /// `B_simple` at the end from the same probe's nested prefixes (every size `m … 64m` at
+    /// once, science.md).
+    #[serde(default)]
+    pub b_simple_nested: Option<f64>,
+    /// Standard error of `b_simple_nested` (over the probe's independent batches).
+    #[serde(default)]
+    pub b_simple_nested_se: Option<f64>,
     /// The training-time `B_simple` (ratio of EMAs) at the end of the run.
     #[serde(default)]
     pub b_simple_ema: Option<f64>,

@@ -193,6 +193,8 @@ mod tests {
             b_simple: None,
             b_simple_se: None,
             b_simple_ema: None,
+            b_simple_nested: None,
+            b_simple_nested_se: None,
             b_simple_exact: None,
             b_noise_exact: None,
             final_loss: None,

@@ -137,6 +137,39 @@ pub fn b_simple_over_training(
     }
 }
 
+/// One trial's nested-prefix probe: `(B, [(b, mean |g_b|²)], |G|², tr Σ)`.
+pub type NestedCurve = (u64, Vec<(f64, f64)>, f64, f64);
+
+/// The gradient noise at many batch sizes at once, from the noise probe's nested prefixes
+/// (log-log): per trial ([`NestedCurve`]) the measured points, and the fitted
+/// `|G|² + tr Σ/b` as a line. Where the line bends from `tr Σ/b` to the flat `|G|²` is
+/// `b = B_simple`.
+pub fn nested_noise(trials: &[NestedCurve]) -> Plot {
+    let mut lines = Vec::new();
+    let mut scatter = Vec::new();
+    for (batch, points, g2, trace_sigma) in trials {
+        scatter.push(series(format!("B={batch}: measured"), points));
+        let fit: Vec<(f64, f64)> = points
+            .iter()
+            .map(|&(b, _)| (b, g2 + trace_sigma / b))
+            .collect();
+        lines.push(series(
+            format!("B={batch}: fit, B_simple {}", fmt_num(trace_sigma / g2)),
+            &fit,
+        ));
+    }
+    Plot {
+        title: "Nested prefixes at the target".to_owned(),
+        x_label: "prefix size b (samples)".to_owned(),
+        y_label: "mean |g_b|²".to_owned(),
+        log_x: true,
+        log_y: true,
+        lines,
+        scatter,
+        ..Plot::default()
+    }
+}
+
 /// What the horizontal axis of [`loss_curves`] counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LossAxis {
@@ -425,6 +458,8 @@ mod tests {
                 b_simple: Some(480.0 + b),
                 b_simple_se: None,
                 b_simple_ema: None,
+                b_simple_nested: None,
+                b_simple_nested_se: None,
                 b_simple_exact: None,
                 b_noise_exact: Some(300.0),
                 final_loss: (b < 30.0).then_some(0.0099),
@@ -607,6 +642,8 @@ mod tests {
             b_simple: Some(123.456),
             b_simple_se: None,
             b_simple_ema: None,
+            b_simple_nested: None,
+            b_simple_nested_se: None,
             b_simple_exact: None,
             b_noise_exact: Some(98.0),
             final_loss: None,
