@@ -109,12 +109,20 @@ impl Executor {
         }
     }
 
-    /// Trains `cfg`, writing its rows and summary to `dir` (see [`MetricsWriter`]).
-    pub fn run(&self, cfg: &TrainConfig, dir: &Path, want_params: bool) -> Result<Finished> {
+    /// Trains `cfg`, writing its rows and summary to `dir` (see [`MetricsWriter`]); `tick`
+    /// sees every row (for progress).
+    pub fn run(
+        &self,
+        cfg: &TrainConfig,
+        dir: &Path,
+        want_params: bool,
+        tick: &dyn Fn(&StepMetrics),
+    ) -> Result<Finished> {
         let start = Instant::now();
         let mut writer = MetricsWriter::create(dir, cfg)?;
         let mut err = None;
         let mut write = |row: &StepMetrics| {
+            tick(row);
             if let Err(e) = writer.write(row) {
                 err.get_or_insert(e);
             }
@@ -149,13 +157,14 @@ impl Executor {
 
     /// Trains one replica of `cfg` per seed in lock step and ends them together on their mean
     /// evaluation loss ([`SeedMean`]). Seed `s` writes its rows to `dir/seed{s}`; every
-    /// member's `summary.json` holds the group's summary.
+    /// member's `summary.json` holds the group's summary. `tick` sees the first member's rows.
     pub fn run_group(
         &self,
         cfg: &TrainConfig,
         seeds: &[u64],
         dir: &Path,
         want_params: bool,
+        tick: &dyn Fn(&StepMetrics),
     ) -> Result<Finished> {
         let start = Instant::now();
         let configs: Vec<TrainConfig> = seeds
@@ -169,7 +178,7 @@ impl Executor {
             .collect::<Result<Vec<_>>>()?;
         let (summary, params, extra) = match self {
             Self::InProcess => {
-                let (summary, params) = group_in_process(cfg, &configs, &mut writers)?;
+                let (summary, params) = group_in_process(cfg, &configs, &mut writers, tick)?;
                 let params = if want_params { params } else { vec![] };
                 (summary, params, serde_json::Map::new())
             }
@@ -179,6 +188,9 @@ impl Executor {
                     .map_err(|_| anyhow!("the cluster's lock is poisoned"))?;
                 let mut err = None;
                 let outcome = c.run(cfg, seeds, want_params, |member, row| {
+                    if member == 0 {
+                        tick(&row);
+                    }
                     if let Err(e) = writers[member].write(&row) {
                         err.get_or_insert(e);
                     }
@@ -220,6 +232,7 @@ fn group_in_process(
     cfg: &TrainConfig,
     configs: &[TrainConfig],
     writers: &mut [MetricsWriter],
+    tick: &dyn Fn(&StepMetrics),
 ) -> Result<(RunSummary, Vec<Vec<f64>>)> {
     let mut trainers = Vec::with_capacity(configs.len());
     let mut micro = 1;
@@ -233,6 +246,9 @@ fn group_in_process(
         for (i, trainer) in trainers.iter_mut().enumerate() {
             match trainer.step() {
                 Progress::Step(row) => {
+                    if i == 0 {
+                        tick(&row);
+                    }
                     writers[i].write(&row)?;
                     rule.record(i, &row);
                 }

@@ -349,9 +349,14 @@ fn cached_probe(dir: &Path, rec: &mut TrialRecord) {
 }
 
 /// Trains one trial (in this process or on the cluster), writing its folder.
-fn run_trial(sweep: &Sweep, exec: &Executor, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
+fn run_trial(
+    sweep: &Sweep,
+    exec: &Executor,
+    t: &TrialPlan,
+    tick: &dyn Fn(&batchlab_core::train::StepMetrics),
+) -> Result<(TrialRecord, bool)> {
     if sweep.seed_mean {
-        return run_trial_mean(sweep, exec, t);
+        return run_trial_mean(sweep, exec, t, tick);
     }
     let cfg = sweep.trial_config(t);
     let dir = sweep.trial_dir(t);
@@ -362,7 +367,7 @@ fn run_trial(sweep: &Sweep, exec: &Executor, t: &TrialPlan) -> Result<(TrialReco
     }
     let want = sweep.probe_samples > 0;
     let done = exec
-        .run(&cfg, &dir, want)
+        .run(&cfg, &dir, want, tick)
         .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
     let mut rec = record(t, &done.summary);
     if let Some(params) = done.params.first() {
@@ -374,7 +379,12 @@ fn run_trial(sweep: &Sweep, exec: &Executor, t: &TrialPlan) -> Result<(TrialReco
 /// Trains every seed of a trial in lock step and checks the target on their mean eval loss
 /// (over the same growing window as single runs): steps to target of the expected loss.
 /// Writes `seed{s}/` folders and the trial's `summary.json`.
-fn run_trial_mean(sweep: &Sweep, exec: &Executor, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
+fn run_trial_mean(
+    sweep: &Sweep,
+    exec: &Executor,
+    t: &TrialPlan,
+    tick: &dyn Fn(&batchlab_core::train::StepMetrics),
+) -> Result<(TrialRecord, bool)> {
     let dir = sweep.trial_dir(t);
     let mut cfg = sweep.trial_config(t);
     cfg.seed = sweep.seeds[0];
@@ -386,7 +396,7 @@ fn run_trial_mean(sweep: &Sweep, exec: &Executor, t: &TrialPlan) -> Result<(Tria
     }
     let want = sweep.probe_samples > 0;
     let done = exec
-        .run_group(&cfg, &sweep.seeds, &dir, want)
+        .run_group(&cfg, &sweep.seeds, &dir, want, tick)
         .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
     let summary = done.summary;
     let doc = serde_json::json!({ "key": key, "summary": summary });
@@ -499,7 +509,15 @@ fn run_searches(
                         return Ok(());
                     };
                     while let Some(t) = search.next_trial() {
-                        let (rec, was_cached) = run_trial(sweep, exec, &t)?;
+                        let tick = |row: &batchlab_core::train::StepMetrics| {
+                            if row.step % 64 == 0 {
+                                bar.set_message(format!(
+                                    "trial B={} lr {:.3e}: step {}",
+                                    t.batch, t.lr, row.step
+                                ));
+                            }
+                        };
+                        let (rec, was_cached) = run_trial(sweep, exec, &t, &tick)?;
                         let counter = if was_cached {
                             &trials_cached
                         } else {
