@@ -26,8 +26,8 @@ mod plot;
 use serde::{Deserialize, Serialize};
 
 pub use builders::{
-    LossAxis, PerBatch, b_simple_over_training, best_rate_vs_batch, loss_curves, samples_vs_batch,
-    sharpness_vs_two_over_lr, steps_vs_batch, trials_table, warmup_map,
+    LossAxis, PerBatch, b_simple_over_training, best_rate_vs_batch, loss_curves, loss_vs_rate,
+    samples_vs_batch, sharpness_vs_two_over_lr, steps_vs_batch, trials_table, warmup_map,
 };
 pub use heatmap::heatmap_svg;
 pub use html::{html_page, terminal_table};
