@@ -289,3 +289,15 @@ fn lr_find_refuses_bad_ramps_naming_the_value_and_what_is_accepted() {
         assert!(text(&o).contains(message), "{args:?}: {}", text(&o));
     }
 }
+
+#[test]
+fn sweep_takes_another_task_than_its_default_noisy_quadratic() {
+    // The default study's `task.dim = 100` belongs to the noisy quadratic: --task drops it.
+    let o = batchlab(&["sweep", "--print-config", "--task", "mlp"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        s.contains("kind = \"mlp\"") && !s.contains("dim = 100"),
+        "{s}"
+    );
+}
