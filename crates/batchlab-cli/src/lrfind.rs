@@ -498,23 +498,19 @@ fn render(dir: &Path, doc: &LrFindDoc, rows: &[CsvRow]) -> Result<PathBuf> {
     if let Some(a) = doc.alpha_star {
         marks.push((a, format!("α* = {}", num(a))));
     }
-    if let (Some(rate), Some(l)) = (doc.edge_rate_power, doc.lambda_max_power) {
-        let formula = doc.edge_formula.replace("α*", "λ");
-        marks.push((
-            rate,
-            format!(
-                "{formula} = {} (power-iteration λ_max = {})",
-                num(rate),
-                num(l)
-            ),
-        ));
+    if let Some(rate) = doc.edge_rate_power {
+        // λ_p: the power iteration's λ_max at θ₀ (legend entries are short).
+        let formula = doc.edge_formula.replace("α*", "λ_p");
+        marks.push((rate, format!("{formula} = {}", num(rate))));
     }
     if let Some(s) = doc.suggestion {
         marks.push((s, format!("suggested α*/10 = {}", num(s))));
     }
     let plot = report::loss_vs_rate(&curves, &marks);
     let text = summary_lines(doc).join("\n\n")
-        + "\n\nThe loss after each step is plotted against that step's rate. Blow-up: the \
+        + "\n\nThe loss after each step is plotted against that step's rate; λ_p is the power \
+           iteration's λ_max at θ₀, and the line it marks is where the edge would lie if the \
+           sharpness stayed λ_p (on a quadratic α* lies one ramp lag above it). Blow-up: the \
            running median of the loss exceeds 4× its smallest value at rates at least half the \
            current one (or a loss is not finite, or the run stopped on its own divergence \
            bound); α* is the rate of the step before.";

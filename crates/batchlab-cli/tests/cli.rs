@@ -233,7 +233,7 @@ fn lr_find_on_the_noisy_quadratic_reads_h_max_from_alpha_star_and_power_iteratio
     let page = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(page.contains("<svg") && page.contains("Loss vs learning rate"));
     assert!(
-        page.contains("α* = ") && page.contains("2/λ = "),
+        page.contains("α* = ") && page.contains("2/λ_p = 2.0000"),
         "marks drawn"
     );
     assert!(out.join("seed0/metrics.csv").exists());
