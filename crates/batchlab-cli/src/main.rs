@@ -4,6 +4,7 @@ mod analysis;
 mod cluster;
 mod config;
 mod exec;
+mod lrfind;
 mod output;
 mod sweep;
 mod train;
@@ -28,6 +29,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Batch-size sweep: steps and samples to a target, the critical batch size, the noise scale.
     Sweep(sweep::SweepArgs),
+    /// Learning-rate finder: ramp the rate exponentially, find α* (the largest rate before the
+    /// loss blows up), and report λ_max ≈ 2/α* beside the power iteration's λ_max.
+    LrFind(lrfind::LrFindArgs),
     /// Re-analyse a study folder (from `sweep`) and render its report.html again.
     Report {
         /// The study folder.
@@ -57,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => train::run(args),
         Command::Run(args) => cluster::run(args),
         Command::Sweep(args) => sweep::run(args),
+        Command::LrFind(args) => lrfind::run(args),
         Command::Report { dir } => sweep::report(&dir),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),

@@ -88,8 +88,9 @@ Examples:
   batchlab sweep --task mlp --batches 32,64,128,256,512 --target-loss 0.5 --steps 3000
   batchlab sweep --lr-policy linear --lr 0.05 --base-batch 32";
 
-/// The default study's base overrides (flags and --config win).
-const BASE: &[&str] = &["task.dim=100", "steps=30000"];
+/// The default study's base overrides (flags and --config win). The task's kind is named so
+/// that --task (or a file's task.kind) replaces the table instead of keeping `dim`.
+const BASE: &[&str] = &["task.kind=\"nqm\"", "task.dim=100", "steps=30000"];
 
 /// Everything a sweep needs, validated.
 struct Sweep {

@@ -154,20 +154,28 @@ impl TrainArgs {
         self.prepare_with_base(prefix, &[])
     }
 
-    /// Like [`TrainArgs::prepare`], with a command's own defaults (`base`, e.g. the benchmark's
-    /// model) under the config file and the flags.
-    pub fn prepare_with_base(&self, prefix: &str, base: &[&str]) -> Result<Option<Prepared>> {
-        let cfg: TrainConfig = config::load(
+    /// The configuration: a command's own defaults (`base`) under the config file, the file
+    /// under the flags. Not validated yet.
+    pub fn load(&self, base: &[&str]) -> Result<TrainConfig> {
+        config::load(
             self.config.as_deref(),
             base,
             &self.overrides(),
             &default_tags(),
-        )?;
+        )
+    }
+
+    /// Whether `--print-config` asks to print the configuration instead of running it.
+    pub fn print_config_requested(&self) -> bool {
+        self.print_config
+    }
+
+    /// Like [`TrainArgs::prepare`], with a command's own defaults (`base`, e.g. the benchmark's
+    /// model) under the config file and the flags.
+    pub fn prepare_with_base(&self, prefix: &str, base: &[&str]) -> Result<Option<Prepared>> {
+        let cfg = self.load(base)?;
         if self.print_config {
-            print!(
-                "{}",
-                toml::to_string_pretty(&cfg).context("rendering the config")?
-            );
+            print_config(&cfg)?;
             return Ok(None);
         }
         let plan = cfg.build().context("invalid config")?;
@@ -182,6 +190,15 @@ impl TrainArgs {
         });
         Ok(Some(Prepared { cfg, plan, out }))
     }
+}
+
+/// Prints a configuration as TOML (`--print-config`).
+pub fn print_config(cfg: &TrainConfig) -> Result<()> {
+    print!(
+        "{}",
+        toml::to_string_pretty(cfg).context("rendering the config")?
+    );
+    Ok(())
 }
 
 /// Where a run's rows go: the metrics files and the progress bar.

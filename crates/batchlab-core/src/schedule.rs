@@ -20,8 +20,9 @@
 //! ```
 //!
 //! `T` is [`ScheduleConfig::horizon`] when given, else the run's `total_steps` handed to
-//! [`ScheduleConfig::build`]. Only `polynomial` and `cosine` use it; they need `T > T_w` and
-//! hold their final value (0, resp. `min_factor`) from `t = T` on.
+//! [`ScheduleConfig::build`]. Only `polynomial`, `cosine` and `exponential_ramp` use it;
+//! `polynomial` and `cosine` need `T > T_w` and hold their final value (0, resp. `min_factor`)
+//! from `t = T` on; `exponential_ramp` needs `T ≥ T_w + 2` and holds 1 from `t = T − 1` on.
 //!
 //! Warmup shapes (`u = t/T_w`):
 //! - linear `w(t) = min(1, (t+1)/T_w)`: reaches 1 at its last step `t = T_w − 1`;
@@ -36,14 +37,20 @@
 //!   cycle `i` lasts `T_i = T₀·T_multⁱ` steps, restarts (factor back to 1) at
 //!   `τ = T₀, T₀(1 + T_mult), …`, and within a cycle `m + ½(1 − m)(1 + cos(π τ_cur/T_i))`.
 //!
+//! One "decay" rises instead: the learning-rate finder's range test (`batchlab lr-find`),
+//! - exponential ramp `m^{1 − τ/(D−1)}`, `0 < m ≤ 1`: from `m` at `τ = 0` up to 1 at
+//!   `τ = D − 1`, times `m^{−1/(D−1)}` every step, 1 from `τ = D − 1` on. With peak `η_hi` and
+//!   `m = η_lo/η_hi` the rates are `η_τ = η_lo·(η_hi/η_lo)^{τ/(D−1)}`.
+//!
 //! In a config file:
 //!
 //! ```toml
 //! [schedule]
 //! decay = "cosine"          # constant | step | exponential | polynomial | cosine | cosine_restarts (alias sgdr)
+//!                           # | exponential_ramp (rises from min_factor to 1)
 //! warmup_steps = 100
 //! warmup_shape = "cubic"    # linear | cubic
-//! min_factor = 0.1          # cosine, cosine_restarts: η_min = min_factor · peak
+//! min_factor = 0.1          # cosine, cosine_restarts, exponential_ramp: η_min = min_factor · peak
 //! horizon = 10000           # optional: T, else the run's total steps
 //! ```
 
@@ -97,6 +104,9 @@ pub enum DecayKind {
     /// Cosine with warm restarts (SGDR): periods `t0`, `t0·t_mult`, `t0·t_mult²`, …
     #[serde(alias = "sgdr")]
     CosineRestarts,
+    /// A rise, not a decay: exponential from `min_factor` (> 0) up to 1 over the horizon, the
+    /// learning-rate finder's ramp.
+    ExponentialRamp,
 }
 
 impl DecayKind {
@@ -109,6 +119,7 @@ impl DecayKind {
             Self::Polynomial => "polynomial",
             Self::Cosine => "cosine",
             Self::CosineRestarts => "cosine_restarts",
+            Self::ExponentialRamp => "exponential_ramp",
         }
     }
 }
@@ -137,10 +148,12 @@ pub struct ScheduleConfig {
     pub warmup_steps: u64,
     /// Warmup shape. Default `linear`.
     pub warmup_shape: WarmupShape,
-    /// `T`, the step at which `polynomial` and `cosine` reach their end value, counted from
-    /// step 0 (warmup included); absent: the run's total steps.
+    /// `T`, the step at which `polynomial` and `cosine` reach their end value (and one step
+    /// after `exponential_ramp` reaches 1), counted from step 0 (warmup included); absent: the
+    /// run's total steps.
     pub horizon: Option<u64>,
-    /// `η_min / peak` for `cosine` and `cosine_restarts`, in `[0, 1]`. Default 0.
+    /// `η_min / peak` for `cosine` and `cosine_restarts`, in `[0, 1]`; the starting factor of
+    /// `exponential_ramp`, in `(0, 1]`. Default 0.
     pub min_factor: f64,
     /// `s`, steps between two drops of `step`; required (> 0) for `step`. Default 0 (unset).
     pub step_size: u64,
@@ -265,6 +278,28 @@ impl ScheduleConfig {
                     t_mult: self.t_mult,
                 }
             }
+            DecayKind::ExponentialRamp => {
+                ensure(
+                    self.min_factor > 0.0,
+                    "schedule.min_factor",
+                    self.min_factor,
+                    "a starting factor in (0, 1] for decay = \"exponential_ramp\"",
+                )?;
+                ensure(
+                    horizon >= self.warmup_steps.saturating_add(2),
+                    "schedule.horizon",
+                    horizon,
+                    &format!(
+                        "at least warmup_steps + 2 = {} steps for decay = \"exponential_ramp\" \
+                         (T is schedule.horizon, else the run's total steps)",
+                        self.warmup_steps.saturating_add(2)
+                    ),
+                )?;
+                Decay::ExponentialRamp {
+                    start: self.min_factor,
+                    span: horizon - self.warmup_steps,
+                }
+            }
         };
         Ok(Schedule {
             warmup_steps: self.warmup_steps,
@@ -284,6 +319,7 @@ enum Decay {
     Polynomial { power: f64, span: u64 },
     Cosine { min: f64, span: u64 },
     CosineRestarts { min: f64, t0: u64, t_mult: u64 },
+    ExponentialRamp { start: f64, span: u64 },
 }
 
 impl Decay {
@@ -310,6 +346,14 @@ impl Decay {
             Self::CosineRestarts { min, t0, t_mult } => {
                 let (cur, period) = sgdr_position(tau, t0, t_mult);
                 cosine(min, cur, period)
+            }
+            Self::ExponentialRamp { start, span } => {
+                let last = span - 1;
+                if tau >= last {
+                    1.0
+                } else {
+                    start.powf(1.0 - tau as f64 / last as f64)
+                }
             }
         }
     }
@@ -614,6 +658,75 @@ mod tests {
     }
 
     #[test]
+    fn exponential_ramp_multiplies_by_a_constant_ratio_from_min_factor_to_one() {
+        // m = 0.01 over T = 5 steps: m^{1 − τ/4} = 10^{−2}, 10^{−1.5}, 10^{−1}, 10^{−0.5}, 1,
+        // each step × 10^{0.5}; then 1. numpy: 2 * 0.01 ** (1 - np.arange(5) / 4)
+        //   = [0.02, 0.06324555320336758, 0.2, 0.6324555320336759, 2.0]
+        let s = build(
+            ScheduleConfig {
+                min_factor: 0.01,
+                ..decay(DecayKind::ExponentialRamp)
+            },
+            5,
+        );
+        let want = [
+            0.02,
+            0.063_245_553_203_367_58,
+            0.2,
+            0.632_455_532_033_675_9,
+            2.0,
+        ];
+        for (t, w) in want.iter().enumerate() {
+            assert_relative_eq!(s.lr(2.0, t as u64), w, max_relative = TOL);
+        }
+        assert_eq!(
+            s.lr(2.0, 0),
+            2.0 * 0.01,
+            "starts exactly at min_factor · peak"
+        );
+        assert_eq!(
+            s.factor(4),
+            1.0,
+            "reaches the peak on the horizon's last step"
+        );
+        assert_eq!(s.factor(5), 1.0);
+        assert_eq!(s.factor(1000), 1.0);
+        for t in 0..4 {
+            assert_relative_eq!(
+                s.factor(t + 1) / s.factor(t),
+                10f64.sqrt(),
+                max_relative = TOL
+            );
+        }
+        // After a warmup of 2 with T = 7: the ramp spans the last 5 steps.
+        let s = build(
+            ScheduleConfig {
+                min_factor: 0.01,
+                warmup_steps: 2,
+                horizon: Some(7),
+                ..decay(DecayKind::ExponentialRamp)
+            },
+            1000,
+        );
+        assert_eq!(s.factor(1), 1.0, "linear warmup's last step");
+        assert_eq!(s.factor(2), 0.01);
+        assert_relative_eq!(s.factor(4), 0.1, max_relative = TOL);
+        assert_eq!(s.factor(6), 1.0);
+        // A monotone rise: its cumulative variation is peak · (1 − m).
+        let s = build(
+            ScheduleConfig {
+                min_factor: 0.25,
+                ..decay(DecayKind::ExponentialRamp)
+            },
+            40,
+        );
+        assert_relative_eq!(s.cumulative_variation(2.0, 60), 1.5, max_relative = TOL);
+        let kind = DecayKind::deserialize(StrDeserializer::<DeError>::new("exponential_ramp"));
+        assert_eq!(kind.unwrap(), DecayKind::ExponentialRamp);
+        assert_eq!(DecayKind::ExponentialRamp.name(), "exponential_ramp");
+    }
+
+    #[test]
     fn sgdr_parses_under_both_names() {
         for name in ["sgdr", "cosine_restarts"] {
             let kind = DecayKind::deserialize(StrDeserializer::<DeError>::new(name)).unwrap();
@@ -792,6 +905,20 @@ mod tests {
             (
                 decay(DecayKind::CosineRestarts),
                 "schedule.t0 = 0: expected a positive first period for decay = \"cosine_restarts\"",
+            ),
+            (
+                decay(DecayKind::ExponentialRamp),
+                "schedule.min_factor = 0: expected a starting factor in (0, 1] for decay = \
+                 \"exponential_ramp\"",
+            ),
+            (
+                ScheduleConfig {
+                    min_factor: 0.1,
+                    horizon: Some(1),
+                    ..decay(DecayKind::ExponentialRamp)
+                },
+                "schedule.horizon = 1: expected at least warmup_steps + 2 = 2 steps for decay = \
+                 \"exponential_ramp\" (T is schedule.horizon, else the run's total steps)",
             ),
             (
                 ScheduleConfig {

@@ -5,10 +5,13 @@
 //! - [`study`]: the records of an experiment's trials, and their layout on disk.
 //! - [`fit`]: `S = S_min(1 + B_crit/B)`, `E = E_min(1 + B/B_crit)` with a bootstrap interval;
 //!   best rate against `ε_opt(B) = ε_max/(1 + B_noise/B)`; where linear scaling stops.
+//! - [`lrfind`]: the learning-rate finder: an exponential ramp of the rate, `α*` (the largest
+//!   rate before the loss blows up) and `λ_max ≈ 2/α*`.
 //! - [`report`]: self-contained HTML with SVG plots, and the terminal summary.
 //! - [`sweep`]: the batch-size sweep as a plan of trials (the tuned-rate search).
 
 pub mod fit;
+pub mod lrfind;
 pub mod report;
 pub mod study;
 pub mod sweep;

@@ -176,7 +176,7 @@ enum Event {
     Row {
         task: u64,
         member: usize,
-        json: String,
+        json: Vec<u8>,
     },
     Params {
         task: u64,
@@ -185,7 +185,7 @@ enum Event {
     Summary {
         rank: usize,
         task: u64,
-        json: String,
+        json: Vec<u8>,
     },
     Error {
         rank: usize,
@@ -389,7 +389,7 @@ impl Coordinator {
                     member,
                     json,
                 } if t == task => {
-                    let row: StepMetrics = serde_json::from_str(&json).map_err(|e| {
+                    let row: StepMetrics = crate::decode(&json).map_err(|e| {
                         NetError::Peer(format!("rank 0 sent a malformed metrics row: {e}"))
                     })?;
                     if member >= members {
@@ -418,7 +418,7 @@ impl Coordinator {
                     task: t,
                     json,
                 } if t == task => {
-                    let s: RankResult = serde_json::from_str(&json).map_err(|e| {
+                    let s: RankResult = crate::decode(&json).map_err(|e| {
                         NetError::Peer(format!("rank {rank} sent a malformed summary: {e}"))
                     })?;
                     summaries.insert(rank, s);
@@ -622,7 +622,7 @@ impl coordinator_server::Coordinator for Service {
             self.shared.check_session(&m.session, m.rank)?;
             let rank = m.rank as usize;
             let event = match m.kind {
-                Some(run_report::Kind::StepJson(json)) => Event::Row {
+                Some(run_report::Kind::Step(json)) => Event::Row {
                     task: m.task,
                     member: m.member as usize,
                     json,
@@ -631,7 +631,7 @@ impl coordinator_server::Coordinator for Service {
                     task: m.task,
                     bytes,
                 },
-                Some(run_report::Kind::SummaryJson(json)) => Event::Summary {
+                Some(run_report::Kind::Summary(json)) => Event::Summary {
                     rank,
                     task: m.task,
                     json,

@@ -17,3 +17,38 @@ pub mod worker;
 pub use coordinator::{Coordinator, CoordinatorConfig, RunOutcome};
 pub use error::{NetError, to_status};
 pub use worker::{RankResult, RankTiming, WorkerConfig, run_worker};
+
+/// Encodes a report payload (a metrics row, a rank's result) as CBOR, which keeps NaN and
+/// infinities exactly where JSON would turn them into `null`.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).expect("writing CBOR to a Vec cannot fail");
+    out
+}
+
+/// Decodes a payload written by [`encode`].
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    ciborium::from_reader(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn payloads_keep_non_finite_numbers() {
+        let v = (
+            f64::NAN,
+            f64::INFINITY,
+            Some(f64::NEG_INFINITY),
+            None::<f64>,
+            0.1_f64,
+        );
+        let back: (f64, f64, Option<f64>, Option<f64>, f64) =
+            super::decode(&super::encode(&v)).unwrap();
+        assert!(back.0.is_nan());
+        assert_eq!(
+            (back.1, back.2, back.3, back.4),
+            (f64::INFINITY, Some(f64::NEG_INFINITY), None, 0.1)
+        );
+        assert!(super::decode::<f64>(b"\xff").is_err());
+    }
+}

@@ -444,9 +444,7 @@ where
                 .flat_map(|m| m.replica.params.iter().flat_map(|p| p.to_le_bytes()))
                 .collect::<Vec<u8>>()
         });
-        let json =
-            serde_json::to_string(&RankResult { summary, timing }).expect("result serializes");
-        (params, json)
+        (params, crate::encode(&RankResult { summary, timing }))
     };
     let end = 'run: loop {
         for (i, m) in members.iter_mut().enumerate() {
@@ -498,8 +496,7 @@ where
                     g.record(i, &row);
                 }
                 if ctx.rank == 0 {
-                    let json = serde_json::to_string(&row).expect("row serializes");
-                    send(run_report::Kind::StepJson(json), i).await?;
+                    send(run_report::Kind::Step(crate::encode(&row)), i).await?;
                 }
                 if let Some(summary) = ended {
                     break 'run Ended::Member(i, summary);
@@ -522,11 +519,11 @@ where
         }
         (Ended::Group(_), None) => unreachable!("only a group ends as a group"),
     };
-    let (params, json) = finish(summary, timing, &members);
+    let (params, result) = finish(summary, timing, &members);
     if let Some(bytes) = params {
         send(run_report::Kind::Params(bytes), 0).await?;
     }
-    send(run_report::Kind::SummaryJson(json), 0).await
+    send(run_report::Kind::Summary(result), 0).await
 }
 
 /// How a run's step loop ended.

@@ -9,4 +9,4 @@ pub mod v1 {
 }
 
 /// The protocol version every RPC announces in the `x-batchlab-protocol` metadata entry.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -224,6 +224,26 @@ pub fn sharpness_vs_two_over_lr(
     }
 }
 
+/// The learning-rate finder's curves, log-log: `curves` holds `(label, [(rate, loss)])` (each
+/// seed's loss after the step at that rate, raw and smoothed), `marks` the rates to draw as
+/// dashed vertical lines with their legend text (`α*`, the edge that the power iteration's
+/// `λ_max` predicts, the suggested rate).
+pub fn loss_vs_rate(curves: &[(String, Vec<(f64, f64)>)], marks: &[(f64, String)]) -> Plot {
+    Plot {
+        title: "Loss vs learning rate (exponential ramp)".to_owned(),
+        x_label: "learning rate η (the step's)".to_owned(),
+        y_label: "loss after the step".to_owned(),
+        log_x: true,
+        log_y: true,
+        lines: curves
+            .iter()
+            .map(|(label, points)| series(label.clone(), points))
+            .collect(),
+        vlines: marks.to_vec(),
+        ..Plot::default()
+    }
+}
+
 /// The warmup stability map from trials `(warmup steps, peak rate, final loss)`, where a
 /// `None` (or non-finite) final loss means the run diverged. Columns are the distinct warmups
 /// and rows the distinct peak rates, both ascending (highest rate on top); replicates of a cell
@@ -627,6 +647,23 @@ mod tests {
         assert!(plot.log_x && plot.log_y && plot.x_label == "samples");
         let out = svg(&plot, 500, 300);
         assert_eq!(polylines(&out).iter().filter(|l| l.len() == 20).count(), 3);
+    }
+
+    #[test]
+    fn loss_vs_rate_is_log_log_with_its_marks() {
+        let curve = vec![(1e-3, 2.0), (1e-2, 1.0), (1e-1, 0.5), (1.0, 40.0)];
+        let p = loss_vs_rate(
+            &[("loss".to_owned(), curve.clone())],
+            &[(0.1, "α* = 0.1".to_owned()), (0.2, "2/λ_max".to_owned())],
+        );
+        assert!(p.log_x && p.log_y);
+        assert_eq!(p.lines, [Series::new("loss", curve)]);
+        assert_eq!(p.vlines.len(), 2);
+        let svg = svg(&p, 640, 400);
+        assert!(
+            svg.contains("α* = 0.1") && svg.contains("2/λ_max"),
+            "legend"
+        );
     }
 
     #[test]

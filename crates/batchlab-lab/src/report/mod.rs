@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 pub use builders::{
     LossAxis, NestedCurve, PerBatch, b_simple_over_training, best_rate_vs_batch, loss_curves,
-    nested_noise, samples_vs_batch, sharpness_vs_two_over_lr, steps_vs_batch, trials_table,
-    warmup_map,
+    loss_vs_rate, nested_noise, samples_vs_batch, sharpness_vs_two_over_lr, steps_vs_batch,
+    trials_table, warmup_map,
 };
 pub use heatmap::heatmap_svg;
 pub use html::{html_page, terminal_table};
