@@ -209,14 +209,6 @@ fn print_summary(a: &SweepAnalysis) {
     }
 }
 
-/// The per-step rows of a trial's folder.
-fn read_rows(dir: &Path) -> Vec<batchlab_core::train::StepMetrics> {
-    let Ok(mut r) = csv::Reader::from_path(dir.join("metrics.csv")) else {
-        return Vec::new();
-    };
-    r.deserialize().filter_map(Result::ok).collect()
-}
-
 /// Writes `report.html` for a sweep: steps and samples against `B` with the fit and `B_crit`,
 /// best rate against `B`, `B_simple` over training, loss curves per batch, and every trial.
 pub fn sweep_report(
@@ -273,7 +265,7 @@ pub fn sweep_report(
     let mut loss = Vec::new();
     let mut loss_samples = Vec::new();
     for b in a.best.iter().filter(|b| Some(b.seed) == first_seed) {
-        let rows = read_rows(&trial_dir(b.batch, b.lr, b.seed));
+        let rows = crate::output::read_rows(&trial_dir(b.batch, b.lr, b.seed)).unwrap_or_default();
         let series = |f: &dyn Fn(&batchlab_core::train::StepMetrics) -> Option<f64>,
                       x_samples: bool|
          -> Vec<(f64, f64)> {

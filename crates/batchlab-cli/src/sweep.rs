@@ -23,7 +23,7 @@ use batchlab_lab::sweep::{LrPolicy, RateSearch, TrialPlan, powers_of_two};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::output::MetricsWriter;
+use crate::output::{MetricsWriter, cached_summary};
 use crate::train::{Prepared, TrainArgs};
 
 /// Flags of `batchlab sweep`.
@@ -87,7 +87,9 @@ Examples:
   batchlab sweep --lr-policy linear --lr 0.05 --base-batch 32";
 
 /// The default study's base overrides (flags and --config win).
-const BASE: &[&str] = &["task.dim=100", "steps=30000"];
+/// The task kind comes first, so that `--task mlp` (or a config file naming another kind) starts
+/// its table afresh instead of inheriting `dim`.
+const BASE: &[&str] = &["task.kind=\"nqm\"", "task.dim=100", "steps=30000"];
 
 /// Everything a sweep needs, validated.
 struct Sweep {
@@ -261,17 +263,6 @@ impl Sweep {
     }
 }
 
-/// A finished trial's summary from its folder, if it ran with exactly `cfg`.
-fn cached(dir: &Path, cfg: &TrainConfig) -> Option<RunSummary> {
-    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
-    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let same = serde_json::to_value(cfg).ok()? == doc["config"];
-    if !same {
-        return None;
-    }
-    serde_json::from_value(doc["summary"].clone()).ok()
-}
-
 fn record(t: &TrialPlan, s: &RunSummary) -> TrialRecord {
     record_n(t, s, 1)
 }
@@ -347,7 +338,7 @@ fn run_trial(sweep: &Sweep, t: &TrialPlan) -> Result<(TrialRecord, bool)> {
     }
     let cfg = sweep.trial_config(t);
     let dir = sweep.trial_dir(t);
-    if let Some(s) = cached(&dir, &cfg) {
+    if let Some(s) = cached_summary(&dir, &cfg) {
         let mut rec = record(t, &s);
         cached_probe(&dir, &mut rec);
         return Ok((rec, true));
