@@ -7,8 +7,11 @@
 //!   best rate against `ε_opt(B) = ε_max/(1 + B_noise/B)`; where linear scaling stops.
 //! - [`report`]: self-contained HTML with SVG plots, and the terminal summary.
 //! - [`sweep`]: the batch-size sweep as a plan of trials (the tuned-rate search).
+//! - [`warmup`]: the warmup stability grid (peak rate × warmup length × shape × momentum),
+//!   each run's record, the largest stable rate per warmup, where warmup helps or hurts.
 
 pub mod fit;
 pub mod report;
 pub mod study;
 pub mod sweep;
+pub mod warmup;

@@ -25,6 +25,7 @@ mod plot;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use axis::fmt_num;
 pub use builders::{
     LossAxis, PerBatch, b_simple_over_training, best_rate_vs_batch, loss_curves, samples_vs_batch,
     sharpness_vs_two_over_lr, steps_vs_batch, trials_table, warmup_map,
