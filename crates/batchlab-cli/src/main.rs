@@ -6,6 +6,7 @@ mod config;
 mod output;
 mod sweep;
 mod train;
+mod warmup;
 
 use clap::{Parser, Subcommand};
 
@@ -27,7 +28,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Batch-size sweep: steps and samples to a target, the critical batch size, the noise scale.
     Sweep(sweep::SweepArgs),
-    /// Re-analyse a study folder (from `sweep`) and render its report.html again.
+    /// Warmup stability grid: peak rate (× 2/λ_max at θ₀) × warmup length × shape × momentum.
+    Warmup(warmup::WarmupArgs),
+    /// Re-analyse a study folder (from `sweep` or `warmup`) and render its report.html again.
     Report {
         /// The study folder.
         dir: std::path::PathBuf,
@@ -56,6 +59,8 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => train::run(args),
         Command::Run(args) => cluster::run(args),
         Command::Sweep(args) => sweep::run(args),
+        Command::Warmup(args) => warmup::run(args),
+        Command::Report { dir } if warmup::is_study(&dir) => warmup::report(&dir),
         Command::Report { dir } => sweep::report(&dir),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),
