@@ -117,7 +117,7 @@ maps, sharpness against 2/η(t) and 2(1+μ)/η(t), gradient cosines, dead ReLUs,
 Finished runs are reused; `batchlab report DIR` renders the report again.
 
 Examples:
-  batchlab warmup                                          # NQM control, ~10 s
+  batchlab warmup                                          # NQM control, ~5 s
   batchlab warmup --task plateau --unit lr --lr 0.5 --multiples 1 --warmups 0,50,150 \\
                   --momentum 0 --steps 400                 # warmup slows the descent
   batchlab warmup --task mlp --batch 128 --steps 100 --multiples 16,32,64,128 \\
