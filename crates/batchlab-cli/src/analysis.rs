@@ -212,7 +212,6 @@ fn print_summary(a: &SweepAnalysis) {
     }
 }
 
-/// The per-step rows of a trial's folder.
 /// A trial's metrics rows: its own `metrics.csv`, or for a seed-mean trial its first seed's
 /// (`seed{s}/metrics.csv`, smallest `s`).
 fn read_rows(dir: &Path) -> Vec<batchlab_core::train::StepMetrics> {
@@ -231,10 +230,7 @@ fn read_rows(dir: &Path) -> Vec<batchlab_core::train::StepMetrics> {
             None => return Vec::new(),
         }
     }
-    let Ok(mut r) = csv::Reader::from_path(path) else {
-        return Vec::new();
-    };
-    r.deserialize().filter_map(Result::ok).collect()
+    crate::output::read_rows(path.parent().unwrap_or(dir)).unwrap_or_default()
 }
 
 /// The noise probe's nested-prefix curve of the trial of batch `batch` in `dir`.

@@ -8,6 +8,7 @@ mod lrfind;
 mod output;
 mod sweep;
 mod train;
+mod warmup;
 
 use clap::{Parser, Subcommand};
 
@@ -32,7 +33,9 @@ enum Command {
     /// Learning-rate finder: ramp the rate exponentially, find α* (the largest rate before the
     /// loss blows up), and report λ_max ≈ 2/α* beside the power iteration's λ_max.
     LrFind(lrfind::LrFindArgs),
-    /// Re-analyse a study folder (from `sweep`) and render its report.html again.
+    /// Warmup stability grid: peak rate (× 2/λ_max at θ₀) × warmup length × shape × momentum.
+    Warmup(warmup::WarmupArgs),
+    /// Re-analyse a study folder (from `sweep` or `warmup`) and render its report.html again.
     Report {
         /// The study folder.
         dir: std::path::PathBuf,
@@ -62,6 +65,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => cluster::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::LrFind(args) => lrfind::run(args),
+        Command::Warmup(args) => warmup::run(args),
+        Command::Report { dir } if warmup::is_study(&dir) => warmup::report(&dir),
         Command::Report { dir } => sweep::report(&dir),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),

@@ -6,6 +6,9 @@
 //!   OUT/metrics.csv     the same rows, one column per field (empty = not measured)
 //!   OUT/summary.json    RunSummary plus the configuration
 //! ```
+//!
+//! Experiments read these folders back: [`cached_summary`] (a finished run of the same
+//! configuration is not run again) and [`read_rows`] (per-step rows for reports).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -72,4 +75,24 @@ impl MetricsWriter {
             .with_context(|| format!("writing {}", p.display()))?;
         Ok(p)
     }
+}
+
+/// A finished run's summary from its folder, if it ran with exactly `config`.
+pub fn cached_summary(dir: &Path, config: &TrainConfig) -> Option<RunSummary> {
+    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
+    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if serde_json::to_value(config).ok()? != doc["config"] {
+        return None;
+    }
+    serde_json::from_value(doc["summary"].clone()).ok()
+}
+
+/// The per-step rows of a run folder, from its `metrics.csv`.
+pub fn read_rows(dir: &Path) -> Result<Vec<StepMetrics>> {
+    let path = dir.join("metrics.csv");
+    let mut r =
+        csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize()
+        .collect::<Result<Vec<StepMetrics>, _>>()
+        .with_context(|| format!("parsing {}", path.display()))
 }

@@ -24,6 +24,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exec::{ExecArgs, Executor};
+use crate::output::cached_summary;
 use crate::train::{Prepared, TrainArgs};
 
 /// Flags of `batchlab sweep`.
@@ -88,8 +89,9 @@ Examples:
   batchlab sweep --task mlp --batches 32,64,128,256,512 --target-loss 0.5 --steps 3000
   batchlab sweep --lr-policy linear --lr 0.05 --base-batch 32";
 
-/// The default study's base overrides (flags and --config win). The task's kind is named so
-/// that --task (or a file's task.kind) replaces the table instead of keeping `dim`.
+/// The default study's base overrides (flags and --config win).
+/// The task kind comes first, so that `--task mlp` (or a config file naming another kind) starts
+/// its table afresh instead of inheriting `dim`.
 const BASE: &[&str] = &["task.kind=\"nqm\"", "task.dim=100", "steps=30000"];
 
 /// Everything a sweep needs, validated.
@@ -264,17 +266,6 @@ impl Sweep {
     }
 }
 
-/// A finished trial's summary from its folder, if it ran with exactly `cfg`.
-fn cached(dir: &Path, cfg: &TrainConfig) -> Option<RunSummary> {
-    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
-    let doc: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let same = serde_json::to_value(cfg).ok()? == doc["config"];
-    if !same {
-        return None;
-    }
-    serde_json::from_value(doc["summary"].clone()).ok()
-}
-
 fn record(t: &TrialPlan, s: &RunSummary) -> TrialRecord {
     record_n(t, s, 1)
 }
@@ -361,7 +352,7 @@ fn run_trial(
     }
     let cfg = sweep.trial_config(t);
     let dir = sweep.trial_dir(t);
-    if let Some(s) = cached(&dir, &cfg) {
+    if let Some(s) = cached_summary(&dir, &cfg) {
         let mut rec = record(t, &s);
         cached_probe(&dir, &mut rec);
         return Ok((rec, true));

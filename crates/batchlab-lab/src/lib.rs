@@ -9,9 +9,12 @@
 //!   rate before the loss blows up) and `λ_max ≈ 2/α*`.
 //! - [`report`]: self-contained HTML with SVG plots, and the terminal summary.
 //! - [`sweep`]: the batch-size sweep as a plan of trials (the tuned-rate search).
+//! - [`warmup`]: the warmup stability grid (peak rate × warmup length × shape × momentum),
+//!   each run's record, the largest stable rate per warmup, where warmup helps or hurts.
 
 pub mod fit;
 pub mod lrfind;
 pub mod report;
 pub mod study;
 pub mod sweep;
+pub mod warmup;

@@ -205,7 +205,7 @@ fn log_ticks(lo: f64, hi: f64, target: usize) -> (Vec<f64>, Vec<f64>) {
 
 /// A short label: up to four significant digits, scientific (`2.5e-4`, `1e6`) outside
 /// `[1e-3, 1e4)`.
-pub(super) fn fmt_num(v: f64) -> String {
+pub(crate) fn fmt_num(v: f64) -> String {
     fmt_sig(v, 4)
 }
 

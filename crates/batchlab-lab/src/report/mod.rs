@@ -25,6 +25,7 @@ mod plot;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use axis::fmt_num;
 pub use builders::{
     LossAxis, NestedCurve, PerBatch, b_simple_over_training, best_rate_vs_batch, loss_curves,
     loss_vs_rate, nested_noise, samples_vs_batch, sharpness_vs_two_over_lr, steps_vs_batch,
