@@ -4,7 +4,7 @@
 //! ```text
 //!   base config ──► λ_max(θ₀) by power iteration ──► unit 2/λ_max(θ₀) (or --lr), target
 //!        │
-//!   Grid::cells ──► queue ──► --jobs threads: cached? else run_cell ──► run folder
+//!   Grid::cells ──► queue ──► --jobs threads: cached? else the executor ──► run folder
 //!                                             read back summary + metrics.csv ──► CellRecord
 //!   records ──► cells.csv, cells.json, analysis.json, report.html, the terminal table
 //! ```
