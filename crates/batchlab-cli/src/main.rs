@@ -35,7 +35,7 @@ enum Command {
     LrFind(lrfind::LrFindArgs),
     /// Warmup stability grid: peak rate (× 2/λ_max at θ₀) × warmup length × shape × momentum.
     Warmup(warmup::WarmupArgs),
-    /// Re-analyse a study folder (from `sweep` or `warmup`) and render its report.html again.
+    /// Re-analyse a study folder (from `sweep`, `warmup` or `lr-find`) and render its report.html again.
     Report {
         /// The study folder.
         dir: std::path::PathBuf,
@@ -67,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::LrFind(args) => lrfind::run(args),
         Command::Warmup(args) => warmup::run(args),
         Command::Report { dir } if warmup::is_study(&dir) => warmup::report(&dir),
+        Command::Report { dir } if dir.join("lr_find.json").exists() => lrfind::report(&dir),
         Command::Report { dir } => sweep::report(&dir),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),

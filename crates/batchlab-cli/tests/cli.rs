@@ -328,4 +328,10 @@ fn lr_find_on_two_workers_writes_the_same_files_as_in_process_blow_up_included()
         rows.lines().last().unwrap_or("")
     );
     assert_eq!((finder, rows), run("workers", &["--workers", "2"]));
+    // `batchlab report` renders an lr-find folder again.
+    let page = dir.path().join("local").join("report.html");
+    std::fs::remove_file(&page).unwrap();
+    let o = batchlab(&["report", dir.path().join("local").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(std::fs::read_to_string(&page).unwrap().contains("<svg"));
 }
