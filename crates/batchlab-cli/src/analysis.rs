@@ -50,6 +50,9 @@ pub struct SweepAnalysis {
     pub theory: Vec<TheoryPoint>,
     /// The critical-batch fit of the closed-form predictions.
     pub theory_fit: Option<CriticalFit>,
+    /// The regime of each batch size on the fitted curve (perfect scaling `B ≤ B_crit/4`,
+    /// saturation `B ≥ 4·B_crit`, diminishing returns between).
+    pub regimes: Vec<(u64, fit::Regime)>,
 }
 
 /// The closed-form steps to target per batch, for the noisy quadratic model with SGD.
@@ -104,10 +107,18 @@ pub fn sweep_summary(
         .iter()
         .filter_map(|t| t.steps.map(|s| (t.batch as f64, s as f64)))
         .collect();
+    let critical = fit::fit_critical_batch(&points);
+    let regimes = critical.as_ref().map_or_else(Vec::new, |f| {
+        medians
+            .iter()
+            .map(|m| (m.batch, fit::regime(m.batch as f64, f)))
+            .collect()
+    });
     let a = SweepAnalysis {
         target,
+        regimes,
         seeds_per_trial: records.iter().map(|r| r.seeds).max().unwrap_or(1),
-        fit: fit::fit_critical_batch(&points),
+        fit: critical,
         interval: fit::bootstrap_critical_batch(&per_seed, 1000, 0, 0.95),
         rate_fit: fit::fit_best_rate(&rates),
         linear_breakdown: fit::linear_scaling_breakdown(&rates),
@@ -145,7 +156,8 @@ fn print_summary(a: &SweepAnalysis) {
     if has_theory {
         print!(" {:>10} {:>11}", "theory S", "theory lr");
     }
-    println!();
+    println!(" {:>10}  regime", "×/doubling");
+    let mut previous: Option<(f64, f64)> = None;
     for m in &a.medians {
         print!(
             "{:>7} {:>6} {:>10.0} {:>12.0} {:>11.3e}",
@@ -159,8 +171,27 @@ fn print_summary(a: &SweepAnalysis) {
             let s = t.steps.map_or("-".to_string(), |s| s.to_string());
             let lr = t.lr.map_or("-".to_string(), |l| format!("{l:.3e}"));
             print!(" {s:>10} {lr:>11}");
+        } else if has_theory {
+            print!(" {:>10} {:>11}", "-", "-");
         }
-        println!();
+        // The measured speed-up per doubling of B since the previous batch size: 2 under
+        // perfect scaling, 1 in saturation.
+        let b = m.batch as f64;
+        let gain = previous
+            .filter(|&(pb, ps)| pb < b && ps > 0.0 && m.steps > 0.0)
+            .map(|(pb, ps)| (ps / m.steps).powf(1.0 / (b / pb).log2()));
+        previous = Some((b, m.steps));
+        let regime = a
+            .regimes
+            .iter()
+            .find(|(rb, _)| *rb == m.batch)
+            .map_or("", |(_, r)| match r {
+                fit::Regime::PerfectScaling => "perfect scaling",
+                fit::Regime::DiminishingReturns => "diminishing returns",
+                fit::Regime::Saturation => "saturation",
+            });
+        let gain = gain.map_or("-".to_string(), |g| format!("{g:.2}"));
+        println!(" {gain:>10}  {regime}");
     }
     match (&a.fit, &a.interval) {
         (Some(f), Some(i)) => println!(
