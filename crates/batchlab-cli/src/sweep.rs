@@ -264,6 +264,24 @@ impl Sweep {
             .join(format!("B{:05}", t.batch))
             .join(format!("lr{:.6e}-s{}", t.lr, t.seed))
     }
+
+    /// Writes `report.html` of the study from its analysis and records, and says where.
+    fn render_report(
+        &self,
+        analysis: &crate::analysis::SweepAnalysis,
+        records: &[TrialRecord],
+    ) -> Result<()> {
+        let report = crate::analysis::sweep_report(&self.out, analysis, records, |b, lr, seed| {
+            self.trial_dir(&TrialPlan {
+                batch: b,
+                lr,
+                seed,
+                budget: 0,
+            })
+        })?;
+        println!("report: {}", report.display());
+        Ok(())
+    }
 }
 
 fn record(t: &TrialPlan, s: &RunSummary) -> TrialRecord {
@@ -458,16 +476,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         &sweep.batches,
         &sweep.grid,
     )?;
-    let report = crate::analysis::sweep_report(&sweep.out, &analysis, &records, |b, lr, seed| {
-        sweep.trial_dir(&TrialPlan {
-            batch: b,
-            lr,
-            seed,
-            budget: 0,
-        })
-    })?;
-    println!("report: {}", report.display());
-    Ok(())
+    sweep.render_report(&analysis, &records)
 }
 
 /// Every (batch, seed) search of the sweep, its trials on `exec`: the records (sorted), and
@@ -587,16 +596,7 @@ pub fn report(dir: &Path) -> Result<()> {
         seed_mean: study.get("target_on").and_then(|v| v.as_str()) == Some("mean"),
         probe_samples: 0,
     };
-    let report = crate::analysis::sweep_report(dir, &analysis, &records, |b, lr, seed| {
-        sweep.trial_dir(&TrialPlan {
-            batch: b,
-            lr,
-            seed,
-            budget: 0,
-        })
-    })?;
-    println!("report: {}", report.display());
-    Ok(())
+    sweep.render_report(&analysis, &records)
 }
 
 fn write_records(out: &Path, records: &[TrialRecord]) -> Result<()> {

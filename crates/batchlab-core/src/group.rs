@@ -177,26 +177,10 @@ mod tests {
     fn row(step: u64, eval: Option<f64>) -> StepMetrics {
         StepMetrics {
             step,
-            samples: 0,
             lr: 0.1,
             train_loss: eval.unwrap_or(1.0),
-            train_accuracy: None,
-            grad_norm_sq: 0.0,
-            micro_norm_sq: 0.0,
-            g2_est: 0.0,
-            trace_sigma_est: 0.0,
-            b_simple: 0.0,
-            b_simple_exact: None,
-            grad_cosine: None,
-            param_norm: 0.0,
-            momentum_energy: 0.0,
-            modified_loss: 0.0,
-            dead_relu: None,
             eval_loss: eval,
-            eval_accuracy: None,
-            sharpness: None,
-            lr_sharpness: None,
-            redos: 0,
+            ..StepMetrics::default()
         }
     }
 

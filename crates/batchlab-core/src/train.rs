@@ -273,8 +273,9 @@ pub enum Status {
     Infeasible,
 }
 
-/// One row of the per-step metrics: the state `θ_t` and the step computed from it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One row of the per-step metrics: the state `θ_t` and the step computed from it. The default
+/// is an all-zero row with nothing measured (for tests and builders).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     /// Step index `t` (updates applied before this row's gradient).
     pub step: u64,

@@ -663,26 +663,10 @@ mod tests {
     fn points_pair_each_rate_with_the_loss_its_step_produced() {
         let row = |step: u64, lr: f64, train: f64, eval: Option<f64>| StepMetrics {
             step,
-            samples: 0,
             lr,
             train_loss: train,
-            train_accuracy: None,
-            grad_norm_sq: 0.0,
-            micro_norm_sq: 0.0,
-            g2_est: 0.0,
-            trace_sigma_est: 0.0,
-            b_simple: 0.0,
-            b_simple_exact: None,
-            grad_cosine: None,
-            param_norm: 0.0,
-            momentum_energy: 0.0,
-            modified_loss: 0.0,
-            dead_relu: None,
             eval_loss: eval,
-            eval_accuracy: None,
-            sharpness: None,
-            lr_sharpness: None,
-            redos: 0,
+            ..StepMetrics::default()
         };
         let rows = [
             row(0, 0.1, 10.0, Some(9.0)),

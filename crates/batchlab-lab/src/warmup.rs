@@ -1319,23 +1319,14 @@ mod tests {
             samples: (step + 1) * 8,
             lr,
             train_loss: eval.unwrap_or(1.0),
-            train_accuracy: None,
             grad_norm_sq: 1.0,
             micro_norm_sq: 1.0,
             g2_est: 1.0,
-            trace_sigma_est: 0.0,
-            b_simple: 0.0,
-            b_simple_exact: None,
-            grad_cosine: None,
             param_norm: 1.0,
             momentum_energy: 1.0,
             modified_loss: 1.0,
-            dead_relu: None,
             eval_loss: eval,
-            eval_accuracy: None,
-            sharpness: None,
-            lr_sharpness: None,
-            redos: 0,
+            ..StepMetrics::default()
         }
     }
 
