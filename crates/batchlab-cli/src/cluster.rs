@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use batchlab_core::train::{StepMetrics, TrainConfig};
+use batchlab_net::bench::BenchRankResult;
 use batchlab_net::{Coordinator, CoordinatorConfig, RankTiming, RunOutcome, WorkerConfig};
-use batchlab_proto::v1::RunSpec;
+use batchlab_proto::v1::{BenchSpec, RunSpec};
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -70,6 +71,18 @@ impl ReduceArgs {
             seeds: seeds.to_vec(),
             return_params,
         })
+    }
+
+    /// Settings for a cluster that only benchmarks collectives (the algorithm and reduction
+    /// come with each benchmark spec).
+    pub fn for_bench(chunk_bytes: u64, peer_timeout_ms: u64, heartbeat_timeout_ms: u64) -> Self {
+        Self {
+            allreduce: "ring".into(),
+            reduce: "exact".into(),
+            chunk_bytes,
+            peer_timeout_ms,
+            heartbeat_timeout_ms,
+        }
     }
 
     fn coordinator_config(&self, workers: usize, token: String) -> CoordinatorConfig {
@@ -369,6 +382,19 @@ impl Cluster {
         self.rt.block_on(async {
             tokio::select! {
                 r = coordinator.run(spec, on_row) => r.map_err(|e| anyhow!(e)),
+                e = dead_child(children) => Err(e),
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            }
+        })
+    }
+
+    /// Runs an all-reduce benchmark spec on the workers; every rank's result, by rank.
+    pub fn bench(&mut self, spec: BenchSpec) -> Result<Vec<BenchRankResult>> {
+        let coordinator = self.coordinator.clone();
+        let children = &mut self.children;
+        self.rt.block_on(async {
+            tokio::select! {
+                r = coordinator.bench(spec) => r.map_err(|e| anyhow!(e)),
                 e = dead_child(children) => Err(e),
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             }

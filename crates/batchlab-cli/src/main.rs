@@ -1,5 +1,6 @@
 //! The `batchlab` binary: one entry point for every experiment.
 
+mod allreduce;
 mod analysis;
 mod cluster;
 mod config;
@@ -55,6 +56,9 @@ enum Command {
 enum Bench {
     /// Step time of one run on 1, 2, 4 local workers, split into compute and all-reduce.
     Step(cluster::BenchStepArgs),
+    /// All-reduce bandwidth, latency and correctness across workers, nccl-tests style: per
+    /// size time, algbw, busbw, #wrong, p50/p99; the α-β fit per algorithm; a stress mode.
+    Allreduce(allreduce::AllreduceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +76,7 @@ fn main() -> std::process::ExitCode {
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),
         Command::Bench(Bench::Step(args)) => cluster::bench_step(args),
+        Command::Bench(Bench::Allreduce(args)) => allreduce::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

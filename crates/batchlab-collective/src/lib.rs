@@ -66,7 +66,9 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
-pub use cost::{alpha_beta_time, bus_bandwidth_factor, bytes_per_rank_sent};
+pub use cost::{
+    AlphaBetaFit, alpha_beta_time, bus_bandwidth_factor, bytes_per_rank_sent, fit_alpha_beta,
+};
 pub use memory::run_in_memory;
 pub use validate::{PlanError, validate};
 

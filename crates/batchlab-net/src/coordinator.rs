@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use batchlab_core::train::StepMetrics;
 
+use crate::bench::BenchRankResult;
 use crate::worker::{RankResult, RankTiming};
 use batchlab_proto::v1::coordinator_server::{self, CoordinatorServer};
 use batchlab_proto::v1::{
-    HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, ReportAck, RunReport, RunSpec,
-    Shutdown, TaskAssignment, TaskRequest, run_report, task_assignment,
+    BenchSpec, HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, ReportAck, RunReport,
+    RunSpec, Shutdown, TaskAssignment, TaskRequest, run_report, task_assignment,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -187,6 +188,11 @@ enum Event {
         task: u64,
         json: Vec<u8>,
     },
+    Bench {
+        rank: usize,
+        task: u64,
+        bytes: Vec<u8>,
+    },
     Error {
         rank: usize,
         task: u64,
@@ -203,7 +209,8 @@ struct State {
     last_seen: Vec<Option<Instant>>,
     lost: Vec<bool>,
     task: u64,
-    spec: Option<RunSpec>,
+    /// The current task (a run or a benchmark), handed to every worker that asks.
+    spec: Option<task_assignment::Kind>,
     abort: Option<String>,
     shutdown: Option<String>,
 }
@@ -355,30 +362,11 @@ impl Coordinator {
         let members = spec.seeds.len().max(1);
         let want_params = spec.return_params;
         let mut inbox = self.shared.inbox.lock().await;
-        while inbox.try_recv().is_ok() {} // leftovers of an earlier run
-        let task = {
-            let mut s = self.shared.state.lock().expect("poisoned");
-            if let Some(lost) = s.lost.iter().position(|l| *l) {
-                return Err(NetError::Aborted(format!(
-                    "rank {lost} was lost earlier; the cluster cannot run"
-                )));
-            }
-            s.task += 1;
-            s.spec = Some(spec);
-            s.abort = None;
-            s.task
-        };
-        self.shared.bump();
+        let task = self.start(&mut inbox, task_assignment::Kind::Run(spec))?;
         let world = self.shared.cfg.workers;
         let mut summaries: BTreeMap<usize, RankResult> = BTreeMap::new();
         let mut params = None;
-        let fail = |message: String| {
-            let mut s = self.shared.state.lock().expect("poisoned");
-            s.abort = Some(message.clone());
-            drop(s);
-            self.shared.bump();
-            NetError::Aborted(message)
-        };
+        let fail = |message: String| self.fail(message);
         while summaries.len() < world {
             let Some(event) = inbox.recv().await else {
                 return Err(fail("the coordinator is shutting down".to_string()));
@@ -454,6 +442,82 @@ impl Coordinator {
             timings: summaries.into_values().map(|r| r.timing).collect(),
             params,
         })
+    }
+
+    /// Runs an all-reduce benchmark on the workers and returns every rank's result, by rank.
+    pub async fn bench(&self, spec: BenchSpec) -> Result<Vec<BenchRankResult>, NetError> {
+        let mut inbox = self.shared.inbox.lock().await;
+        let task = self.start(&mut inbox, task_assignment::Kind::Bench(spec))?;
+        let world = self.shared.cfg.workers;
+        let mut results: BTreeMap<usize, BenchRankResult> = BTreeMap::new();
+        while results.len() < world {
+            let Some(event) = inbox.recv().await else {
+                return Err(self.fail("the coordinator is shutting down".to_string()));
+            };
+            match event {
+                Event::Bench {
+                    rank,
+                    task: t,
+                    bytes,
+                } if t == task => {
+                    let r: BenchRankResult = crate::decode(&bytes).map_err(|e| {
+                        self.fail(format!(
+                            "rank {rank} sent a malformed benchmark result: {e}"
+                        ))
+                    })?;
+                    if r.rank != rank {
+                        return Err(self.fail(format!(
+                            "rank {rank} sent a benchmark result of rank {}",
+                            r.rank
+                        )));
+                    }
+                    results.insert(rank, r);
+                }
+                Event::Error {
+                    rank,
+                    task: t,
+                    message,
+                } if t == task => {
+                    return Err(self.fail(format!("rank {rank} failed: {message}")));
+                }
+                Event::Lost { message, .. } => return Err(self.fail(message)),
+                _ => {} // an earlier task's stragglers
+            }
+        }
+        Ok(results.into_values().collect())
+    }
+
+    /// Publishes the next task to the workers and returns its number; refused once a rank was
+    /// lost.
+    fn start(
+        &self,
+        inbox: &mut mpsc::UnboundedReceiver<Event>,
+        kind: task_assignment::Kind,
+    ) -> Result<u64, NetError> {
+        while inbox.try_recv().is_ok() {} // leftovers of an earlier task
+        let task = {
+            let mut s = self.shared.state.lock().expect("poisoned");
+            if let Some(lost) = s.lost.iter().position(|l| *l) {
+                return Err(NetError::Aborted(format!(
+                    "rank {lost} was lost earlier; the cluster cannot run"
+                )));
+            }
+            s.task += 1;
+            s.spec = Some(kind);
+            s.abort = None;
+            s.task
+        };
+        self.shared.bump();
+        Ok(task)
+    }
+
+    /// Aborts the current task with `message` (workers hear it with their next heartbeat).
+    fn fail(&self, message: String) -> NetError {
+        let mut s = self.shared.state.lock().expect("poisoned");
+        s.abort = Some(message.clone());
+        drop(s);
+        self.shared.bump();
+        NetError::Aborted(message)
     }
 
     /// Aborts the current run (workers hear it with their next heartbeat) and tells every
@@ -598,10 +662,10 @@ impl coordinator_server::Coordinator for Service {
                     }));
                 }
                 if s.task > r.done_task {
-                    if let Some(spec) = &s.spec {
+                    if let Some(kind) = &s.spec {
                         return Ok(Response::new(TaskAssignment {
                             task: s.task,
-                            kind: Some(task_assignment::Kind::Run(spec.clone())),
+                            kind: Some(kind.clone()),
                         }));
                     }
                 }
@@ -635,6 +699,11 @@ impl coordinator_server::Coordinator for Service {
                     rank,
                     task: m.task,
                     json,
+                },
+                Some(run_report::Kind::Bench(bytes)) => Event::Bench {
+                    rank,
+                    task: m.task,
+                    bytes,
                 },
                 Some(run_report::Kind::Error(message)) => Event::Error {
                     rank,

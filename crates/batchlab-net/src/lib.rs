@@ -3,11 +3,13 @@
 //! - [`coordinator`]: rendezvous (a plain state machine), heartbeats, handing out runs,
 //!   collecting metrics.
 //! - [`worker`]: joins, connects to its peers, and runs training steps in lock step.
+//! - [`bench`]: the all-reduce benchmark a worker runs: timed, checked collectives.
 //! - [`mesh`]: the peer service and the networked executor of `batchlab-collective` plans.
 //! - [`auth`]: token and protocol-version checks on every call.
 //! - [`transport`]: HTTP/2 windows, frame and message limits shared by every endpoint.
 
 pub mod auth;
+pub mod bench;
 pub mod coordinator;
 pub mod error;
 pub mod mesh;

@@ -13,7 +13,7 @@
 //! number, step, length), and reduces or copies it into the buffer. Every wait has a deadline.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use batchlab_collective::{Op, Plan};
 use batchlab_proto::v1::peer_client::PeerClient;
@@ -290,27 +290,52 @@ impl Mesh {
         buf: &mut [T],
         plan: &Plan,
     ) -> Result<(), NetError> {
+        self.all_reduce_in(buf, plan, None, None).await
+    }
+
+    /// Skips `n` collectives this rank sits out (a benchmark round it is not a member of), so
+    /// that its sequence numbers stay those of the ranks that ran them.
+    pub fn skip_collectives(&mut self, n: u64) {
+        self.collective += n;
+    }
+
+    /// [`Mesh::all_reduce`] among a subset of the ranks: `group[i]` is the mesh rank of the
+    /// plan's rank `i` (`plan` made for `group.len()` ranks; `None`: every rank, in order). With
+    /// `trace`, every send, wait and reduction is appended to it with its start and end.
+    pub async fn all_reduce_in<T: Wire>(
+        &mut self,
+        buf: &mut [T],
+        plan: &Plan,
+        group: Option<&[usize]>,
+        mut trace: Option<&mut Vec<Phase>>,
+    ) -> Result<(), NetError> {
         assert_eq!(plan.len, buf.len(), "plan length");
+        let rank_of = |peer: usize| group.map_or(peer, |g| g[peer]);
         self.collective += 1;
         let seq = self.collective;
         for (k, step) in plan.steps.iter().enumerate() {
+            let k = k as u32;
             // Sends first, from the buffer as it is at the start of the step.
-            let mut outgoing: Vec<(usize, Vec<u8>)> = Vec::new();
             for op in &step.ops {
                 if let Op::Send { peer, range } = op {
-                    outgoing.push((*peer, T::encode(&buf[range.clone()])));
+                    let t0 = Instant::now();
+                    let payload = T::encode(&buf[range.clone()]);
+                    let bytes = payload.len();
+                    self.send(rank_of(*peer), seq, k, payload).await?;
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.push(Phase::new(PhaseKind::Send, k, rank_of(*peer), bytes, t0));
+                    }
                 }
-            }
-            for (peer, payload) in outgoing {
-                self.send(peer, seq, k as u32, payload).await?;
             }
             for op in &step.ops {
                 let (peer, range, add) = match op {
                     Op::Send { .. } => continue,
-                    Op::RecvReduce { peer, range } => (*peer, range.clone(), true),
-                    Op::RecvCopy { peer, range } => (*peer, range.clone(), false),
+                    Op::RecvReduce { peer, range } => (rank_of(*peer), range.clone(), true),
+                    Op::RecvCopy { peer, range } => (rank_of(*peer), range.clone(), false),
                 };
-                let chunk = self.recv(peer, seq, k as u32).await?;
+                let t0 = Instant::now();
+                let chunk = self.recv(peer, seq, k).await?;
+                let t1 = Instant::now();
                 let dst = &mut buf[range];
                 if chunk.payload.len() != dst.len() * T::SIZE {
                     return Err(NetError::Peer(format!(
@@ -323,6 +348,16 @@ impl Mesh {
                     )));
                 }
                 T::decode(&chunk.payload, dst, add);
+                if let Some(t) = trace.as_deref_mut() {
+                    let bytes = chunk.payload.len();
+                    t.push(Phase::new(PhaseKind::Wait, k, peer, bytes, t0).ending(t1));
+                    let what = if add {
+                        PhaseKind::Reduce
+                    } else {
+                        PhaseKind::Copy
+                    };
+                    t.push(Phase::new(what, k, peer, bytes, t1));
+                }
             }
         }
         Ok(())
@@ -401,6 +436,66 @@ impl Mesh {
     }
 }
 
+/// What a rank was doing during one phase of a collective (for timelines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseKind {
+    /// Encoding a piece and handing it to the peer's stream.
+    Send,
+    /// Waiting for a piece from a peer.
+    Wait,
+    /// Adding a received piece into the buffer.
+    Reduce,
+    /// Copying a received piece into the buffer.
+    Copy,
+}
+
+impl PhaseKind {
+    /// Lower-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Wait => "wait",
+            Self::Reduce => "reduce",
+            Self::Copy => "copy",
+        }
+    }
+}
+
+/// One phase of a collective on this rank.
+#[derive(Debug, Clone, Copy)]
+pub struct Phase {
+    /// What it was.
+    pub kind: PhaseKind,
+    /// The plan step.
+    pub step: u32,
+    /// The mesh rank on the other end.
+    pub peer: usize,
+    /// Bytes sent or received.
+    pub bytes: usize,
+    /// When it started and ended.
+    pub start: Instant,
+    /// When it ended.
+    pub end: Instant,
+}
+
+impl Phase {
+    fn new(kind: PhaseKind, step: u32, peer: usize, bytes: usize, start: Instant) -> Self {
+        Self {
+            kind,
+            step,
+            peer,
+            bytes,
+            start,
+            end: Instant::now(),
+        }
+    }
+
+    fn ending(mut self, end: Instant) -> Self {
+        self.end = end;
+        self
+    }
+}
+
 /// An element type that travels in collectives: little-endian on the wire, with its reduction.
 pub trait Wire: Copy + Send + Sync + 'static {
     /// Bytes per element.
@@ -417,7 +512,11 @@ impl Wire for i64 {
     const SIZE: usize = 8;
     const NAME: &'static str = "i64";
     fn encode(xs: &[Self]) -> Vec<u8> {
-        xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+        let mut out = vec![0; xs.len() * 8];
+        for (o, x) in out.chunks_exact_mut(8).zip(xs) {
+            o.copy_from_slice(&x.to_le_bytes());
+        }
+        out
     }
     fn decode(bytes: &[u8], dst: &mut [Self], add: bool) {
         let words = bytes
@@ -437,7 +536,11 @@ impl Wire for f32 {
     const SIZE: usize = 4;
     const NAME: &'static str = "f32";
     fn encode(xs: &[Self]) -> Vec<u8> {
-        xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+        let mut out = vec![0; xs.len() * 4];
+        for (o, x) in out.chunks_exact_mut(4).zip(xs) {
+            o.copy_from_slice(&x.to_le_bytes());
+        }
+        out
     }
     fn decode(bytes: &[u8], dst: &mut [Self], add: bool) {
         let xs = bytes

@@ -20,7 +20,8 @@ use batchlab_core::train::{
 };
 use batchlab_proto::v1::coordinator_client::CoordinatorClient;
 use batchlab_proto::v1::{
-    HeartbeatRequest, JoinRequest, RunReport, RunSpec, TaskRequest, run_report, task_assignment,
+    BenchSpec, HeartbeatRequest, JoinRequest, RunReport, RunSpec, TaskRequest, run_report,
+    task_assignment,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -233,6 +234,15 @@ async fn join_and_work(
                 tracing::info!(reason = s.reason, "shutting down");
                 break Ok(());
             }
+            Some(task_assignment::Kind::Bench(spec)) => {
+                if let Err(e) =
+                    bench(&ctx, assignment.task, &spec, &mut mesh, abort_rx.clone()).await
+                {
+                    tracing::error!(rank, "benchmark failed: {e}");
+                    break Err(e);
+                }
+                done = assignment.task;
+            }
             Some(task_assignment::Kind::Run(spec)) => {
                 let result = train(&ctx, assignment.task, &spec, &mut mesh, abort_rx.clone()).await;
                 if let Err(e) = result {
@@ -339,6 +349,34 @@ async fn train(
         Ok(Err(s)) => result.and(Err(NetError::rpc("reporting to the coordinator", s))),
         Err(_) => result,
     }
+}
+
+/// Runs one all-reduce benchmark spec and reports this rank's result (or error).
+async fn bench(
+    ctx: &Ctx,
+    task: u64,
+    spec: &BenchSpec,
+    mesh: &mut Mesh,
+    abort: watch::Receiver<Option<String>>,
+) -> Result<(), NetError> {
+    let result = crate::bench::run(spec, mesh, abort).await;
+    let kind = match &result {
+        Ok(r) => run_report::Kind::Bench(crate::encode(r)),
+        Err(e) => run_report::Kind::Error(e.to_string()),
+    };
+    let msg = RunReport {
+        session: ctx.session.clone(),
+        rank: ctx.rank as u32,
+        task,
+        kind: Some(kind),
+        member: 0,
+    };
+    let mut client = ctx.client.clone();
+    let sent = client
+        .report(tokio_stream::once(msg))
+        .await
+        .map_err(|s| NetError::rpc("reporting to the coordinator", s));
+    result.and(sent).map(|_| ())
 }
 
 /// One replica of a run (a seed-mean group has one per seed) and its sampler.

@@ -66,8 +66,10 @@ async fn a_caller_of_another_protocol_version_is_refused_naming_both_versions() 
     let status = client.join(join("127.0.0.1:9")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
     assert!(
-        status.message().contains("speaks batchlab protocol 2")
-            && status.message().contains("sent version 99"),
+        status.message().contains(&format!(
+            "speaks batchlab protocol {}",
+            batchlab_proto::PROTOCOL_VERSION
+        )) && status.message().contains("sent version 99"),
         "{}",
         status.message()
     );

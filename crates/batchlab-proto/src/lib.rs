@@ -9,4 +9,5 @@ pub mod v1 {
 }
 
 /// The protocol version every RPC announces in the `x-batchlab-protocol` metadata entry.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3 added the all-reduce benchmark task.
+pub const PROTOCOL_VERSION: u32 = 3;
