@@ -84,6 +84,9 @@ pub struct AllreduceArgs {
         default_value = ""
     )]
     token: String,
+    /// How payloads travel: tcp (plain TCP streams beside the gRPC control plane) or grpc.
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "grpc"])]
+    transport: String,
     /// Largest piece of a collective message, in bytes (K, M suffixes).
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     chunk_bytes: u64,
@@ -423,6 +426,7 @@ fn spec(args: &AllreduceArgs, ops: Vec<BenchOp>, members: Vec<u32>, check_all: b
         members,
         trace_every: args.trace_every,
         corrupt_rank: args.corrupt_rank.map_or(0, |r| r + 1),
+        transport: args.transport.clone(),
     }
 }
 
@@ -437,7 +441,7 @@ fn sweep(
     let world = cluster.workers();
     let check = args.check == 1;
     println!(
-        "# batchlab bench allreduce: {world} ranks ({}), {} reduction ({}), chunks of {} bytes",
+        "# batchlab bench allreduce: {world} ranks ({}), {} reduction ({}), {} transport, chunks of {} bytes",
         if args.listen.is_some() {
             "workers that joined"
         } else {
@@ -445,6 +449,7 @@ fn sweep(
         },
         args.reduce,
         elem.1,
+        args.transport,
         args.chunk_bytes
     );
     println!(
@@ -545,6 +550,7 @@ fn sweep(
     let json = serde_json::json!({
         "world": world,
         "reduce": args.reduce,
+        "transport": args.transport,
         "type": elem.1,
         "chunk_bytes": args.chunk_bytes,
         "iters": args.iters,

@@ -29,6 +29,10 @@ pub struct ReduceArgs {
     /// sums: per element within W·2⁻²⁴·Σ|rank sums| of the exact sum; half the bytes).
     #[arg(long, default_value = "exact")]
     reduce: String,
+    /// How collective payloads travel: tcp (plain TCP streams beside the gRPC control plane)
+    /// or grpc (gRPC streams; about half the bandwidth).
+    #[arg(long, default_value = "tcp")]
+    transport: String,
     /// Largest piece of a collective message, in bytes (1–16 MiB avoids every size cliff).
     #[arg(long, default_value_t = 4 << 20)]
     chunk_bytes: u64,
@@ -46,6 +50,9 @@ impl ReduceArgs {
         self.allreduce
             .parse::<batchlab_collective::Algorithm>()
             .map_err(|e| anyhow!("--allreduce {}: {e}", self.allreduce))?;
+        if !matches!(self.transport.as_str(), "tcp" | "grpc") {
+            bail!("--transport {}: expected tcp or grpc", self.transport);
+        }
         if !matches!(self.reduce.as_str(), "exact" | "fast") {
             bail!("--reduce {}: expected exact or fast", self.reduce);
         }
@@ -70,6 +77,7 @@ impl ReduceArgs {
             peer_timeout_ms: self.peer_timeout_ms,
             seeds: seeds.to_vec(),
             return_params,
+            transport: self.transport.clone(),
         })
     }
 
@@ -77,6 +85,7 @@ impl ReduceArgs {
     /// come with each benchmark spec).
     pub fn for_bench(chunk_bytes: u64, peer_timeout_ms: u64, heartbeat_timeout_ms: u64) -> Self {
         Self {
+            transport: "tcp".into(),
             allreduce: "ring".into(),
             reduce: "exact".into(),
             chunk_bytes,

@@ -13,6 +13,11 @@ mod warmup;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc keeps freed message buffers (MiB each, many per all-reduce) for reuse; glibc's
+/// malloc handed them back to the kernel and page-faulted them in again on every piece.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// batchlab: how training behaves as the batch grows.
 ///
 /// Data-parallel training simulator: linear and square-root learning-rate scaling, warmup

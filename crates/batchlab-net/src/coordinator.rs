@@ -78,6 +78,8 @@ pub struct RunOutcome {
 pub struct Member {
     /// Address of its peer service.
     pub addr: String,
+    /// Address of its TCP data plane (empty: none).
+    pub data_addr: String,
     /// Host name, for logs.
     pub hostname: String,
     /// Process id, for logs.
@@ -161,6 +163,16 @@ impl Rendezvous {
         let mut peers = vec![String::new(); self.world];
         for (i, &r) in ranks.iter().enumerate() {
             peers[r] = self.joined[i].addr.clone();
+        }
+        Some(peers)
+    }
+
+    /// Data-plane addresses by rank, once complete.
+    pub fn data_peers(&self) -> Option<Vec<String>> {
+        let ranks = self.ranks.as_ref()?;
+        let mut peers = vec![String::new(); self.world];
+        for (i, &r) in ranks.iter().enumerate() {
+            peers[r] = self.joined[i].data_addr.clone();
         }
         Some(peers)
     }
@@ -589,6 +601,7 @@ impl coordinator_server::Coordinator for Service {
         }
         let member = Member {
             addr: r.advertise_addr.clone(),
+            data_addr: r.data_addr.clone(),
             hostname: r.hostname.clone(),
             pid: r.pid,
             requested_rank: u32::try_from(r.requested_rank).ok(),
@@ -613,11 +626,11 @@ impl coordinator_server::Coordinator for Service {
             .wait_ready(self.shared.cfg.join_timeout)
             .await
             .map_err(to_status)?;
-        let rank = {
+        let (rank, data_peers) = {
             let mut s = self.shared.state.lock().expect("poisoned");
             let rank = s.rendezvous.rank_of(index).expect("complete");
             s.last_seen[rank] = Some(Instant::now());
-            rank
+            (rank, s.rendezvous.data_peers().expect("complete"))
         };
         Ok(Response::new(JoinReply {
             session: self.shared.session.clone(),
@@ -627,6 +640,7 @@ impl coordinator_server::Coordinator for Service {
             peers,
             heartbeat_interval_ms: self.shared.cfg.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: self.shared.cfg.heartbeat_timeout.as_millis() as u64,
+            data_peers,
         }))
     }
 
@@ -725,6 +739,7 @@ mod tests {
     fn member(addr: &str, rank: Option<u32>) -> Member {
         Member {
             addr: addr.to_string(),
+            data_addr: String::new(),
             hostname: "h".to_string(),
             pid: 1,
             requested_rank: rank,

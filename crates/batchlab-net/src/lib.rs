@@ -4,6 +4,7 @@
 //!   collecting metrics.
 //! - [`worker`]: joins, connects to its peers, and runs training steps in lock step.
 //! - [`bench`]: the all-reduce benchmark a worker runs: timed, checked collectives.
+//! - [`dataplane`]: collective payloads on plain TCP streams (the default transport).
 //! - [`mesh`]: the peer service and the networked executor of `batchlab-collective` plans.
 //! - [`auth`]: token and protocol-version checks on every call.
 //! - [`transport`]: HTTP/2 windows, frame and message limits shared by every endpoint.
@@ -11,6 +12,7 @@
 pub mod auth;
 pub mod bench;
 pub mod coordinator;
+pub mod dataplane;
 pub mod error;
 pub mod mesh;
 pub mod transport;

@@ -31,7 +31,7 @@ use crate::transport;
 
 /// What a receiver gets from a peer's stream.
 #[derive(Debug)]
-enum Inbound {
+pub(crate) enum Inbound {
     Chunk(Chunk),
     /// The peer's stream ended or broke.
     Closed(String),
@@ -39,10 +39,12 @@ enum Inbound {
 
 /// Where chunks from each rank go, installed once the world is known.
 #[derive(Debug)]
-struct Routes {
-    session: String,
-    generation: u64,
-    inboxes: Vec<mpsc::UnboundedSender<Inbound>>,
+pub(crate) struct Routes {
+    pub session: String,
+    pub generation: u64,
+    /// This worker's rank.
+    pub rank: Option<usize>,
+    pub inboxes: Vec<mpsc::UnboundedSender<Inbound>>,
 }
 
 /// The `Peer` service of one worker.
@@ -150,6 +152,17 @@ impl PeerEndpoint {
         InterceptedService::new(server, Check::new(token, "worker"))
     }
 
+    /// Serves the TCP data plane on `listener` (see [`crate::dataplane`]) until the process
+    /// ends; connections are accepted once they present `token` and this world's session.
+    pub fn serve_data(&self, listener: tokio::net::TcpListener, token: &str) {
+        tokio::spawn(crate::dataplane::serve(
+            listener,
+            self.service.routes.clone(),
+            token.into(),
+            self.service.route_timeout,
+        ));
+    }
+
     /// Connects to every peer and installs the routes of this world: from now on chunks are
     /// accepted. `peers[r]` is rank `r`'s address; `peers[rank]` is this worker.
     pub async fn connect(
@@ -158,6 +171,7 @@ impl PeerEndpoint {
         generation: u64,
         rank: usize,
         peers: &[String],
+        data_peers: &[String],
         token: &str,
         timeout: Duration,
     ) -> Result<Mesh, NetError> {
@@ -174,6 +188,7 @@ impl PeerEndpoint {
             .send(Some(Arc::new(Routes {
                 session: session.to_string(),
                 generation,
+                rank: Some(rank),
                 inboxes: txs,
             })))
             .map_err(|_| NetError::Peer("the peer service stopped".to_string()))?;
@@ -207,7 +222,32 @@ impl PeerEndpoint {
                 done: done_rx,
             }));
         }
+        // The TCP data plane, when every peer offers one.
+        let mut data = Vec::with_capacity(world);
+        let complete = data_peers.len() == world && data_peers.iter().all(|a| !a.is_empty());
+        for (r, addr) in data_peers.iter().enumerate().filter(|_| complete) {
+            if r == rank {
+                data.push(None);
+                continue;
+            }
+            let hello = crate::dataplane::Hello {
+                token: token.to_string(),
+                session: session.to_string(),
+                generation,
+                from_rank: rank as u32,
+                to_rank: r as u32,
+            };
+            data.push(Some(
+                crate::dataplane::connect(addr, &hello, timeout).await?,
+            ));
+        }
         Ok(Mesh {
+            transport: if complete {
+                Transport::Tcp
+            } else {
+                Transport::Grpc
+            },
+            data,
             rank,
             world,
             session: session.to_string(),
@@ -249,6 +289,9 @@ struct Sender {
 
 /// A worker's connections to all its peers in one generation, and the collective executor.
 pub struct Mesh {
+    transport: Transport,
+    /// TCP data-plane streams by rank (empty without a data plane).
+    data: Vec<Option<tokio::net::TcpStream>>,
     rank: usize,
     world: usize,
     session: String,
@@ -269,6 +312,17 @@ impl Mesh {
     /// Number of ranks.
     pub fn world(&self) -> usize {
         self.world
+    }
+
+    /// Chooses how collective payloads travel; TCP needs every peer's data plane.
+    pub fn set_transport(&mut self, t: Transport) -> Result<(), NetError> {
+        if t == Transport::Tcp && self.data.is_empty() && self.world > 1 {
+            return Err(NetError::Config(
+                "transport tcp: a peer offered no data-plane address (an older worker?); use --transport grpc".into(),
+            ));
+        }
+        self.transport = t;
+        Ok(())
     }
 
     /// Sets the deadline of any one receive.
@@ -319,9 +373,17 @@ impl Mesh {
             for op in &step.ops {
                 if let Op::Send { peer, range } = op {
                     let t0 = Instant::now();
-                    let payload = T::encode(&buf[range.clone()]);
-                    let bytes = payload.len();
-                    self.send(rank_of(*peer), seq, k, payload).await?;
+                    let bytes = range.len() * T::SIZE;
+                    match self.transport {
+                        Transport::Grpc => {
+                            let payload = T::encode(&buf[range.clone()]);
+                            self.send(rank_of(*peer), seq, k, payload).await?;
+                        }
+                        Transport::Tcp => {
+                            let payload = T::le_bytes(&buf[range.clone()]);
+                            self.send_tcp(rank_of(*peer), seq, k, &payload).await?;
+                        }
+                    }
                     if let Some(t) = trace.as_deref_mut() {
                         t.push(Phase::new(PhaseKind::Send, k, rank_of(*peer), bytes, t0));
                     }
@@ -405,6 +467,31 @@ impl Mesh {
         }
     }
 
+    async fn send_tcp(
+        &mut self,
+        peer: usize,
+        seq: u64,
+        step: u32,
+        payload: &[u8],
+    ) -> Result<(), NetError> {
+        let timeout = self.recv_timeout;
+        let name = self.peer_name(peer);
+        let stream = self.data[peer].as_mut().expect("never sends to itself");
+        match tokio::time::timeout(
+            timeout,
+            crate::dataplane::write_piece(stream, seq, step, payload),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(NetError::Peer(format!("lost {name}: {e}"))),
+            Err(_) => Err(NetError::Timeout {
+                what: format!("{name} to accept data in collective {seq}"),
+                after: timeout,
+            }),
+        }
+    }
+
     async fn recv(&self, peer: usize, seq: u64, step: u32) -> Result<Chunk, NetError> {
         let mut inbox = self.inboxes[peer].lock().await;
         let got = tokio::time::timeout(self.recv_timeout, inbox.recv())
@@ -431,6 +518,28 @@ impl Mesh {
             None => Err(NetError::Peer(format!(
                 "lost {}: this worker's peer service stopped",
                 self.peer_name(peer)
+            ))),
+        }
+    }
+}
+
+/// How collective payloads travel between workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP streams beside the gRPC control plane ([`crate::dataplane`]); the default.
+    Tcp,
+    /// The `Peer.Exchange` gRPC streams.
+    Grpc,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = NetError;
+    fn from_str(s: &str) -> Result<Self, NetError> {
+        match s {
+            "" | "tcp" => Ok(Self::Tcp),
+            "grpc" => Ok(Self::Grpc),
+            other => Err(NetError::Config(format!(
+                "transport {other:?}: expected \"tcp\" or \"grpc\""
             ))),
         }
     }
@@ -504,11 +613,20 @@ pub trait Wire: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     /// Little-endian bytes of `xs`.
     fn encode(xs: &[Self]) -> Vec<u8>;
+    /// Little-endian bytes of `xs`, borrowed where the machine is little-endian.
+    fn le_bytes(xs: &[Self]) -> std::borrow::Cow<'_, [u8]>;
     /// Adds (`add`) or copies the elements in `bytes` into `dst`; `bytes.len() == dst.len() * SIZE`.
     fn decode(bytes: &[u8], dst: &mut [Self], add: bool);
 }
 
 impl Wire for i64 {
+    fn le_bytes(xs: &[Self]) -> std::borrow::Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            std::borrow::Cow::Borrowed(bytemuck::cast_slice(xs))
+        } else {
+            std::borrow::Cow::Owned(Self::encode(xs))
+        }
+    }
     const SIZE: usize = 8;
     const NAME: &'static str = "i64";
     fn encode(xs: &[Self]) -> Vec<u8> {
@@ -519,6 +637,19 @@ impl Wire for i64 {
         out
     }
     fn decode(bytes: &[u8], dst: &mut [Self], add: bool) {
+        // Aligned little-endian bytes are the words themselves.
+        if cfg!(target_endian = "little")
+            && let Ok(words) = bytemuck::try_cast_slice::<u8, i64>(bytes)
+        {
+            if add {
+                dst.iter_mut()
+                    .zip(words)
+                    .for_each(|(d, w)| *d = d.wrapping_add(*w));
+            } else {
+                dst.copy_from_slice(words);
+            }
+            return;
+        }
         let words = bytes
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
@@ -533,6 +664,13 @@ impl Wire for i64 {
 }
 
 impl Wire for f32 {
+    fn le_bytes(xs: &[Self]) -> std::borrow::Cow<'_, [u8]> {
+        if cfg!(target_endian = "little") {
+            std::borrow::Cow::Borrowed(bytemuck::cast_slice(xs))
+        } else {
+            std::borrow::Cow::Owned(Self::encode(xs))
+        }
+    }
     const SIZE: usize = 4;
     const NAME: &'static str = "f32";
     fn encode(xs: &[Self]) -> Vec<u8> {
@@ -543,6 +681,16 @@ impl Wire for f32 {
         out
     }
     fn decode(bytes: &[u8], dst: &mut [Self], add: bool) {
+        if cfg!(target_endian = "little")
+            && let Ok(xs) = bytemuck::try_cast_slice::<u8, f32>(bytes)
+        {
+            if add {
+                dst.iter_mut().zip(xs).for_each(|(d, x)| *d += *x);
+            } else {
+                dst.copy_from_slice(xs);
+            }
+            return;
+        }
         let xs = bytes
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")));

@@ -109,7 +109,27 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
         }
         None => local.to_string(),
     };
+    // The TCP data plane listens beside the peer service, on the same interface.
+    let data_listener =
+        TcpListener::bind((cfg.listen.ip(), 0))
+            .await
+            .map_err(|e| NetError::Io {
+                what: format!("binding the data-plane listener on {}", cfg.listen.ip()),
+                source: e,
+            })?;
+    let data_port = data_listener
+        .local_addr()
+        .map_err(|e| NetError::Io {
+            what: "data-plane listener address".into(),
+            source: e,
+        })?
+        .port();
+    let data_addr = match advertise.rsplit_once(':') {
+        Some((host, _)) => format!("{host}:{data_port}"),
+        None => format!("{advertise}:{data_port}"),
+    };
     let endpoint = PeerEndpoint::new(cfg.connect_timeout);
+    endpoint.serve_data(data_listener, &cfg.token);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = transport::server()
         .add_service(endpoint.service(&cfg.token))
@@ -120,7 +140,7 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
             },
         );
     let server = tokio::spawn(server);
-    let result = join_and_work(&cfg, &endpoint, &advertise).await;
+    let result = join_and_work(&cfg, &endpoint, &advertise, &data_addr).await;
     let _ = stop_tx.send(true);
     let _ = server.await;
     result
@@ -167,6 +187,7 @@ async fn join_and_work(
     cfg: &WorkerConfig,
     endpoint: &PeerEndpoint,
     advertise: &str,
+    data_addr: &str,
 ) -> Result<(), NetError> {
     let mut client = connect_coordinator(cfg).await?;
     let reply = client
@@ -175,6 +196,7 @@ async fn join_and_work(
             hostname: hostname(),
             pid: std::process::id(),
             requested_rank: cfg.requested_rank.map_or(-1, i64::from),
+            data_addr: data_addr.to_string(),
         })
         .await
         .map_err(|s| NetError::rpc(format!("joining the coordinator at {}", cfg.coordinator), s))?
@@ -187,6 +209,7 @@ async fn join_and_work(
             reply.generation,
             rank,
             &reply.peers,
+            &reply.data_peers,
             &cfg.token,
             cfg.connect_timeout,
         )
@@ -415,6 +438,7 @@ where
     if spec.peer_timeout_ms > 0 {
         mesh.set_recv_timeout(Duration::from_millis(spec.peer_timeout_ms));
     }
+    mesh.set_transport(spec.transport.parse()?)?;
     let (rank, world) = (mesh.rank(), mesh.world());
     let n = plan.num_micro();
     let mine = balanced_range(n, rank, world);

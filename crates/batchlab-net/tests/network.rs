@@ -47,6 +47,7 @@ fn join(addr: &str) -> JoinRequest {
         hostname: "test".into(),
         pid: 1,
         requested_rank: -1,
+        data_addr: String::new(),
     }
 }
 
@@ -125,7 +126,7 @@ async fn an_unreachable_peer_address_is_named_in_the_error() {
     // Port 1 on loopback: nothing listens there.
     let peers = ["127.0.0.1:0".to_string(), "127.0.0.1:1".to_string()];
     let e = endpoint
-        .connect("s", 1, 0, &peers, TOKEN, Duration::from_millis(500))
+        .connect("s", 1, 0, &peers, &[], TOKEN, Duration::from_millis(500))
         .await
         .err()
         .expect("unreachable");
@@ -146,7 +147,7 @@ async fn two_ranks() -> (batchlab_net::mesh::Mesh, RawPeer, PeerEndpoint) {
     let (addr_a, addr_b) = (start_peer(&a).await, start_peer(&b).await);
     let peers = [addr_a.clone(), addr_b];
     let mut mesh = a
-        .connect("s", 1, 0, &peers, TOKEN, Duration::from_secs(5))
+        .connect("s", 1, 0, &peers, &[], TOKEN, Duration::from_secs(5))
         .await
         .unwrap();
     mesh.set_recv_timeout(Duration::from_secs(5));
@@ -303,10 +304,13 @@ fn spec(cfg: &batchlab_core::train::TrainConfig, allreduce: &str) -> batchlab_pr
         peer_timeout_ms: 20_000,
         seeds: vec![],
         return_params: false,
+        // The gRPC streams for tree, the TCP data plane otherwise: both must agree exactly.
+        transport: if allreduce == "tree" { "grpc" } else { "tcp" }.into(),
     }
 }
 
-/// The same scenario in one process and over gRPC: several runs, one after another, on the same
+/// The same scenario in one process and across workers (TCP data plane and gRPC streams):
+/// several runs, one after another, on the same
 /// three in-process workers end exactly where single-process training ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
