@@ -125,6 +125,21 @@ impl Peer for PeerService {
     }
 }
 
+/// The world a worker joined: what the coordinator's join reply says.
+#[derive(Debug, Clone, Copy)]
+pub struct World<'a> {
+    /// The coordinator's session.
+    pub session: &'a str,
+    /// The membership generation.
+    pub generation: u64,
+    /// This worker's rank.
+    pub rank: usize,
+    /// Peer-service addresses by rank (`peers[rank]` is this worker).
+    pub peers: &'a [String],
+    /// TCP data-plane addresses by rank (empty: no data plane; gRPC streams carry payloads).
+    pub data_peers: &'a [String],
+}
+
 /// The server half of a worker's mesh, created before the world is known.
 pub struct PeerEndpoint {
     install: watch::Sender<Option<Arc<Routes>>>,
@@ -163,18 +178,20 @@ impl PeerEndpoint {
         ));
     }
 
-    /// Connects to every peer and installs the routes of this world: from now on chunks are
-    /// accepted. `peers[r]` is rank `r`'s address; `peers[rank]` is this worker.
+    /// Connects to every peer and installs the routes of `w`: from now on chunks are accepted.
     pub async fn connect(
         &self,
-        session: &str,
-        generation: u64,
-        rank: usize,
-        peers: &[String],
-        data_peers: &[String],
+        w: &World<'_>,
         token: &str,
         timeout: Duration,
     ) -> Result<Mesh, NetError> {
+        let World {
+            session,
+            generation,
+            rank,
+            peers,
+            data_peers,
+        } = *w;
         let world = peers.len();
         let mut senders = Vec::with_capacity(world);
         let mut inboxes = Vec::with_capacity(world);

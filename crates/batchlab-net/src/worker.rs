@@ -203,16 +203,15 @@ async fn join_and_work(
         .into_inner();
     let rank = reply.rank as usize;
     tracing::info!(rank, world = reply.world_size, advertise, "joined");
+    let world = crate::mesh::World {
+        session: &reply.session,
+        generation: reply.generation,
+        rank,
+        peers: &reply.peers,
+        data_peers: &reply.data_peers,
+    };
     let mut mesh = endpoint
-        .connect(
-            &reply.session,
-            reply.generation,
-            rank,
-            &reply.peers,
-            &reply.data_peers,
-            &cfg.token,
-            cfg.connect_timeout,
-        )
+        .connect(&world, &cfg.token, cfg.connect_timeout)
         .await?;
 
     let (abort_tx, abort_rx) = watch::channel(None::<String>);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use batchlab_collective::{Algorithm, PlanConfig};
 use batchlab_net::auth::{PROTOCOL_KEY, Stamp, TOKEN_KEY};
-use batchlab_net::mesh::PeerEndpoint;
+use batchlab_net::mesh::{PeerEndpoint, World};
 use batchlab_net::{Coordinator, CoordinatorConfig, NetError, transport};
 use batchlab_proto::v1::coordinator_client::CoordinatorClient;
 use batchlab_proto::v1::peer_client::PeerClient;
@@ -126,7 +126,17 @@ async fn an_unreachable_peer_address_is_named_in_the_error() {
     // Port 1 on loopback: nothing listens there.
     let peers = ["127.0.0.1:0".to_string(), "127.0.0.1:1".to_string()];
     let e = endpoint
-        .connect("s", 1, 0, &peers, &[], TOKEN, Duration::from_millis(500))
+        .connect(
+            &World {
+                session: "s",
+                generation: 1,
+                rank: 0,
+                peers: &peers,
+                data_peers: &[],
+            },
+            TOKEN,
+            Duration::from_millis(500),
+        )
         .await
         .err()
         .expect("unreachable");
@@ -147,7 +157,17 @@ async fn two_ranks() -> (batchlab_net::mesh::Mesh, RawPeer, PeerEndpoint) {
     let (addr_a, addr_b) = (start_peer(&a).await, start_peer(&b).await);
     let peers = [addr_a.clone(), addr_b];
     let mut mesh = a
-        .connect("s", 1, 0, &peers, &[], TOKEN, Duration::from_secs(5))
+        .connect(
+            &World {
+                session: "s",
+                generation: 1,
+                rank: 0,
+                peers: &peers,
+                data_peers: &[],
+            },
+            TOKEN,
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     mesh.set_recv_timeout(Duration::from_secs(5));
