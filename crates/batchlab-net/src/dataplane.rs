@@ -4,32 +4,34 @@
 //!
 //! Why: through tonic a payload byte is copied four times in user space (encode, gRPC framing,
 //! HTTP/2 reassembly, protobuf decode) besides the kernel's two; on a small machine those
-//! copies, not the network, set the all-reduce bandwidth. Here a sender writes the elements'
-//! little-endian bytes straight from its buffer and the receiver reads them into one buffer that
-//! the reduction consumes: the same work per byte as Gloo's or MPI's TCP transports.
+//! copies, not the network, set the all-reduce bandwidth. Here each plan step runs its sends
+//! and receives at once: a sender writes the elements' little-endian bytes straight from the
+//! buffer, a receiver reads a copied piece straight into place and a reduced piece through a
+//! small scratch that stays in cache. The only copies left are the kernel's.
 //!
 //! ```text
 //!   connect ─► hello: "BLDP" version token session generation from_rank to_rank
-//!           ◄─ 0 (accepted) | 1, message (refused: wrong token, session, generation, rank)
+//!           ◄─ 0 (accepted: the stream goes to the mesh) | 1, message (refused)
 //!   then, per piece: collective u64 | step u32 | length u32 | payload (little-endian elements)
 //! ```
 //!
 //! The hello is checked like a gRPC call (token in constant time, protocol version, session,
-//! generation, ranks) before any payload is accepted; a refused connection is closed and
-//! logged and changes nothing. A length beyond the message limit closes the stream with an
-//! error that names it.
+//! generation, ranks) before the stream is handed to the mesh; a refused connection is closed
+//! and logged and changes nothing. Each piece's header is checked against the plan (collective,
+//! step, length, the message limit) before a byte of it is used.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use batchlab_proto::PROTOCOL_VERSION;
-use batchlab_proto::v1::Chunk;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::NetError;
-use crate::mesh::{Inbound, Routes};
+use std::ops::Range;
+
+use crate::mesh::{Routes, Wire};
 use crate::transport::MAX_MESSAGE;
 
 const MAGIC: &[u8; 4] = b"BLDP";
@@ -188,62 +190,9 @@ async fn receive(
         return Err(why);
     }
     stream.write_all(&[0]).await.map_err(|e| e.to_string())?;
-    let from = hello.from_rank as usize;
-    let inbox = &routes.inboxes[from];
-    let mut header = [0u8; HEADER];
-    loop {
-        match stream.read_exact(&mut header).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                let _ = inbox.send(Inbound::Closed("stream ended".to_string()));
-                return Ok(());
-            }
-            Err(e) => {
-                let _ = inbox.send(Inbound::Closed(format!("stream broke: {e}")));
-                return Err(e.to_string());
-            }
-        }
-        let collective = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
-        let step = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-        let len = u32::from_le_bytes(header[12..].try_into().expect("4 bytes")) as usize;
-        if len > MAX_MESSAGE {
-            let why = format!(
-                "a piece of {len} bytes from rank {from}: at most {MAX_MESSAGE} bytes accepted"
-            );
-            let _ = inbox.send(Inbound::Closed(why.clone()));
-            return Err(why);
-        }
-        // Read into the spare capacity: no zeroing, no growth (read_to_end would grow the
-        // buffer, copying it, to look for an end of stream).
-        let mut payload = Vec::with_capacity(len);
-        while payload.len() < len {
-            let want = (len - payload.len()) as u64;
-            match (&mut stream).take(want).read_buf(&mut payload).await {
-                Ok(0) => {
-                    let why = format!(
-                        "stream ended inside a piece ({} of {len} bytes)",
-                        payload.len()
-                    );
-                    let _ = inbox.send(Inbound::Closed(why.clone()));
-                    return Err(why);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = inbox.send(Inbound::Closed(format!("stream broke: {e}")));
-                    return Err(e.to_string());
-                }
-            }
-        }
-        // A receiver that is gone means this worker is leaving the run.
-        let _ = inbox.send(Inbound::Chunk(Chunk {
-            session: String::new(),
-            from_rank: from as u32,
-            generation: routes.generation,
-            collective,
-            step,
-            payload,
-        }));
-    }
+    // From here on the mesh reads this stream itself, straight into its buffers.
+    let _ = routes.streams[hello.from_rank as usize].send(stream);
+    Ok(())
 }
 
 /// Opens the data-plane stream to `addr` and has the hello accepted.
@@ -292,26 +241,134 @@ pub(crate) async fn connect(
     }
 }
 
-/// Writes one piece: header and payload (one write for small pieces).
-pub(crate) async fn write_piece(
+/// Pieces up to this size go out in one write with their header.
+const SMALL: usize = 64 << 10;
+/// Scratch for received bytes that are added (a cache-resident slice at a time).
+const SCRATCH: usize = 64 << 10;
+
+/// Writes one piece of `len` bytes: the header, then `parts` (one write for small pieces).
+pub(crate) async fn write_piece<'a>(
     stream: &mut TcpStream,
     collective: u64,
     step: u32,
-    payload: &[u8],
+    len: usize,
+    parts: impl Iterator<Item = std::borrow::Cow<'a, [u8]>>,
 ) -> std::io::Result<()> {
     let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(&collective.to_le_bytes());
     header[8..12].copy_from_slice(&step.to_le_bytes());
-    header[12..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    if payload.len() <= 64 << 10 {
-        let mut one = Vec::with_capacity(HEADER + payload.len());
+    header[12..].copy_from_slice(&(len as u32).to_le_bytes());
+    if len <= SMALL {
+        let mut one = Vec::with_capacity(HEADER + len);
         one.extend_from_slice(&header);
-        one.extend_from_slice(payload);
+        parts.for_each(|p| one.extend_from_slice(&p));
         stream.write_all(&one).await
     } else {
         stream.write_all(&header).await?;
-        stream.write_all(payload).await
+        for p in parts {
+            stream.write_all(&p).await?;
+        }
+        Ok(())
     }
+}
+
+/// Why a piece could not be read.
+#[derive(Debug)]
+pub(crate) enum PieceError {
+    /// The stream broke or ended.
+    Lost(String),
+    /// The peer sent something else than the plan expects (reads after the peer's name).
+    Bad(String),
+}
+
+/// Reads one piece from `stream` into `dsts` (the piece's ranges in order), adding or
+/// copying. Checks the header against the expected collective, step and length. Returns when
+/// the header arrived (the end of the wait).
+pub(crate) async fn read_piece<'a, T: Wire>(
+    stream: &mut TcpStream,
+    collective: u64,
+    step: u32,
+    expected: usize,
+    dsts: impl Iterator<Item = &'a mut [T]>,
+    add: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<Option<std::time::Instant>, PieceError> {
+    let broke = |e: std::io::Error| PieceError::Lost(format!("its data-plane stream broke ({e})"));
+    let mut header = [0u8; HEADER];
+    stream.read_exact(&mut header).await.map_err(broke)?;
+    let arrived = std::time::Instant::now();
+    let got_collective = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+    let got_step = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let len = u32::from_le_bytes(header[12..].try_into().expect("4 bytes")) as usize;
+    if len > MAX_MESSAGE {
+        return Err(PieceError::Bad(format!(
+            "sent a piece of {len} bytes: at most {MAX_MESSAGE} bytes accepted"
+        )));
+    }
+    if (got_collective, got_step) != (collective, step) {
+        return Err(PieceError::Bad(format!(
+            "sent step {got_step} of collective {got_collective}; expected step {step} of collective {collective}"
+        )));
+    }
+    if len != expected {
+        return Err(PieceError::Bad(format!(
+            "sent {len} bytes in step {step} of collective {collective}; expected {expected} ({} {} elements)",
+            expected / T::SIZE,
+            T::NAME
+        )));
+    }
+    for dst in dsts {
+        if !add && cfg!(target_endian = "little") {
+            // Copies land in place: the buffer's bytes are the wire's.
+            stream
+                .read_exact(bytemuck::cast_slice_mut(dst))
+                .await
+                .map_err(broke)?;
+            continue;
+        }
+        for part in dst.chunks_mut((SCRATCH / T::SIZE).max(1)) {
+            scratch.resize(part.len() * T::SIZE, 0);
+            stream.read_exact(scratch).await.map_err(broke)?;
+            T::decode(scratch, part, add);
+        }
+    }
+    Ok(Some(arrived))
+}
+
+/// Cuts `buf` at every boundary of the step's ranges into the pieces that are sent from (read
+/// only) and received into (writable), each with its start; `None` if a send range and a
+/// receive range overlap.
+#[allow(clippy::type_complexity)]
+pub(crate) fn split_segments<'a, T>(
+    buf: &'a mut [T],
+    sends: &[Range<usize>],
+    recvs: &[Range<usize>],
+) -> Option<(Vec<(usize, &'a [T])>, Vec<(usize, &'a mut [T])>)> {
+    let overlap = |a: &Range<usize>, b: &Range<usize>| a.start < b.end && b.start < a.end;
+    if sends.iter().any(|s| recvs.iter().any(|r| overlap(s, r))) {
+        return None;
+    }
+    let mut cuts: Vec<usize> = sends
+        .iter()
+        .chain(recvs)
+        .flat_map(|r| [r.start, r.end])
+        .chain([0, buf.len()])
+        .collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let (mut send_out, mut recv_out) = (Vec::new(), Vec::new());
+    let mut rest = buf;
+    for w in cuts.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let (seg, tail) = std::mem::take(&mut rest).split_at_mut(b - a);
+        rest = tail;
+        if sends.iter().any(|r| r.start <= a && b <= r.end) {
+            send_out.push((a, &*seg));
+        } else if recvs.iter().any(|r| r.start <= a && b <= r.end) {
+            recv_out.push((a, seg));
+        }
+    }
+    Some((send_out, recv_out))
 }
 
 #[cfg(test)]
@@ -326,7 +383,25 @@ mod tests {
             inboxes: (0..world)
                 .map(|_| tokio::sync::mpsc::unbounded_channel().0)
                 .collect(),
+            streams: (0..world)
+                .map(|_| tokio::sync::mpsc::unbounded_channel().0)
+                .collect(),
         }
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)]
+    fn segments_cover_the_step_s_ranges_and_overlaps_are_refused() {
+        let mut buf: Vec<u32> = (0..10).collect();
+        let (sends, recvs) = split_segments(&mut buf, &[0..3, 2..5], &[6..9]).unwrap();
+        let s: Vec<(usize, Vec<u32>)> = sends.iter().map(|(a, x)| (*a, x.to_vec())).collect();
+        assert_eq!(s, [(0, vec![0, 1]), (2, vec![2]), (3, vec![3, 4])]);
+        assert_eq!(recvs.len(), 1);
+        assert_eq!((recvs[0].0, recvs[0].1.to_vec()), (6, vec![6, 7, 8]));
+        assert!(split_segments(&mut buf, &[0..5], &[4..6]).is_none());
+        // Several receives into one range (a root gathering) share its segments.
+        let (s, r) = split_segments(&mut buf, &[], &[0..10, 0..10]).unwrap();
+        assert!(s.is_empty() && r.len() == 1 && r[0].1.len() == 10);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub(crate) struct Routes {
     /// This worker's rank.
     pub rank: Option<usize>,
     pub inboxes: Vec<mpsc::UnboundedSender<Inbound>>,
+    /// Where each rank's accepted data-plane stream goes.
+    pub streams: Vec<mpsc::UnboundedSender<tokio::net::TcpStream>>,
 }
 
 /// The `Peer` service of one worker.
@@ -196,10 +198,14 @@ impl PeerEndpoint {
         let mut senders = Vec::with_capacity(world);
         let mut inboxes = Vec::with_capacity(world);
         let mut txs = Vec::with_capacity(world);
+        let (mut stream_txs, mut streams) = (Vec::new(), Vec::new());
         for _ in 0..world {
             let (tx, rx) = mpsc::unbounded_channel();
             txs.push(tx);
             inboxes.push(Mutex::new(rx));
+            let (tx, rx) = mpsc::unbounded_channel();
+            stream_txs.push(tx);
+            streams.push(rx);
         }
         self.install
             .send(Some(Arc::new(Routes {
@@ -207,6 +213,7 @@ impl PeerEndpoint {
                 generation,
                 rank: Some(rank),
                 inboxes: txs,
+                streams: stream_txs,
             })))
             .map_err(|_| NetError::Peer("the peer service stopped".to_string()))?;
         let stamp = Stamp::new(token)?;
@@ -265,6 +272,8 @@ impl PeerEndpoint {
                 Transport::Grpc
             },
             data,
+            data_in: (0..world).map(|_| None).collect(),
+            streams,
             rank,
             world,
             session: session.to_string(),
@@ -307,8 +316,12 @@ struct Sender {
 /// A worker's connections to all its peers in one generation, and the collective executor.
 pub struct Mesh {
     transport: Transport,
-    /// TCP data-plane streams by rank (empty without a data plane).
+    /// TCP data-plane streams to each rank (empty without a data plane).
     data: Vec<Option<tokio::net::TcpStream>>,
+    /// TCP data-plane streams from each rank, taken from `streams` on first use.
+    data_in: Vec<Option<tokio::net::TcpStream>>,
+    /// Accepted data-plane streams by sending rank.
+    streams: Vec<mpsc::UnboundedReceiver<tokio::net::TcpStream>>,
     rank: usize,
     world: usize,
     session: String,
@@ -386,21 +399,36 @@ impl Mesh {
         let seq = self.collective;
         for (k, step) in plan.steps.iter().enumerate() {
             let k = k as u32;
+            if self.transport == Transport::Tcp {
+                let ops: Vec<Op> = step
+                    .ops
+                    .iter()
+                    .map(|op| match op {
+                        Op::Send { peer, range } => Op::Send {
+                            peer: rank_of(*peer),
+                            range: range.clone(),
+                        },
+                        Op::RecvReduce { peer, range } => Op::RecvReduce {
+                            peer: rank_of(*peer),
+                            range: range.clone(),
+                        },
+                        Op::RecvCopy { peer, range } => Op::RecvCopy {
+                            peer: rank_of(*peer),
+                            range: range.clone(),
+                        },
+                    })
+                    .collect();
+                self.tcp_step(buf, &ops, seq, k, trace.as_deref_mut())
+                    .await?;
+                continue;
+            }
             // Sends first, from the buffer as it is at the start of the step.
             for op in &step.ops {
                 if let Op::Send { peer, range } = op {
                     let t0 = Instant::now();
                     let bytes = range.len() * T::SIZE;
-                    match self.transport {
-                        Transport::Grpc => {
-                            let payload = T::encode(&buf[range.clone()]);
-                            self.send(rank_of(*peer), seq, k, payload).await?;
-                        }
-                        Transport::Tcp => {
-                            let payload = T::le_bytes(&buf[range.clone()]);
-                            self.send_tcp(rank_of(*peer), seq, k, &payload).await?;
-                        }
-                    }
+                    let payload = T::encode(&buf[range.clone()]);
+                    self.send(rank_of(*peer), seq, k, payload).await?;
                     if let Some(t) = trace.as_deref_mut() {
                         t.push(Phase::new(PhaseKind::Send, k, rank_of(*peer), bytes, t0));
                     }
@@ -484,29 +512,150 @@ impl Mesh {
         }
     }
 
-    async fn send_tcp(
+    /// One plan step over the TCP data plane: every send and every receive of the step at
+    /// once (two lanes), the sends written straight from `buf`, the received bytes read straight
+    /// into place (copies) or through a small cache-resident scratch (reductions). Ops' peers
+    /// are mesh ranks.
+    async fn tcp_step<T: Wire>(
         &mut self,
-        peer: usize,
+        buf: &mut [T],
+        ops: &[Op],
         seq: u64,
-        step: u32,
-        payload: &[u8],
+        k: u32,
+        trace: Option<&mut Vec<Phase>>,
     ) -> Result<(), NetError> {
         let timeout = self.recv_timeout;
-        let name = self.peer_name(peer);
-        let stream = self.data[peer].as_mut().expect("never sends to itself");
-        match tokio::time::timeout(
-            timeout,
-            crate::dataplane::write_piece(stream, seq, step, payload),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(NetError::Peer(format!("lost {name}: {e}"))),
-            Err(_) => Err(NetError::Timeout {
-                what: format!("{name} to accept data in collective {seq}"),
-                after: timeout,
-            }),
+        let names: Vec<String> = (0..self.world).map(|r| self.peer_name(r)).collect();
+        let Mesh {
+            data,
+            data_in,
+            streams,
+            ..
+        } = self;
+        // Receivers' streams arrive through the inboxes once the peer's hello was accepted.
+        for op in ops.iter().filter(|op| !op.is_send()) {
+            let p = op.peer();
+            if data_in[p].is_none() {
+                data_in[p] = Some(take_stream(&mut streams[p], &names[p], timeout).await?);
+            }
         }
+        let sends: Vec<std::ops::Range<usize>> = ops
+            .iter()
+            .filter(|o| o.is_send())
+            .map(|o| o.range().clone())
+            .collect();
+        let recvs: Vec<std::ops::Range<usize>> = ops
+            .iter()
+            .filter(|o| !o.is_send())
+            .map(|o| o.range().clone())
+            .collect();
+        // A plan whose step receives into a range it also sends from would need a snapshot;
+        // none of batchlab's algorithms does, so that is a bug in the plan.
+        let (send_segs, mut recv_segs) = crate::dataplane::split_segments(buf, &sends, &recvs)
+            .ok_or_else(|| {
+                NetError::Config(format!(
+                    "step {k} of collective {seq} receives into a range it also sends from"
+                ))
+            })?;
+        let tracing = trace.is_some();
+        let mut send_trace = Vec::new();
+        let mut recv_trace = Vec::new();
+        let lane_s = async {
+            for op in ops {
+                let Op::Send { peer, range } = op else {
+                    continue;
+                };
+                let t0 = Instant::now();
+                let stream = data[*peer].as_mut().expect("never sends to itself");
+                let parts = send_segs
+                    .iter()
+                    .filter(|(start, _)| range.contains(start))
+                    .map(|(_, seg)| T::le_bytes(seg));
+                let write =
+                    crate::dataplane::write_piece(stream, seq, k, range.len() * T::SIZE, parts);
+                match tokio::time::timeout(timeout, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(NetError::Peer(format!("lost {}: {e}", names[*peer])));
+                    }
+                    Err(_) => {
+                        return Err(NetError::Timeout {
+                            what: format!("{} to accept data in collective {seq}", names[*peer]),
+                            after: timeout,
+                        });
+                    }
+                }
+                if tracing {
+                    send_trace.push(Phase::new(
+                        PhaseKind::Send,
+                        k,
+                        *peer,
+                        range.len() * T::SIZE,
+                        t0,
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let lane_r = async {
+            let mut scratch = Vec::new();
+            for op in ops {
+                let (peer, range, add) = match op {
+                    Op::Send { .. } => continue,
+                    Op::RecvReduce { peer, range } => (*peer, range, true),
+                    Op::RecvCopy { peer, range } => (*peer, range, false),
+                };
+                let stream = data_in[peer].as_mut().expect("taken above");
+                let bytes = range.len() * T::SIZE;
+                let t0 = Instant::now();
+                let read = crate::dataplane::read_piece::<T>(
+                    stream,
+                    seq,
+                    k,
+                    bytes,
+                    recv_segs
+                        .iter_mut()
+                        .filter(|(start, _)| range.contains(start))
+                        .map(|(_, seg)| &mut **seg),
+                    add,
+                    &mut scratch,
+                );
+                match tokio::time::timeout(timeout, read).await {
+                    Ok(Ok(waited)) => {
+                        if tracing {
+                            let t1 = waited.unwrap_or(t0);
+                            recv_trace
+                                .push(Phase::new(PhaseKind::Wait, k, peer, bytes, t0).ending(t1));
+                            let what = if add {
+                                PhaseKind::Reduce
+                            } else {
+                                PhaseKind::Copy
+                            };
+                            recv_trace.push(Phase::new(what, k, peer, bytes, t1));
+                        }
+                    }
+                    Ok(Err(crate::dataplane::PieceError::Lost(why))) => {
+                        return Err(NetError::Peer(format!("lost {}: {why}", names[peer])));
+                    }
+                    Ok(Err(crate::dataplane::PieceError::Bad(why))) => {
+                        return Err(NetError::Peer(format!("{} {why}", names[peer])));
+                    }
+                    Err(_) => {
+                        return Err(NetError::Timeout {
+                            what: format!("{} in step {k} of collective {seq}", names[peer]),
+                            after: timeout,
+                        });
+                    }
+                }
+            }
+            Ok(())
+        };
+        tokio::try_join!(lane_s, lane_r)?;
+        if let Some(t) = trace {
+            t.append(&mut send_trace);
+            t.append(&mut recv_trace);
+        }
+        Ok(())
     }
 
     async fn recv(&self, peer: usize, seq: u64, step: u32) -> Result<Chunk, NetError> {
@@ -537,6 +686,24 @@ impl Mesh {
                 self.peer_name(peer)
             ))),
         }
+    }
+}
+
+/// Waits for a peer's accepted data-plane stream.
+async fn take_stream(
+    streams: &mut mpsc::UnboundedReceiver<tokio::net::TcpStream>,
+    name: &str,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, NetError> {
+    match tokio::time::timeout(timeout, streams.recv()).await {
+        Err(_) => Err(NetError::Timeout {
+            what: format!("{name} to open its data-plane stream"),
+            after: timeout,
+        }),
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(NetError::Peer(format!(
+            "lost {name}: this worker's data plane stopped"
+        ))),
     }
 }
 
@@ -623,7 +790,7 @@ impl Phase {
 }
 
 /// An element type that travels in collectives: little-endian on the wire, with its reduction.
-pub trait Wire: Copy + Send + Sync + 'static {
+pub trait Wire: bytemuck::Pod + Send + Sync + 'static {
     /// Bytes per element.
     const SIZE: usize;
     /// Name for messages.

@@ -110,8 +110,9 @@ async fn every_algorithm_over_the_data_plane_gives_the_exact_sum_on_every_rank()
         for algorithm in Algorithm::ALL {
             let (meshes, _endpoints, _) = meshes(n).await;
             let len = 10_007;
+            let inputs: Vec<Vec<i64>> = (0..n).map(|r| input(r, len)).collect();
             let want: Vec<i64> = (0..len)
-                .map(|i| (0..n).map(|r| input(r, len)[i]).sum())
+                .map(|i| inputs.iter().map(|x| x[i]).sum())
                 .collect();
             for (r, got) in all_reduce_everywhere(meshes, algorithm, len)
                 .await
@@ -189,24 +190,33 @@ async fn refused_connections_name_what_was_wrong_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_piece_fails_the_collective_naming_its_size_and_the_limit() {
     let (e0, p0, d0) = endpoint().await;
-    let (e1, p1, d1) = endpoint().await;
-    // Rank 1 is played by hand: it accepts rank 0's connection (its listener is served), and
-    // connects to rank 0 with a valid hello, then announces a piece beyond the limit.
+    // Rank 1 is played by hand: its data plane accepts rank 0's hello, and it connects to rank
+    // 0 with a valid hello, then announces a piece beyond the limit.
+    let (_e1, p1, _) = endpoint().await;
+    let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let d1 = fake.local_addr().unwrap().to_string();
+    let hello_len = hello(TOKEN, "s", 1, 0, 1).len();
+    let accepting = tokio::spawn(async move {
+        let (mut s, _) = fake.accept().await.unwrap();
+        let mut h = vec![0u8; hello_len];
+        s.read_exact(&mut h).await.unwrap();
+        s.write_all(&[0]).await.unwrap();
+        s
+    });
     let peers = [p0, p1];
     let data = [d0.clone(), d1];
-    let w1 = World {
+    let w0 = World {
         session: "s",
         generation: 1,
-        rank: 1,
+        rank: 0,
         peers: &peers,
         data_peers: &data,
     };
-    let w0 = World { rank: 0, ..w1 };
-    let (m0, m1) = tokio::join!(
-        e0.connect(&w0, TOKEN, Duration::from_secs(5)),
-        e1.connect(&w1, TOKEN, Duration::from_secs(5))
-    );
-    let (mut m0, _m1) = (m0.unwrap(), m1.unwrap());
+    let mut m0 = e0
+        .connect(&w0, TOKEN, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let _from_rank0 = accepting.await.unwrap();
     m0.set_transport(Transport::Tcp).unwrap();
     m0.set_recv_timeout(Duration::from_secs(5));
     let (mut raw, answer) = say(&d0, &hello(TOKEN, "s", 1, 1, 0)).await;
@@ -223,7 +233,9 @@ async fn an_oversized_piece_fails_the_collective_naming_its_size_and_the_limit()
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains(&len.to_string()) && e.contains(&format!("at most {}", transport::MAX_MESSAGE)),
+        e.contains("rank 1")
+            && e.contains(&len.to_string())
+            && e.contains(&format!("at most {}", transport::MAX_MESSAGE)),
         "{e}"
     );
 }
