@@ -109,7 +109,7 @@ pub struct AllreduceArgs {
     /// Seed of the inputs and of the stress mode's choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output folder (default runs/bench-allreduce-w<workers>-<reduce>).
+    /// Output folder (default `runs/bench-allreduce-w<workers>-<reduce>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Test hook: this rank corrupts one element of each result it checks.

@@ -228,6 +228,16 @@ impl Packet {
         merge_words(&mut self.words, &other.words);
     }
 
+    /// Number of parameters (gradient words).
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The gradient words and the stats words, apart.
+    pub fn grad_and_stats_mut(&mut self) -> (&mut [i64], &mut [i64]) {
+        self.words.split_at_mut(self.dim)
+    }
+
     /// Decodes a fully reduced packet: the gradient **sum** over all micros, and each micro's
     /// stats in micro order.
     pub fn decode(&self, scale: FixedScale, grad_sum: &mut [f64]) -> Vec<MicroStats> {
@@ -282,6 +292,17 @@ fn fused_pass(words: &mut [i64], xs: &[f64], s: f64) -> (f64, f64) {
     let total: f64 = sq.iter().sum();
     let max_abs = mx.iter().fold(0.0f64, |a, &b| a.max(b));
     (total, if total.is_nan() { f64::NAN } else { max_abs })
+}
+
+/// `words[i] += round(xs[i] · 2^f)` (wrapping) at `scale`: the quantization of
+/// [`Packet::add_micro`] for one piece of a micro's gradient (the words are the same
+/// element by element, whatever the pieces).
+pub fn add_quantized(words: &mut [i64], xs: &[f64], scale: FixedScale) {
+    assert_eq!(words.len(), xs.len(), "piece length");
+    let s = scale.to_fixed();
+    for (w, &x) in words.iter_mut().zip(xs) {
+        *w = w.wrapping_add(quantize(x * s));
+    }
 }
 
 /// `(Σ x², max |x|)`, with NaN as the max when any `x` is NaN.

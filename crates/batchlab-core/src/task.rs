@@ -121,6 +121,30 @@ pub trait Task: Send + Sync {
         scratch: &mut Scratch,
     ) -> BatchStats;
 
+    /// The gradient's buckets, in the order [`Task::loss_grad_streamed`] finishes them: a
+    /// partition of `0..num_params()`. One bucket unless the task computes its gradient in
+    /// stages (an MLP's backward pass finishes the last layer first).
+    #[allow(clippy::single_range_in_vec_init)] // one bucket: the whole range
+    fn buckets(&self) -> Vec<std::ops::Range<usize>> {
+        vec![0..self.num_params()]
+    }
+
+    /// [`Task::loss_grad`], handing each bucket's range and final values to `ready` as soon as
+    /// they are final, in the order of [`Task::buckets`], so that its reduction can start
+    /// while the rest is computed. The gradient is the same as `loss_grad`'s, bit for bit.
+    fn loss_grad_streamed(
+        &self,
+        params: &[f64],
+        samples: &[u64],
+        grad: &mut [f64],
+        scratch: &mut Scratch,
+        ready: &mut dyn FnMut(std::ops::Range<usize>, &[f64]),
+    ) -> BatchStats {
+        let stats = self.loss_grad(params, samples, grad, scratch);
+        ready(0..grad.len(), grad);
+        stats
+    }
+
     /// The summed loss over `samples`, without the gradient.
     fn loss(&self, params: &[f64], samples: &[u64], scratch: &mut Scratch) -> BatchStats;
 

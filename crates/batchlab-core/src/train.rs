@@ -786,6 +786,82 @@ pub fn compute_micros(
     }
 }
 
+/// [`compute_micros`] split for overlapping the reduction with the backward pass (as DDP
+/// does): this computes every micro of `micros` but the last into `packet` (cleared first)
+/// and returns the last one's index, for [`compute_last_micro_streamed`].
+#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
+pub fn compute_micros_but_last(
+    task: &dyn Task,
+    params: &[f64],
+    sampler: &mut Sampler,
+    t: u64,
+    micros: Range<usize>,
+    scale: FixedScale,
+    packet: &mut Packet,
+    scratch: &mut WorkerScratch,
+) -> Option<usize> {
+    let Some(last) = micros.clone().last() else {
+        packet.clear();
+        return None;
+    };
+    compute_micros(
+        task,
+        params,
+        sampler,
+        t,
+        micros.start..last,
+        scale,
+        packet,
+        scratch,
+    );
+    Some(last)
+}
+
+/// The last micro of a worker's share, streamed: each bucket of its gradient (in
+/// [`Task::buckets`] order) is quantized into `buckets[k]` (that bucket's gradient words, which
+/// already hold the other micros' sums) and handed to `ready(k, words)` as soon as it is final.
+/// Returns the micro's stats for [`Packet::add_stats`]. The words and stats are those of
+/// [`compute_micros`], bit for bit.
+#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
+pub fn compute_last_micro_streamed<'a>(
+    task: &dyn Task,
+    params: &[f64],
+    sampler: &mut Sampler,
+    t: u64,
+    micro: usize,
+    scale: FixedScale,
+    buckets: Vec<&'a mut [i64]>,
+    scratch: &mut WorkerScratch,
+    ready: &mut dyn FnMut(usize, &'a mut [i64]),
+) -> MicroStats {
+    let ranges = task.buckets();
+    assert_eq!(ranges.len(), buckets.len(), "one word slice per bucket");
+    let mut slots: Vec<Option<&'a mut [i64]>> = buckets.into_iter().map(Some).collect();
+    scratch.grad.resize(params.len(), 0.0);
+    scratch.samples.clear();
+    sampler.samples_into(t, micro..micro + 1, &mut scratch.samples);
+    let stats = task.loss_grad_streamed(
+        params,
+        &scratch.samples,
+        &mut scratch.grad,
+        &mut scratch.task,
+        &mut |range, values| {
+            let k = ranges
+                .iter()
+                .position(|r| *r == range)
+                .unwrap_or_else(|| panic!("{range:?} is not one of the task's buckets"));
+            let words = slots[k].take().expect("each bucket is finished once");
+            crate::exact::add_quantized(words, values, scale);
+            ready(k, words);
+        },
+    );
+    assert!(
+        slots.iter().all(Option::is_none),
+        "every bucket was finished"
+    );
+    MicroStats::measure(stats, &scratch.grad)
+}
+
 /// Fast mode's share of step `t`: the sum over microbatches `micros` of their gradient sums,
 /// accumulated in `f64` and rounded once to `f32` into `grad_sum`, and their stats in `stats`
 /// (a packet with no gradient words; cleared first).

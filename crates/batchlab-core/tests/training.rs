@@ -605,3 +605,103 @@ fn the_nested_prefix_noise_scale_on_linreg_matches_the_closed_form_within_its_in
         }
     }
 }
+
+/// The overlapped computation (every micro but the last, then the last one bucket by bucket)
+/// gives the packet of `compute_micros`, word for word, on an MLP whose micro spans several
+/// chunks (buckets finish on the last chunk) and on one chunk, and on a one-bucket task.
+#[test]
+fn the_streamed_last_micro_gives_the_same_packet_word_for_word() {
+    use batchlab_core::tasks::mlp::{CHUNK, MlpConfig, MlpData, TeacherData};
+    use batchlab_core::train::{compute_last_micro_streamed, compute_micros_but_last};
+    let mlp = |micro: u64| TrainConfig {
+        task: TaskConfig::Mlp(MlpConfig {
+            hidden: vec![9, 7],
+            data: MlpData::Teacher(TeacherData {
+                input_dim: 12,
+                classes: 3,
+                train_size: 4000,
+                eval_size: 100,
+                ..TeacherData::default()
+            }),
+            ..MlpConfig::default()
+        }),
+        batch: 4 * micro,
+        micro: Some(micro),
+        ..TrainConfig::default()
+    };
+    let linreg = TrainConfig {
+        task: TaskConfig::Linreg(LinregConfig {
+            dim: 20,
+            ..LinregConfig::default()
+        }),
+        batch: 12,
+        micro: Some(3),
+        ..TrainConfig::default()
+    };
+    for cfg in [mlp(CHUNK as u64 + 37), mlp(5), linreg] {
+        let plan = cfg.build().unwrap();
+        let replica = plan.replica();
+        let (dim, n) = (plan.task.num_params(), plan.num_micro());
+        let task = plan.task.as_ref();
+        let mut want = Packet::zeroed(dim, n);
+        compute_micros(
+            task,
+            &replica.params,
+            &mut plan.sampler(),
+            0,
+            1..n,
+            replica.scale,
+            &mut want,
+            &mut WorkerScratch::default(),
+        );
+        let mut got = Packet::zeroed(dim, n);
+        let (mut sampler, mut scratch) = (plan.sampler(), WorkerScratch::default());
+        let last = compute_micros_but_last(
+            task,
+            &replica.params,
+            &mut sampler,
+            0,
+            1..n,
+            replica.scale,
+            &mut got,
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(last, n - 1);
+        let ranges = task.buckets();
+        let (grad, _) = got.grad_and_stats_mut();
+        // The buckets partition the gradient; cut the words along them.
+        let mut order: Vec<usize> = (0..ranges.len()).collect();
+        order.sort_by_key(|&k| ranges[k].start);
+        let mut slices: Vec<Option<&mut [i64]>> = (0..ranges.len()).map(|_| None).collect();
+        let mut rest = grad;
+        for &k in &order {
+            let (a, b) = std::mem::take(&mut rest).split_at_mut(ranges[k].len());
+            slices[k] = Some(a);
+            rest = b;
+        }
+        assert!(rest.is_empty());
+        let mut finished = Vec::new();
+        let stats = compute_last_micro_streamed(
+            task,
+            &replica.params,
+            &mut sampler,
+            0,
+            last,
+            replica.scale,
+            slices.into_iter().map(Option::unwrap).collect(),
+            &mut scratch,
+            &mut |k, _| finished.push(k),
+        );
+        assert_eq!(
+            finished,
+            (0..ranges.len()).collect::<Vec<_>>(),
+            "in bucket order"
+        );
+        if matches!(cfg.task, TaskConfig::Mlp(_)) {
+            assert_eq!(ranges.len(), 3);
+        }
+        got.add_stats(last, &stats);
+        assert_eq!(got.words(), want.words());
+    }
+}

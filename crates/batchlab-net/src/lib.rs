@@ -3,7 +3,7 @@
 //! - [`coordinator`]: rendezvous (a plain state machine), heartbeats, handing out runs,
 //!   collecting metrics.
 //! - [`worker`]: joins, connects to its peers, and runs training steps in lock step.
-//! - [`bench`]: the all-reduce benchmark a worker runs: timed, checked collectives.
+//! - [`mod@bench`]: the all-reduce benchmark a worker runs: timed, checked collectives.
 //! - [`dataplane`]: collective payloads on plain TCP streams (the default transport).
 //! - [`mesh`]: the peer service and the networked executor of `batchlab-collective` plans.
 //! - [`auth`]: token and protocol-version checks on every call.

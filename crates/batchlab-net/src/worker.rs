@@ -16,7 +16,8 @@ use batchlab_core::exact::Packet;
 use batchlab_core::group::SeedMean;
 use batchlab_core::sampler::balanced_range;
 use batchlab_core::train::{
-    Applied, Begin, RunSummary, TrainConfig, WorkerScratch, compute_micros, compute_micros_fast,
+    Applied, Begin, RunSummary, TrainConfig, WorkerScratch, compute_last_micro_streamed,
+    compute_micros, compute_micros_but_last, compute_micros_fast,
 };
 use batchlab_proto::v1::coordinator_client::CoordinatorClient;
 use batchlab_proto::v1::{
@@ -44,8 +45,12 @@ pub struct RankTiming {
     pub redos: u64,
     /// Gradients of this rank's microbatches.
     pub compute_s: f64,
-    /// All-reduce, including waiting for slower peers.
+    /// All-reduce time not hidden under computation (all of it without overlap), including
+    /// waiting for slower peers.
     pub comm_s: f64,
+    /// All-reduce time in all, hidden under the backward pass or not.
+    #[serde(default)]
+    pub comm_busy_s: f64,
     /// Decoding the reduced packet, estimators and the optimizer update.
     pub apply_s: f64,
     /// Evaluation and sharpness.
@@ -484,9 +489,17 @@ where
         }
     } else {
         let packet = Packet::zeroed(dim, n);
+        let buckets = plan.task.buckets();
+        // One rank has nothing to overlap: its all-reduce is a no-op.
+        let overlap = (spec.overlap && buckets.len() > 1 && world > 1).then(|| Overlap {
+            plans: buckets.iter().map(|b| plan_for(b.len(), 8)).collect(),
+            stats_plan: plan_for(packet.len() - dim, 8),
+            buckets,
+        });
         Reducer::Exact {
             plan: plan_for(packet.len(), 8),
             packet,
+            overlap,
         }
     };
     let mut scratch = WorkerScratch::default();
@@ -520,29 +533,45 @@ where
             }
             loop {
                 let t0 = Instant::now();
-                tokio::task::block_in_place(|| {
-                    reducer.compute(
-                        &plan,
-                        &m.replica,
-                        &mut m.sampler,
-                        mine.clone(),
-                        &mut scratch,
-                    )
-                });
-                let t1 = Instant::now();
-                // A peer that froze keeps its streams open: the coordinator's abort (from the
-                // heartbeats) ends the wait before the receive deadline does.
-                let mut aborted = abort.clone();
-                tokio::select! {
-                    r = reducer.all_reduce(mesh) => r?,
-                    m = aborted.wait_for(Option::is_some) => {
-                        return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
+                let (t1, busy) = if reducer.overlaps() {
+                    reducer
+                        .compute_and_reduce_overlapped(
+                            &plan,
+                            &m.replica,
+                            &mut m.sampler,
+                            mine.clone(),
+                            &mut scratch,
+                            mesh,
+                            &abort,
+                        )
+                        .await?
+                } else {
+                    tokio::task::block_in_place(|| {
+                        reducer.compute(
+                            &plan,
+                            &m.replica,
+                            &mut m.sampler,
+                            mine.clone(),
+                            &mut scratch,
+                        )
+                    });
+                    let t1 = Instant::now();
+                    // A peer that froze keeps its streams open: the coordinator's abort (from
+                    // the heartbeats) ends the wait before the receive deadline does.
+                    let mut aborted = abort.clone();
+                    tokio::select! {
+                        r = reducer.all_reduce(mesh) => r?,
+                        m = aborted.wait_for(Option::is_some) => {
+                            return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
+                        }
                     }
-                }
+                    (t1, t1.elapsed().as_secs_f64())
+                };
                 let t2 = Instant::now();
                 let applied = reducer.apply(&mut m.replica);
                 timing.compute_s += (t1 - t0).as_secs_f64();
                 timing.comm_s += (t2 - t1).as_secs_f64();
+                timing.comm_busy_s += busy;
                 timing.apply_s += t2.elapsed().as_secs_f64();
                 let (row, ended) = match applied {
                     Applied::Redo => {
@@ -595,12 +624,39 @@ enum Ended {
     Group(batchlab_core::group::GroupEnd),
 }
 
+/// `grad` cut into the words of each bucket, in bucket order (the buckets partition it).
+fn split_buckets<'a>(
+    grad: &'a mut [i64],
+    buckets: &[std::ops::Range<usize>],
+) -> Vec<&'a mut [i64]> {
+    let mut order: Vec<usize> = (0..buckets.len()).collect();
+    order.sort_by_key(|&k| buckets[k].start);
+    let mut slots: Vec<Option<&'a mut [i64]>> = (0..buckets.len()).map(|_| None).collect();
+    let mut rest = grad;
+    for k in order {
+        let (words, tail) = std::mem::take(&mut rest).split_at_mut(buckets[k].len());
+        slots[k] = Some(words);
+        rest = tail;
+    }
+    slots.into_iter().map(|s| s.expect("a partition")).collect()
+}
+
+/// Buckets of an overlapped exact step.
+struct Overlap {
+    buckets: Vec<std::ops::Range<usize>>,
+    plans: Vec<batchlab_collective::Plan>,
+    stats_plan: batchlab_collective::Plan,
+}
+
 /// The reduction of one step, exact or fast.
 enum Reducer {
     /// Fixed-point words, bit-identical on any number of workers.
     Exact {
         packet: Packet,
         plan: batchlab_collective::Plan,
+        /// With overlap: the task's gradient buckets (in the order the backward pass finishes
+        /// them), their plans, and the stats words' plan.
+        overlap: Option<Overlap>,
     },
     /// `f32` gradient sums plus the exact per-micro stats.
     Fast {
@@ -645,9 +701,128 @@ impl Reducer {
         }
     }
 
+    /// Whether steps overlap the reduction with the backward pass.
+    fn overlaps(&self) -> bool {
+        matches!(
+            self,
+            Self::Exact {
+                overlap: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// An exact step with the reduction overlapped with the backward pass, as DDP does: every
+    /// micro but the last is computed, then the last one's backward pass runs on a thread of
+    /// its own while each finished bucket of the gradient is all-reduced here; the stats go
+    /// last. The words are those of [`Reducer::compute`] + [`Reducer::all_reduce`], so the
+    /// step is bit-identical. Returns when the computation ended and the seconds spent in
+    /// all-reduces.
+    #[allow(clippy::too_many_arguments)] // the step's inputs, as for `compute`
+    async fn compute_and_reduce_overlapped(
+        &mut self,
+        plan: &batchlab_core::train::RunPlan,
+        replica: &batchlab_core::train::Replica,
+        sampler: &mut batchlab_core::sampler::Sampler,
+        micros: std::ops::Range<usize>,
+        scratch: &mut WorkerScratch,
+        mesh: &mut Mesh,
+        abort: &watch::Receiver<Option<String>>,
+    ) -> Result<(Instant, f64), NetError> {
+        let Self::Exact {
+            packet,
+            overlap: Some(o),
+            ..
+        } = self
+        else {
+            unreachable!("only called when overlapping");
+        };
+        let task = plan.task.as_ref();
+        let (params, t, scale) = (&replica.params, replica.t, replica.scale);
+        let last = tokio::task::block_in_place(|| {
+            compute_micros_but_last(task, params, sampler, t, micros, scale, packet, scratch)
+        });
+        let handle = tokio::runtime::Handle::current();
+        let (comm, stats, computed, mut busy) = tokio::task::block_in_place(|| {
+            let (grad, _) = packet.grad_and_stats_mut();
+            let slices = split_buckets(grad, &o.buckets);
+            std::thread::scope(|sc| {
+                let (tx, mut rx) = mpsc::unbounded_channel::<(usize, &mut [i64])>();
+                let compute = sc.spawn(move || {
+                    let stats = match last {
+                        Some(j) => Some(compute_last_micro_streamed(
+                            task,
+                            params,
+                            sampler,
+                            t,
+                            j,
+                            scale,
+                            slices,
+                            scratch,
+                            &mut |k, words| {
+                                // A closed channel means the reduction failed; it reports.
+                                let _ = tx.send((k, words));
+                            },
+                        )),
+                        None => {
+                            for (k, words) in slices.into_iter().enumerate() {
+                                let _ = tx.send((k, words));
+                            }
+                            None
+                        }
+                    };
+                    (stats, Instant::now())
+                });
+                let mut busy = 0.0;
+                let comm = handle.block_on(async {
+                    let mut ready = std::collections::BTreeMap::new();
+                    let mut aborted = abort.clone();
+                    for (k, bucket_plan) in o.plans.iter().enumerate() {
+                        while !ready.contains_key(&k) {
+                            let Some((i, words)) = rx.recv().await else {
+                                return Err(NetError::Peer(
+                                    "the backward pass stopped before finishing its buckets".into(),
+                                ));
+                            };
+                            ready.insert(i, words);
+                        }
+                        let words = ready.remove(&k).expect("present");
+                        let started = Instant::now();
+                        tokio::select! {
+                            r = mesh.all_reduce(words, bucket_plan) => r?,
+                            m = aborted.wait_for(Option::is_some) => {
+                                return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
+                            }
+                        }
+                        busy += started.elapsed().as_secs_f64();
+                    }
+                    Ok(())
+                });
+                drop(rx);
+                let (stats, computed) = compute.join().expect("the backward pass panicked");
+                (comm, stats, computed, busy)
+            })
+        });
+        comm?;
+        if let (Some(j), Some(stats)) = (last, stats) {
+            packet.add_stats(j, &stats);
+        }
+        let started = Instant::now();
+        let (_, stats_words) = packet.grad_and_stats_mut();
+        let mut aborted = abort.clone();
+        tokio::select! {
+            r = mesh.all_reduce(stats_words, &o.stats_plan) => r?,
+            m = aborted.wait_for(Option::is_some) => {
+                return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
+            }
+        }
+        busy += started.elapsed().as_secs_f64();
+        Ok((computed, busy))
+    }
+
     async fn all_reduce(&mut self, mesh: &mut Mesh) -> Result<(), NetError> {
         match self {
-            Self::Exact { packet, plan } => mesh.all_reduce(packet.words_mut(), plan).await,
+            Self::Exact { packet, plan, .. } => mesh.all_reduce(packet.words_mut(), plan).await,
             Self::Fast {
                 grad,
                 stats,

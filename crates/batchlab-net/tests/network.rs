@@ -326,6 +326,7 @@ fn spec(cfg: &batchlab_core::train::TrainConfig, allreduce: &str) -> batchlab_pr
         return_params: false,
         // The gRPC streams for tree, the TCP data plane otherwise: both must agree exactly.
         transport: if allreduce == "tree" { "grpc" } else { "tcp" }.into(),
+        overlap: true,
     }
 }
 

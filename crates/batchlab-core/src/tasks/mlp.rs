@@ -635,6 +635,7 @@ impl Mlp {
         samples: &[u64],
         mut grad: Option<&mut [f64]>,
         scratch: &mut Scratch,
+        mut ready: Option<Ready<'_>>,
     ) -> BatchStats {
         assert_eq!(
             params.len(),
@@ -683,22 +684,31 @@ impl Mlp {
             loss_sum += l;
             correct += ok;
             if let Some(g) = grad.as_deref_mut() {
-                backward(widths, bufs, rows);
-                if c == 0 {
-                    g.iter_mut()
-                        .zip(&bufs.grad)
-                        .for_each(|(g, &x)| *g = x.to_f64());
-                } else {
-                    g.iter_mut()
-                        .zip(&bufs.grad)
-                        .for_each(|(g, &x)| *g += x.to_f64());
-                }
+                // Each layer's gradient is added in as soon as the backward pass has it; on
+                // the last chunk that layer is final and goes to `ready`.
+                let last = (c + 1) * CHUNK >= samples.len();
+                backward(widths, bufs, rows, &mut |range, layer: &[T]| {
+                    let g = &mut g[range.clone()];
+                    if c == 0 {
+                        g.iter_mut().zip(layer).for_each(|(g, &x)| *g = x.to_f64());
+                    } else {
+                        g.iter_mut().zip(layer).for_each(|(g, &x)| *g += x.to_f64());
+                    }
+                    if last && let Some(r) = ready.as_mut() {
+                        r(range, g);
+                    }
+                });
             }
         }
         if let Some(g) = grad
             && samples.is_empty()
         {
             g.fill(0.0);
+            if let Some(r) = ready.as_mut() {
+                for range in layer_ranges(widths).into_iter().rev() {
+                    r(range.clone(), &g[range]);
+                }
+            }
         }
         let dead = bufs.peak.iter().filter(|&&p| p <= T::default()).count();
         BatchStats {
@@ -712,6 +722,7 @@ impl Mlp {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // the run's inputs, passed through
     fn dispatch(
         &self,
         exact: bool,
@@ -720,10 +731,11 @@ impl Mlp {
         samples: &[u64],
         grad: Option<&mut [f64]>,
         scratch: &mut Scratch,
+        ready: Option<Ready<'_>>,
     ) -> BatchStats {
         match (exact, self.precision) {
-            (false, Precision::F32) => self.run::<f32>(params, set, samples, grad, scratch),
-            _ => self.run::<f64>(params, set, samples, grad, scratch),
+            (false, Precision::F32) => self.run::<f32>(params, set, samples, grad, scratch, ready),
+            _ => self.run::<f64>(params, set, samples, grad, scratch, ready),
         }
     }
 }
@@ -748,13 +760,51 @@ impl Task for Mlp {
         grad: &mut [f64],
         scratch: &mut Scratch,
     ) -> BatchStats {
-        self.dispatch(false, params, &self.train, samples, Some(grad), scratch)
+        self.dispatch(
+            false,
+            params,
+            &self.train,
+            samples,
+            Some(grad),
+            scratch,
+            None,
+        )
+    }
+    fn buckets(&self) -> Vec<std::ops::Range<usize>> {
+        // The backward pass finishes the last layer first.
+        layer_ranges(&self.widths).into_iter().rev().collect()
+    }
+    fn loss_grad_streamed(
+        &self,
+        params: &[f64],
+        samples: &[u64],
+        grad: &mut [f64],
+        scratch: &mut Scratch,
+        ready: &mut dyn FnMut(std::ops::Range<usize>, &[f64]),
+    ) -> BatchStats {
+        self.dispatch(
+            false,
+            params,
+            &self.train,
+            samples,
+            Some(grad),
+            scratch,
+            Some(ready),
+        )
     }
     fn loss(&self, params: &[f64], samples: &[u64], scratch: &mut Scratch) -> BatchStats {
-        self.dispatch(false, params, &self.train, samples, None, scratch)
+        self.dispatch(false, params, &self.train, samples, None, scratch, None)
     }
     fn evaluate(&self, params: &[f64], scratch: &mut Scratch) -> Evaluation {
-        let s = self.dispatch(false, params, &self.eval, &self.eval_index, None, scratch);
+        let s = self.dispatch(
+            false,
+            params,
+            &self.eval,
+            &self.eval_index,
+            None,
+            scratch,
+            None,
+        );
         let n = self.eval.n.max(1) as f64;
         Evaluation {
             loss: s.loss_sum / n,
@@ -797,12 +847,19 @@ impl Task for InF64<'_> {
         grad: &mut [f64],
         scratch: &mut Scratch,
     ) -> BatchStats {
-        self.0
-            .dispatch(true, params, &self.0.train, samples, Some(grad), scratch)
+        self.0.dispatch(
+            true,
+            params,
+            &self.0.train,
+            samples,
+            Some(grad),
+            scratch,
+            None,
+        )
     }
     fn loss(&self, params: &[f64], samples: &[u64], scratch: &mut Scratch) -> BatchStats {
         self.0
-            .dispatch(true, params, &self.0.train, samples, None, scratch)
+            .dispatch(true, params, &self.0.train, samples, None, scratch, None)
     }
     fn evaluate(&self, params: &[f64], scratch: &mut Scratch) -> Evaluation {
         self.0.evaluate(params, scratch)
@@ -910,6 +967,22 @@ fn layer<'a, T>(widths: &[usize], params: &'a [T], l: usize) -> (MatRef<'a, T>, 
     (MatRef::from_row_major_slice(w, fan_out, fan_in), b)
 }
 
+/// Each layer's parameters (weights then biases), in layer order.
+fn layer_ranges(widths: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut off = 0;
+    widths
+        .windows(2)
+        .map(|w| {
+            let r = off..off + (w[0] + 1) * w[1];
+            off = r.end;
+            r
+        })
+        .collect()
+}
+
+/// Where a streamed gradient's finished layers go.
+type Ready<'a> = &'a mut dyn FnMut(std::ops::Range<usize>, &[f64]);
+
 fn layer_mut<'a, T>(
     widths: &[usize],
     params: &'a mut [T],
@@ -1001,7 +1074,13 @@ fn softmax_xent<T: Real>(
 ///
 /// `D_l` (gradient of the summed loss w.r.t. layer `l`'s pre-activation) lives in the logits
 /// buffer for the last layer, then alternately in `deltas[0]` and `deltas[1]`.
-fn backward<T: Real>(widths: &[usize], bufs: &mut Buffers<T>, rows: usize) {
+fn backward<T: Real>(
+    widths: &[usize],
+    bufs: &mut Buffers<T>,
+    rows: usize,
+    done: &mut dyn FnMut(std::ops::Range<usize>, &[T]),
+) {
+    let ranges = layer_ranges(widths);
     let layers = widths.len() - 1;
     let Buffers {
         params,
@@ -1035,6 +1114,7 @@ fn backward<T: Real>(widths: &[usize], bufs: &mut Buffers<T>, rows: usize) {
         for row in cur.chunks_exact(fan_out) {
             gb.iter_mut().zip(row).for_each(|(g, &v)| *g += v);
         }
+        done(ranges[l].clone(), &grad[ranges[l].clone()]);
         if l > 0 {
             let (w, _) = layer(widths, params, l);
             let next = &mut next[..rows * fan_in];
