@@ -33,9 +33,11 @@ pub struct ReduceArgs {
     /// or grpc (gRPC streams; about half the bandwidth).
     #[arg(long, default_value = "tcp")]
     transport: String,
-    /// Exact mode: all-reduce the gradient layer by layer while the backward pass is still
-    /// running (DDP-style buckets; MLP tasks). The numbers are the same either way.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    /// Exact mode: all-reduce the gradient layer by layer while the backward pass of the last
+    /// microbatch still runs on a thread of its own (DDP-style buckets; MLP tasks). The numbers
+    /// are the same either way. Off by default: it needs cores to spare (on 2 cores it made
+    /// the MLP step slower: `bench step --overlap true`).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     overlap: bool,
     /// Largest piece of a collective message, in bytes (1–16 MiB avoids every size cliff).
     #[arg(long, default_value_t = 4 << 20)]
@@ -90,7 +92,7 @@ impl ReduceArgs {
     /// come with each benchmark spec).
     pub fn for_bench(chunk_bytes: u64, peer_timeout_ms: u64, heartbeat_timeout_ms: u64) -> Self {
         Self {
-            overlap: true,
+            overlap: false,
             transport: "tcp".into(),
             allreduce: "ring".into(),
             reduce: "exact".into(),

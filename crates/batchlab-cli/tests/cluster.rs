@@ -38,41 +38,58 @@ const MLP: &[&str] = &[
     "eval_every=50",
 ];
 
-/// With overlap (the default) a rank with no microbatch of its own still takes part in every
-/// bucket's all-reduce; with or without overlap the run equals `batchlab train`'s.
+/// With overlap a rank with no microbatch of its own still takes part in every bucket's
+/// all-reduce; with or without overlap the run equals `batchlab train`'s, on every algorithm.
 #[test]
 fn overlapped_runs_equal_train_even_when_a_rank_has_no_microbatch() {
     let dir = tempfile::tempdir().unwrap();
-    // 64 samples in microbatches of 32: two micros for three workers.
-    let args_with = |cmd: &'static str, out: &std::path::Path, extra: &[&'static str]| {
+    let args_with = |cmd: &str, out: &std::path::Path, micro: &str, extra: &[&str]| {
         let mut a: Vec<String> = vec![cmd.into(), "--out".into(), out.to_str().unwrap().into()];
         a.extend(extra.iter().map(|s| s.to_string()));
         let mut it = MLP.iter();
         while let Some(&x) = it.next() {
             if x == "--micro" {
                 it.next();
-                a.extend(["--micro".to_string(), "32".to_string()]);
+                a.extend(["--micro".to_string(), micro.to_string()]);
             } else {
                 a.push(x.to_string());
             }
         }
         a
     };
-    let reference = dir.path().join("train");
-    let a = args_with("train", &reference, &[]);
-    let o = batchlab(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(o.status.success(), "{}", text(&o));
-    let want = std::fs::read_to_string(reference.join("metrics.jsonl")).unwrap();
-    for overlap in ["true", "false"] {
-        let out = dir.path().join(format!("overlap-{overlap}"));
-        let a = args_with("run", &out, &["--workers", "3", "--overlap", overlap]);
+    let run = |a: Vec<String>| {
         let o = batchlab(&a.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(o.status.success(), "overlap {overlap}: {}", text(&o));
-        let got = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-        assert!(
-            got == want,
-            "overlap {overlap}: metrics differ from batchlab train's"
-        );
+        assert!(o.status.success(), "{a:?}: {}", text(&o));
+    };
+    // 64 samples in micros of 32 on 3 workers: one rank has none; in micros of 8 on 2 workers:
+    // each rank has several, the last one streamed.
+    for (micro, workers) in [("32", "3"), ("8", "2")] {
+        let reference = dir.path().join(format!("train-{micro}"));
+        run(args_with("train", &reference, micro, &[]));
+        let want = std::fs::read_to_string(reference.join("metrics.jsonl")).unwrap();
+        for (overlap, algo) in [
+            ("false", "ring"),
+            ("true", "ring"),
+            ("true", "tree"),
+            ("true", "rhd"),
+            ("true", "centralized"),
+        ] {
+            let out = dir.path().join(format!("{micro}-{overlap}-{algo}"));
+            let extra = [
+                "--workers",
+                workers,
+                "--overlap",
+                overlap,
+                "--allreduce",
+                algo,
+            ];
+            run(args_with("run", &out, micro, &extra));
+            let got = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+            assert!(
+                got == want,
+                "micro {micro}, overlap {overlap}, {algo}: metrics differ from batchlab train's"
+            );
+        }
     }
 }
 
