@@ -212,12 +212,7 @@ def mpi(py, sizes, n, iters, warmup, lat_iters):
 
 
 def raw_tcp(py, sizes, n, iters, warmup):
-    ranks = spawn_ranks(py, RAW_WORKER, [sizes, iters, warmup, free_port()], n)
-    merged = {}
-    for r in ranks:
-        for k, v in r.items():
-            merged.setdefault(k, []).extend(v)
-    return merged
+    return merge(spawn_ranks(py, RAW_WORKER, [sizes, iters, warmup, free_port()], n))
 
 
 def merge(per_rank):

@@ -681,12 +681,11 @@ fn stress(
             if !r.member {
                 continue;
             }
-            for (i, op) in ops.iter().enumerate() {
+            for i in 0..ops.len() {
                 match r.ops.get(i) {
                     Some(o) if o.checked == 1 && o.times_s.len() == 1 => report.wrong += o.wrong,
                     _ => report.lost += 1,
                 }
-                let _ = op;
             }
         }
         if results.len() != world {

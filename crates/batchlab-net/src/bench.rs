@@ -227,14 +227,10 @@ async fn run_typed<T: BenchElem + Default>(
             fill(buf, me, s);
             let traced = timed && spec.trace_every > 0 && k % spec.trace_every == 0;
             phases.clear();
-            let mut aborted = abort.clone();
             let t0 = Instant::now();
-            tokio::select! {
-                r = mesh.all_reduce_in(buf, &plan, Some(&group), traced.then_some(&mut phases)) => r?,
-                m = aborted.wait_for(Option::is_some) => {
-                    return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
-                }
-            }
+            let reduced =
+                mesh.all_reduce_in(buf, &plan, Some(&group), traced.then_some(&mut phases));
+            crate::worker::unless_aborted(reduced, &abort).await?;
             let t1 = Instant::now();
             if !timed {
                 continue;

@@ -406,6 +406,21 @@ async fn bench(
     result.and(sent).map(|_| ())
 }
 
+/// Runs `work` unless the coordinator aborts the task first (a frozen peer keeps its streams
+/// open: the abort, from the heartbeats, ends the wait before any receive deadline does).
+pub(crate) async fn unless_aborted<T>(
+    work: impl std::future::Future<Output = Result<T, NetError>>,
+    abort: &watch::Receiver<Option<String>>,
+) -> Result<T, NetError> {
+    let mut aborted = abort.clone();
+    tokio::select! {
+        r = work => r,
+        m = aborted.wait_for(Option::is_some) => {
+            Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()))
+        }
+    }
+}
+
 /// One replica of a run (a seed-mean group has one per seed) and its sampler.
 struct Member {
     replica: batchlab_core::train::Replica,
@@ -558,13 +573,7 @@ where
                     let t1 = Instant::now();
                     // A peer that froze keeps its streams open: the coordinator's abort (from
                     // the heartbeats) ends the wait before the receive deadline does.
-                    let mut aborted = abort.clone();
-                    tokio::select! {
-                        r = reducer.all_reduce(mesh) => r?,
-                        m = aborted.wait_for(Option::is_some) => {
-                            return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
-                        }
-                    }
+                    unless_aborted(reducer.all_reduce(mesh), &abort).await?;
                     (t1, t1.elapsed().as_secs_f64())
                 };
                 let t2 = Instant::now();
@@ -776,7 +785,6 @@ impl Reducer {
                 let mut busy = 0.0;
                 let comm = handle.block_on(async {
                     let mut ready = std::collections::BTreeMap::new();
-                    let mut aborted = abort.clone();
                     for (k, bucket_plan) in o.plans.iter().enumerate() {
                         while !ready.contains_key(&k) {
                             let Some((i, words)) = rx.recv().await else {
@@ -788,12 +796,7 @@ impl Reducer {
                         }
                         let words = ready.remove(&k).expect("present");
                         let started = Instant::now();
-                        tokio::select! {
-                            r = mesh.all_reduce(words, bucket_plan) => r?,
-                            m = aborted.wait_for(Option::is_some) => {
-                                return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
-                            }
-                        }
+                        unless_aborted(mesh.all_reduce(words, bucket_plan), abort).await?;
                         busy += started.elapsed().as_secs_f64();
                     }
                     Ok(())
@@ -809,13 +812,7 @@ impl Reducer {
         }
         let started = Instant::now();
         let (_, stats_words) = packet.grad_and_stats_mut();
-        let mut aborted = abort.clone();
-        tokio::select! {
-            r = mesh.all_reduce(stats_words, &o.stats_plan) => r?,
-            m = aborted.wait_for(Option::is_some) => {
-                return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
-            }
-        }
+        unless_aborted(mesh.all_reduce(stats_words, &o.stats_plan), abort).await?;
         busy += started.elapsed().as_secs_f64();
         Ok((computed, busy))
     }
