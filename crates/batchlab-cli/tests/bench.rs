@@ -254,3 +254,43 @@ fn stress_mode_interleaves_algorithms_on_changing_members_and_loses_nothing() {
             .all(|e| e["ph"] == "X" && e["dur"].as_f64().unwrap() >= 0.0)
     );
 }
+
+#[test]
+fn the_grpc_transport_gives_the_same_exact_sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = batchlab(&[
+        "bench",
+        "allreduce",
+        "--workers",
+        "3",
+        "-b",
+        "8",
+        "-e",
+        "32K",
+        "-f",
+        "16",
+        "-n",
+        "2",
+        "-w",
+        "1",
+        "--chunk-bytes",
+        "1K",
+        "--transport",
+        "grpc",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("grpc transport") && t.contains("Out of bounds values : 0 OK"),
+        "{t}"
+    );
+    let rows = rows(dir.path());
+    // 8, 128, 2048, 32768 bytes for 4 algorithms, each checked on 3 ranks × 2 iterations.
+    assert_eq!(rows.len(), 16);
+    assert!(
+        rows.iter().all(|r| &r[9] == "0" && &r[10] == "6"),
+        "{rows:?}"
+    );
+}
