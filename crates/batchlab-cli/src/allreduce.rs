@@ -84,8 +84,9 @@ pub struct AllreduceArgs {
         default_value = ""
     )]
     token: String,
-    /// How payloads travel: tcp (plain TCP streams beside the gRPC control plane) or grpc.
-    #[arg(long, default_value = "tcp", value_parser = ["tcp", "grpc"])]
+    /// How payloads travel: auto (Unix sockets between workers on the same host, TCP between
+    /// hosts), tcp (TCP only, as Gloo and MPI's TCP transport) or grpc (gRPC streams).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "grpc"])]
     transport: String,
     /// Largest piece of a collective message, in bytes (K, M suffixes).
     #[arg(long, default_value = "4M", value_parser = parse_size)]
@@ -391,6 +392,7 @@ pub fn run(args: AllreduceArgs) -> Result<()> {
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let reduce = ReduceArgs::for_bench(
+        &args.transport,
         args.chunk_bytes,
         args.peer_timeout_ms,
         args.heartbeat_timeout_ms,

@@ -29,9 +29,10 @@ pub struct ReduceArgs {
     /// sums: per element within W·2⁻²⁴·Σ|rank sums| of the exact sum; half the bytes).
     #[arg(long, default_value = "exact")]
     reduce: String,
-    /// How collective payloads travel: tcp (plain TCP streams beside the gRPC control plane)
-    /// or grpc (gRPC streams; about half the bandwidth).
-    #[arg(long, default_value = "tcp")]
+    /// How collective payloads travel: auto (the data plane: Unix sockets between workers on
+    /// the same host, TCP between hosts), tcp (the data plane on TCP only) or grpc (gRPC
+    /// streams; about half the bandwidth).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "grpc"])]
     transport: String,
     /// Exact mode: all-reduce the gradient layer by layer while the backward pass of the last
     /// microbatch still runs on a thread of its own (DDP-style buckets; MLP tasks). The numbers
@@ -56,8 +57,8 @@ impl ReduceArgs {
         self.allreduce
             .parse::<batchlab_collective::Algorithm>()
             .map_err(|e| anyhow!("--allreduce {}: {e}", self.allreduce))?;
-        if !matches!(self.transport.as_str(), "tcp" | "grpc") {
-            bail!("--transport {}: expected tcp or grpc", self.transport);
+        if !matches!(self.transport.as_str(), "auto" | "tcp" | "grpc") {
+            bail!("--transport {}: expected auto, tcp or grpc", self.transport);
         }
         if !matches!(self.reduce.as_str(), "exact" | "fast") {
             bail!("--reduce {}: expected exact or fast", self.reduce);
@@ -90,10 +91,15 @@ impl ReduceArgs {
 
     /// Settings for a cluster that only benchmarks collectives (the algorithm and reduction
     /// come with each benchmark spec).
-    pub fn for_bench(chunk_bytes: u64, peer_timeout_ms: u64, heartbeat_timeout_ms: u64) -> Self {
+    pub fn for_bench(
+        transport: &str,
+        chunk_bytes: u64,
+        peer_timeout_ms: u64,
+        heartbeat_timeout_ms: u64,
+    ) -> Self {
         Self {
             overlap: false,
-            transport: "tcp".into(),
+            transport: transport.into(),
             allreduce: "ring".into(),
             reduce: "exact".into(),
             chunk_bytes,
@@ -104,6 +110,7 @@ impl ReduceArgs {
 
     fn coordinator_config(&self, workers: usize, token: String) -> CoordinatorConfig {
         let mut c = CoordinatorConfig::new(workers, token);
+        c.unix_sockets = self.transport == "auto";
         c.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(100));
         c.heartbeat_interval =
             (c.heartbeat_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));

@@ -37,7 +37,11 @@ fn num(r: &csv::StringRecord, i: usize) -> f64 {
 
 #[test]
 fn every_algorithm_and_size_is_checked_exact_and_the_bandwidths_follow_their_definitions() {
-    for (reduce, elem, ty) in [("exact", 8.0, "int64"), ("fast", 4.0, "float")] {
+    // Exact over TCP, fast over Unix sockets (the default between workers on one host).
+    for (reduce, elem, ty, transport) in [
+        ("exact", 8.0, "int64", "tcp"),
+        ("fast", 4.0, "float", "auto"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let out = batchlab(&[
             "bench",
@@ -58,11 +62,14 @@ fn every_algorithm_and_size_is_checked_exact_and_the_bandwidths_follow_their_def
             "4K",
             "--reduce",
             reduce,
+            "--transport",
+            transport,
             "--out",
             dir.path().to_str().unwrap(),
         ]);
         assert!(out.status.success(), "{}", text(&out));
         let t = text(&out);
+        assert!(t.contains(&format!("{transport} transport")), "{t}");
         assert!(t.contains("Out of bounds values : 0 OK"), "{t}");
         for a in ["ring", "tree", "rhd", "centralized"] {
             assert!(t.contains(&format!("{a:>11}: avg bus bandwidth")), "{t}");

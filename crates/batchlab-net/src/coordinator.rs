@@ -45,6 +45,8 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout: Duration,
     /// How long a joining worker waits for the others.
     pub join_timeout: Duration,
+    /// Whether workers on the same host reach each other's data plane by Unix socket.
+    pub unix_sockets: bool,
 }
 
 impl CoordinatorConfig {
@@ -57,6 +59,7 @@ impl CoordinatorConfig {
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(5),
             join_timeout: Duration::from_secs(120),
+            unix_sockets: true,
         }
     }
 }
@@ -80,6 +83,10 @@ pub struct Member {
     pub addr: String,
     /// Address of its TCP data plane (empty: none).
     pub data_addr: String,
+    /// Path of its Unix-socket data plane (empty: none).
+    pub data_unix: String,
+    /// Its machine's identity.
+    pub host_id: String,
     /// Host name, for logs.
     pub hostname: String,
     /// Process id, for logs.
@@ -159,22 +166,17 @@ impl Rendezvous {
 
     /// Peer addresses by rank, once complete.
     pub fn peers(&self) -> Option<Vec<String>> {
-        let ranks = self.ranks.as_ref()?;
-        let mut peers = vec![String::new(); self.world];
-        for (i, &r) in ranks.iter().enumerate() {
-            peers[r] = self.joined[i].addr.clone();
-        }
-        Some(peers)
+        self.by_rank(|m| &m.addr)
     }
 
-    /// Data-plane addresses by rank, once complete.
-    pub fn data_peers(&self) -> Option<Vec<String>> {
+    /// A field of every member, by rank, once complete.
+    pub fn by_rank(&self, field: impl Fn(&Member) -> &String) -> Option<Vec<String>> {
         let ranks = self.ranks.as_ref()?;
-        let mut peers = vec![String::new(); self.world];
+        let mut out = vec![String::new(); self.world];
         for (i, &r) in ranks.iter().enumerate() {
-            peers[r] = self.joined[i].data_addr.clone();
+            out[r] = field(&self.joined[i]).clone();
         }
-        Some(peers)
+        Some(out)
     }
 
     /// Whether every member has joined.
@@ -602,6 +604,8 @@ impl coordinator_server::Coordinator for Service {
         let member = Member {
             addr: r.advertise_addr.clone(),
             data_addr: r.data_addr.clone(),
+            data_unix: r.data_unix.clone(),
+            host_id: r.host_id.clone(),
             hostname: r.hostname.clone(),
             pid: r.pid,
             requested_rank: u32::try_from(r.requested_rank).ok(),
@@ -626,11 +630,18 @@ impl coordinator_server::Coordinator for Service {
             .wait_ready(self.shared.cfg.join_timeout)
             .await
             .map_err(to_status)?;
-        let (rank, data_peers) = {
+        let (rank, data_peers, data_unix_peers, host_ids) = {
             let mut s = self.shared.state.lock().expect("poisoned");
             let rank = s.rendezvous.rank_of(index).expect("complete");
             s.last_seen[rank] = Some(Instant::now());
-            (rank, s.rendezvous.data_peers().expect("complete"))
+            let z = &s.rendezvous;
+            let all = |f: fn(&Member) -> &String| z.by_rank(f).expect("complete");
+            let fields = (
+                all(|m| &m.data_addr),
+                all(|m| &m.data_unix),
+                all(|m| &m.host_id),
+            );
+            (rank, fields.0, fields.1, fields.2)
         };
         Ok(Response::new(JoinReply {
             session: self.shared.session.clone(),
@@ -641,6 +652,9 @@ impl coordinator_server::Coordinator for Service {
             heartbeat_interval_ms: self.shared.cfg.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: self.shared.cfg.heartbeat_timeout.as_millis() as u64,
             data_peers,
+            data_unix_peers,
+            host_ids,
+            unix_sockets: self.shared.cfg.unix_sockets,
         }))
     }
 
@@ -740,6 +754,8 @@ mod tests {
         Member {
             addr: addr.to_string(),
             data_addr: String::new(),
+            data_unix: String::new(),
+            host_id: String::new(),
             hostname: "h".to_string(),
             pid: 1,
             requested_rank: rank,

@@ -46,7 +46,7 @@ pub(crate) struct Routes {
     pub rank: Option<usize>,
     pub inboxes: Vec<mpsc::UnboundedSender<Inbound>>,
     /// Where each rank's accepted data-plane stream goes.
-    pub streams: Vec<mpsc::UnboundedSender<tokio::net::TcpStream>>,
+    pub streams: Vec<mpsc::UnboundedSender<crate::dataplane::DataStream>>,
 }
 
 /// The `Peer` service of one worker.
@@ -140,6 +140,9 @@ pub struct World<'a> {
     pub peers: &'a [String],
     /// TCP data-plane addresses by rank (empty: no data plane; gRPC streams carry payloads).
     pub data_peers: &'a [String],
+    /// Unix-socket paths of the peers on this host, by rank (empty entries or an empty slice:
+    /// none; those peers are reached over TCP).
+    pub data_unix: &'a [String],
 }
 
 /// The server half of a worker's mesh, created before the world is known.
@@ -171,7 +174,7 @@ impl PeerEndpoint {
 
     /// Serves the TCP data plane on `listener` (see [`crate::dataplane`]) until the process
     /// ends; connections are accepted once they present `token` and this world's session.
-    pub fn serve_data(&self, listener: tokio::net::TcpListener, token: &str) {
+    pub fn serve_data(&self, listener: crate::dataplane::DataListener, token: &str) {
         tokio::spawn(crate::dataplane::serve(
             listener,
             self.service.routes.clone(),
@@ -193,6 +196,7 @@ impl PeerEndpoint {
             rank,
             peers,
             data_peers,
+            data_unix,
         } = *w;
         let world = peers.len();
         let mut senders = Vec::with_capacity(world);
@@ -261,10 +265,24 @@ impl PeerEndpoint {
                 from_rank: rank as u32,
                 to_rank: r as u32,
             };
+            let unix = data_unix
+                .get(r)
+                .filter(|p| !p.is_empty())
+                .map(String::as_str);
             data.push(Some(
-                crate::dataplane::connect(addr, &hello, timeout).await?,
+                crate::dataplane::connect(addr, unix, &hello, timeout).await?,
             ));
         }
+        let unix = data
+            .iter()
+            .filter(|d| matches!(d, Some(crate::dataplane::DataStream::Unix(_))))
+            .count();
+        tracing::debug!(
+            rank,
+            unix,
+            tcp = data.iter().flatten().count() - unix,
+            "data plane connected"
+        );
         Ok(Mesh {
             transport: if complete {
                 Transport::Tcp
@@ -317,11 +335,11 @@ struct Sender {
 pub struct Mesh {
     transport: Transport,
     /// TCP data-plane streams to each rank (empty without a data plane).
-    data: Vec<Option<tokio::net::TcpStream>>,
+    data: Vec<Option<crate::dataplane::DataStream>>,
     /// TCP data-plane streams from each rank, taken from `streams` on first use.
-    data_in: Vec<Option<tokio::net::TcpStream>>,
+    data_in: Vec<Option<crate::dataplane::DataStream>>,
     /// Accepted data-plane streams by sending rank.
-    streams: Vec<mpsc::UnboundedReceiver<tokio::net::TcpStream>>,
+    streams: Vec<mpsc::UnboundedReceiver<crate::dataplane::DataStream>>,
     rank: usize,
     world: usize,
     session: String,
@@ -691,10 +709,10 @@ impl Mesh {
 
 /// Waits for a peer's accepted data-plane stream.
 async fn take_stream(
-    streams: &mut mpsc::UnboundedReceiver<tokio::net::TcpStream>,
+    streams: &mut mpsc::UnboundedReceiver<crate::dataplane::DataStream>,
     name: &str,
     timeout: Duration,
-) -> Result<tokio::net::TcpStream, NetError> {
+) -> Result<crate::dataplane::DataStream, NetError> {
     match tokio::time::timeout(timeout, streams.recv()).await {
         Err(_) => Err(NetError::Timeout {
             what: format!("{name} to open its data-plane stream"),
@@ -720,10 +738,11 @@ impl std::str::FromStr for Transport {
     type Err = NetError;
     fn from_str(s: &str) -> Result<Self, NetError> {
         match s {
-            "" | "tcp" => Ok(Self::Tcp),
+            // The data plane; whether same-host peers use Unix sockets was settled at join.
+            "" | "auto" | "tcp" => Ok(Self::Tcp),
             "grpc" => Ok(Self::Grpc),
             other => Err(NetError::Config(format!(
-                "transport {other:?}: expected \"tcp\" or \"grpc\""
+                "transport {other:?}: expected \"auto\", \"tcp\" or \"grpc\""
             ))),
         }
     }

@@ -31,6 +31,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::auth::Stamp;
+use crate::dataplane::DataListener;
 use crate::mesh::{Mesh, PeerEndpoint};
 use crate::{NetError, transport};
 
@@ -134,7 +135,22 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
         None => format!("{advertise}:{data_port}"),
     };
     let endpoint = PeerEndpoint::new(cfg.connect_timeout);
-    endpoint.serve_data(data_listener, &cfg.token);
+    endpoint.serve_data(DataListener::Tcp(data_listener), &cfg.token);
+    // And on a Unix socket, for peers on this host (TCP/IP costs them kernel cycles for
+    // nothing); without one they use TCP.
+    let unix_path =
+        std::env::temp_dir().join(format!("batchlab-{}-{data_port}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&unix_path);
+    let data_unix = match tokio::net::UnixListener::bind(&unix_path) {
+        Ok(l) => {
+            endpoint.serve_data(DataListener::Unix(l), &cfg.token);
+            unix_path.to_string_lossy().into_owned()
+        }
+        Err(e) => {
+            tracing::debug!("no Unix-socket data plane at {}: {e}", unix_path.display());
+            String::new()
+        }
+    };
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = transport::server()
         .add_service(endpoint.service(&cfg.token))
@@ -145,7 +161,10 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
             },
         );
     let server = tokio::spawn(server);
-    let result = join_and_work(&cfg, &endpoint, &advertise, &data_addr).await;
+    let result = join_and_work(&cfg, &endpoint, &advertise, &data_addr, &data_unix).await;
+    if !data_unix.is_empty() {
+        let _ = std::fs::remove_file(&data_unix);
+    }
     let _ = stop_tx.send(true);
     let _ = server.await;
     result
@@ -193,6 +212,7 @@ async fn join_and_work(
     endpoint: &PeerEndpoint,
     advertise: &str,
     data_addr: &str,
+    data_unix: &str,
 ) -> Result<(), NetError> {
     let mut client = connect_coordinator(cfg).await?;
     let reply = client
@@ -202,18 +222,35 @@ async fn join_and_work(
             pid: std::process::id(),
             requested_rank: cfg.requested_rank.map_or(-1, i64::from),
             data_addr: data_addr.to_string(),
+            data_unix: data_unix.to_string(),
+            host_id: crate::dataplane::host_id(),
         })
         .await
         .map_err(|s| NetError::rpc(format!("joining the coordinator at {}", cfg.coordinator), s))?
         .into_inner();
     let rank = reply.rank as usize;
     tracing::info!(rank, world = reply.world_size, advertise, "joined");
+    // Peers on this host (same boot id and host name) are reached by Unix socket when the
+    // coordinator allows it.
+    let me = crate::dataplane::host_id();
+    let data_unix: Vec<String> = (0..reply.peers.len())
+        .map(|r| {
+            let same_host = reply.host_ids.get(r) == Some(&me);
+            let path = reply.data_unix_peers.get(r).cloned().unwrap_or_default();
+            if reply.unix_sockets && same_host {
+                path
+            } else {
+                String::new()
+            }
+        })
+        .collect();
     let world = crate::mesh::World {
         session: &reply.session,
         generation: reply.generation,
         rank,
         peers: &reply.peers,
         data_peers: &reply.data_peers,
+        data_unix: &data_unix,
     };
     let mut mesh = endpoint
         .connect(&world, &cfg.token, cfg.connect_timeout)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchlab_collective::{Algorithm, PlanConfig};
+use batchlab_net::dataplane::DataListener;
 use batchlab_net::mesh::{Mesh, PeerEndpoint, Transport, World};
 use batchlab_net::transport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,8 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 const TOKEN: &str = "secret";
 
-/// A worker's two listeners: the gRPC peer service and the data plane.
-async fn endpoint() -> (PeerEndpoint, String, String) {
+/// A worker's listeners: the gRPC peer service and the data plane, on TCP and on a Unix
+/// socket (its path).
+async fn endpoint() -> (PeerEndpoint, String, String, String) {
     let e = PeerEndpoint::new(Duration::from_secs(5));
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc.local_addr().unwrap().to_string();
@@ -27,25 +29,40 @@ async fn endpoint() -> (PeerEndpoint, String, String) {
     });
     let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let data_addr = data.local_addr().unwrap().to_string();
-    e.serve_data(data, TOKEN);
-    (e, grpc_addr, data_addr)
+    e.serve_data(DataListener::Tcp(data), TOKEN);
+    let path = std::env::temp_dir().join(format!(
+        "batchlab-test-{}-{}.sock",
+        std::process::id(),
+        data_addr.replace([':', '.'], "-")
+    ));
+    let _ = std::fs::remove_file(&path);
+    let unix = tokio::net::UnixListener::bind(&path).unwrap();
+    e.serve_data(DataListener::Unix(unix), TOKEN);
+    (e, grpc_addr, data_addr, path.to_string_lossy().into_owned())
 }
 
-/// `n` connected meshes with the data plane, in rank order (and their endpoints, kept alive,
-/// and the data-plane addresses).
-async fn meshes(n: usize) -> (Vec<Mesh>, Vec<Arc<PeerEndpoint>>, Vec<String>) {
+/// `n` connected meshes with the data plane (over Unix sockets with `unix`), in rank order,
+/// their endpoints (kept alive) and the TCP data-plane addresses.
+async fn meshes(n: usize, unix: bool) -> (Vec<Mesh>, Vec<Arc<PeerEndpoint>>, Vec<String>) {
     let mut endpoints = Vec::new();
-    let (mut peers, mut data) = (Vec::new(), Vec::new());
+    let (mut peers, mut data, mut paths) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
-        let (e, p, d) = endpoint().await;
+        let (e, p, d, u) = endpoint().await;
         endpoints.push(Arc::new(e));
         peers.push(p);
         data.push(d);
+        if unix {
+            paths.push(u);
+        } else {
+            let _ = std::fs::remove_file(&u);
+            paths.push(String::new());
+        }
     }
     // Every rank connects at once: a hello is answered once its receiver has joined too.
     let tasks: Vec<_> = (0..n)
         .map(|rank| {
-            let (e, peers, data) = (endpoints[rank].clone(), peers.clone(), data.clone());
+            let e = endpoints[rank].clone();
+            let (peers, data, paths) = (peers.clone(), data.clone(), paths.clone());
             tokio::spawn(async move {
                 let w = World {
                     session: "s",
@@ -53,6 +70,7 @@ async fn meshes(n: usize) -> (Vec<Mesh>, Vec<Arc<PeerEndpoint>>, Vec<String>) {
                     rank,
                     peers: &peers,
                     data_peers: &data,
+                    data_unix: &paths,
                 };
                 e.connect(&w, TOKEN, Duration::from_secs(5)).await.unwrap()
             })
@@ -61,6 +79,10 @@ async fn meshes(n: usize) -> (Vec<Mesh>, Vec<Arc<PeerEndpoint>>, Vec<String>) {
     let mut meshes = Vec::new();
     for t in tasks {
         meshes.push(t.await.unwrap());
+    }
+    // Connected: the socket files are no longer needed.
+    for p in paths.iter().filter(|p| !p.is_empty()) {
+        let _ = std::fs::remove_file(p);
     }
     (meshes, endpoints, data)
 }
@@ -105,10 +127,10 @@ async fn all_reduce_everywhere(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_algorithm_over_the_data_plane_gives_the_exact_sum_on_every_rank() {
-    for n in [2, 3, 4] {
+async fn every_algorithm_over_tcp_and_unix_sockets_gives_the_exact_sum_on_every_rank() {
+    for (n, unix) in [(2, false), (3, false), (4, false), (2, true), (3, true)] {
         for algorithm in Algorithm::ALL {
-            let (meshes, _endpoints, _) = meshes(n).await;
+            let (meshes, _endpoints, _) = meshes(n, unix).await;
             let len = 10_007;
             let inputs: Vec<Vec<i64>> = (0..n).map(|r| input(r, len)).collect();
             let want: Vec<i64> = (0..len)
@@ -119,7 +141,10 @@ async fn every_algorithm_over_the_data_plane_gives_the_exact_sum_on_every_rank()
                 .iter()
                 .enumerate()
             {
-                assert!(got == &want, "{algorithm:?} n={n}: rank {r} differs");
+                assert!(
+                    got == &want,
+                    "{algorithm:?} n={n} unix={unix}: rank {r} differs"
+                );
             }
         }
     }
@@ -162,7 +187,7 @@ async fn say(addr: &str, bytes: &[u8]) -> (TcpStream, Result<(), String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_connections_name_what_was_wrong_and_change_nothing() {
-    let (meshes, _endpoints, data) = meshes(2).await;
+    let (meshes, _endpoints, data) = meshes(2, false).await;
     let to_rank0 = &data[0];
     for (bytes, says) in [
         (hello("wrong", "s", 1, 1, 0), "wrong or missing token"),
@@ -189,10 +214,13 @@ async fn refused_connections_name_what_was_wrong_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_piece_fails_the_collective_naming_its_size_and_the_limit() {
-    let (e0, p0, d0) = endpoint().await;
+    let (e0, p0, d0, u0) = endpoint().await;
     // Rank 1 is played by hand: its data plane accepts rank 0's hello, and it connects to rank
     // 0 with a valid hello, then announces a piece beyond the limit.
-    let (_e1, p1, _) = endpoint().await;
+    let (_e1, p1, _, u1) = endpoint().await;
+    for u in [u0, u1] {
+        std::fs::remove_file(u).unwrap();
+    }
     let fake = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let d1 = fake.local_addr().unwrap().to_string();
     let hello_len = hello(TOKEN, "s", 1, 0, 1).len();
@@ -211,6 +239,7 @@ async fn an_oversized_piece_fails_the_collective_naming_its_size_and_the_limit()
         rank: 0,
         peers: &peers,
         data_peers: &data,
+        data_unix: &[],
     };
     let mut m0 = e0
         .connect(&w0, TOKEN, Duration::from_secs(5))

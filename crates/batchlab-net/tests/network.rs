@@ -48,6 +48,8 @@ fn join(addr: &str) -> JoinRequest {
         pid: 1,
         requested_rank: -1,
         data_addr: String::new(),
+        data_unix: String::new(),
+        host_id: String::new(),
     }
 }
 
@@ -133,6 +135,7 @@ async fn an_unreachable_peer_address_is_named_in_the_error() {
                 rank: 0,
                 peers: &peers,
                 data_peers: &[],
+                data_unix: &[],
             },
             TOKEN,
             Duration::from_millis(500),
@@ -164,6 +167,7 @@ async fn two_ranks() -> (batchlab_net::mesh::Mesh, RawPeer, PeerEndpoint) {
                 rank: 0,
                 peers: &peers,
                 data_peers: &[],
+                data_unix: &[],
             },
             TOKEN,
             Duration::from_secs(5),
