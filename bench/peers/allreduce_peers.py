@@ -3,7 +3,9 @@
 
 For each world size n and buffer size S it measures, one after another on the same machine:
 
-  batchlab   `batchlab bench allreduce --workers n` (TCP data plane, ring by default, int64)
+  batchlab   `batchlab bench allreduce --workers n` (ring by default, int64), twice: on TCP
+             (`--transport tcp`, as the peers here) and on Unix sockets (its default between
+             workers on one host)
   gloo       torch.distributed's Gloo backend, all_reduce(SUM) of an int64 tensor
   mpi        OpenMPI through mpi4py, Allreduce(SUM) of int64, forced onto TCP (btl tcp,self)
   raw tcp    the exchange limit: n processes in a ring, each sending S·2(n-1)/n bytes to the next
@@ -223,13 +225,14 @@ def merge(per_rank):
     return merged
 
 
-def batchlab(binary, sizes, n, iters, warmup, lat_iters, algorithm):
+def batchlab(binary, sizes, n, iters, warmup, lat_iters, algorithm, transport):
     out = {}
     with tempfile.TemporaryDirectory() as d:
         for size in sizes + [1024]:
             n_iter = lat_iters if size == 1024 else iters
             cmd = [binary, "bench", "allreduce", "--workers", str(n), "-b", str(size), "-e", str(size),
-                   "-n", str(n_iter), "-w", str(warmup), "-a", algorithm, "--out", d]
+                   "-n", str(n_iter), "-w", str(warmup), "-a", algorithm, "--transport", transport,
+                   "--out", d]
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
             if p.returncode != 0:
                 raise RuntimeError(f"batchlab failed: {p.stdout[-1000:]}{p.stderr[-2000:]}")
@@ -255,11 +258,13 @@ def main():
     sizes = [size_bytes(s) for s in args.sizes.split(",")]
     worlds = [int(w) for w in args.worlds.split(",")]
     print(f"# {os.cpu_count()} cores; int64 elements; iterations {args.iters} (1 KiB: {args.latency_iters}); "
-          f"batchlab {args.algorithm}, TCP data plane; MPI on btl tcp,self (loopback)", flush=True)
+          f"batchlab {args.algorithm}; MPI on btl tcp,self (loopback)", flush=True)
     results = []
     for n in worlds:
-        print(f"# n = {n}: batchlab ...", flush=True)
-        ours = batchlab(args.batchlab, sizes, n, args.iters, args.warmup, args.latency_iters, args.algorithm)
+        print(f"# n = {n}: batchlab (TCP, then Unix sockets) ...", flush=True)
+        ours = batchlab(args.batchlab, sizes, n, args.iters, args.warmup, args.latency_iters, args.algorithm, "tcp")
+        ours_unix = batchlab(args.batchlab, sizes, n, args.iters, args.warmup, args.latency_iters, args.algorithm,
+                             "auto")
         print(f"# n = {n}: gloo ...", flush=True)
         g = gloo(py, sizes, n, args.iters, args.warmup, args.latency_iters)
         print(f"# n = {n}: mpi ...", flush=True)
@@ -272,6 +277,7 @@ def main():
             row = {
                 "n": n, "bytes": size,
                 "batchlab": busbw(size, n, ours[k]["time_s"]),
+                "batchlab_unix": busbw(size, n, ours_unix[k]["time_s"]),
                 "gloo": busbw(size, n, mean(g[k])),
                 "mpi": busbw(size, n, mean(m[k])),
                 # The ring exchange moves S·2(n-1)/n per link: its busbw is bytes per second per link.
@@ -279,32 +285,38 @@ def main():
             }
             results.append(row)
         lat = {"n": n, "bytes": 1024, "batchlab_p50_us": ours["1024"]["p50_s"] * 1e6,
+               "batchlab_unix_p50_us": ours_unix["1024"]["p50_s"] * 1e6,
                "gloo_p50_us": percentile(g["1024"], 0.5) * 1e6, "mpi_p50_us": percentile(m["1024"], 0.5) * 1e6}
         results.append(lat)
 
     print()
-    print(f"{'n':>2} {'size':>10} {'batchlab':>9} {'gloo':>7} {'mpi':>7} {'raw tcp':>8}   "
-          f"{'÷gloo':>6} {'÷mpi':>6} {'÷raw':>6}   busbw GB/s")
+    print("busbw GB/s; batchlab on TCP (as Gloo and MPI here) and on Unix sockets (its default between"
+          " workers on one host)")
+    print(f"{'n':>2} {'size':>10} {'tcp':>7} {'unix':>7} {'gloo':>7} {'mpi':>7} {'raw tcp':>8}   "
+          f"{'tcp÷gloo':>8} {'tcp÷mpi':>7} {'unix÷gloo':>9} {'unix÷mpi':>8}")
     for r in results:
         if "batchlab" in r:
-            print(f"{r['n']:>2} {r['bytes']:>10} {r['batchlab']:>9.3f} {r['gloo']:>7.3f} {r['mpi']:>7.3f} "
-                  f"{r['raw_tcp']:>8.3f}   {r['batchlab'] / r['gloo']:>6.2f} {r['batchlab'] / r['mpi']:>6.2f} "
-                  f"{r['batchlab'] / r['raw_tcp']:>6.2f}")
+            print(f"{r['n']:>2} {r['bytes']:>10} {r['batchlab']:>7.3f} {r['batchlab_unix']:>7.3f} {r['gloo']:>7.3f} "
+                  f"{r['mpi']:>7.3f} {r['raw_tcp']:>8.3f}   {r['batchlab'] / r['gloo']:>8.2f} "
+                  f"{r['batchlab'] / r['mpi']:>7.2f} {r['batchlab_unix'] / r['gloo']:>9.2f} "
+                  f"{r['batchlab_unix'] / r['mpi']:>8.2f}")
     print()
-    print(f"{'n':>2} {'1 KiB p50 us':>13} {'batchlab':>9} {'gloo':>7} {'mpi':>7}   {'÷gloo':>6}")
+    print(f"{'n':>2} {'1 KiB p50 us':>13} {'tcp':>7} {'unix':>7} {'gloo':>7} {'mpi':>7}   {'tcp÷gloo':>8}")
     for r in results:
         if "gloo_p50_us" in r:
-            print(f"{r['n']:>2} {'':>13} {r['batchlab_p50_us']:>9.1f} {r['gloo_p50_us']:>7.1f} "
-                  f"{r['mpi_p50_us']:>7.1f}   {r['batchlab_p50_us'] / r['gloo_p50_us']:>6.2f}")
+            print(f"{r['n']:>2} {'':>13} {r['batchlab_p50_us']:>7.1f} {r['batchlab_unix_p50_us']:>7.1f} "
+                  f"{r['gloo_p50_us']:>7.1f} {r['mpi_p50_us']:>7.1f}   {r['batchlab_p50_us'] / r['gloo_p50_us']:>8.2f}")
     print()
     goals = []
     for n in worlds:
         bw = [r for r in results if r["n"] == n and "batchlab" in r]
-        goals.append((f"n={n}: busbw ≥ 1.2× Gloo at every size", all(r["batchlab"] >= 1.2 * r["gloo"] for r in bw)))
-        goals.append((f"n={n}: busbw ≥ 1.0× MPI at every size", all(r["batchlab"] >= r["mpi"] for r in bw)))
-        if len(bw) >= 2:
-            goals.append((f"n={n}: no cliff (busbw at {bw[-1]['bytes']} ≥ 0.9× at {bw[0]['bytes']})",
-                          bw[-1]["batchlab"] >= 0.9 * bw[0]["batchlab"]))
+        for key, name in [("batchlab", "tcp"), ("batchlab_unix", "unix")]:
+            goals.append((f"n={n} {name}: busbw ≥ 1.2× Gloo at every size",
+                          all(r[key] >= 1.2 * r["gloo"] for r in bw)))
+            goals.append((f"n={n} {name}: busbw ≥ 1.0× MPI at every size", all(r[key] >= r["mpi"] for r in bw)))
+            if len(bw) >= 2:
+                goals.append((f"n={n} {name}: no cliff (busbw at {bw[-1]['bytes']} ≥ 0.9× at {bw[0]['bytes']})",
+                              bw[-1][key] >= 0.9 * bw[0][key]))
         lat = next(r for r in results if r["n"] == n and "gloo_p50_us" in r)
         goals.append((f"n={n}: 1 KiB p50 ≤ 2× Gloo's", lat["batchlab_p50_us"] <= 2 * lat["gloo_p50_us"]))
     for g, ok in goals:
