@@ -1,6 +1,7 @@
-//! The TCP data plane: collective payloads on plain TCP streams, one per ordered pair of
-//! ranks, beside the gRPC control plane (and instead of the `Peer.Exchange` gRPC stream when a
-//! task asks for `transport = "tcp"`, the default).
+//! The data plane: collective payloads on plain byte streams, one per ordered pair of ranks,
+//! beside the gRPC control plane (instead of the `Peer.Exchange` gRPC streams unless a task
+//! asks for `transport = "grpc"`). Workers on the same host (same boot id and host name) use
+//! Unix sockets when the coordinator allows it, others TCP.
 //!
 //! Why: through tonic a payload byte is copied four times in user space (encode, gRPC framing,
 //! HTTP/2 reassembly, protobuf decode) besides the kernel's two; on a small machine those
