@@ -69,6 +69,7 @@ enum Bench {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging();
+    quiet_on_broken_pipe();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Run(args) => cluster::run(args),
@@ -90,6 +91,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// A reader that went away (`batchlab … | head`) stops the program without a panic message:
+/// the print's panic still unwinds, so local workers are shut down as on any other error.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            return;
+        }
+        default(info);
+    }));
 }
 
 /// `tracing` to stderr, filtered by `RUST_LOG` (default `info`).

@@ -301,3 +301,38 @@ fn the_grpc_transport_gives_the_same_exact_sums() {
         "{rows:?}"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_benchmark_without_a_panic_message() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+        .args([
+            "bench",
+            "allreduce",
+            "--workers",
+            "2",
+            "-b",
+            "8",
+            "-e",
+            "64K",
+            "-n",
+            "1",
+            "-w",
+            "0",
+            "-a",
+            "ring",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `| head -0`: the reader closes the pipe before anything is printed.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
