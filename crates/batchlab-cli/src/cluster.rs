@@ -170,6 +170,10 @@ pub struct WorkerArgs {
     /// Where this worker's peer service listens.
     #[arg(long, default_value = "0.0.0.0:0")]
     listen: SocketAddr,
+    /// Port of this worker's data plane (collective payloads), on the --listen interface
+    /// (0: any free port; fix it where a firewall or a container's port list needs it).
+    #[arg(long, default_value_t = 0)]
+    data_port: u16,
     /// The address other workers reach this one at, `HOST` or `HOST:PORT` (for hosts with several
     /// interfaces; a bare HOST gets the listening port).
     #[arg(long)]
@@ -223,6 +227,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         coordinator,
         token: args.token,
         listen: args.listen,
+        data_port: args.data_port,
         advertise: args.advertise,
         requested_rank,
         connect_timeout: Duration::from_secs(args.connect_timeout),

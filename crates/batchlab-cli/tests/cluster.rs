@@ -371,11 +371,20 @@ fn launchers_environment_variables_give_the_world_size_coordinator_and_ranks() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Each worker's data plane on a port of its own choosing (as a firewall would want).
+    let data_ports = [free_port().to_string(), free_port().to_string()];
     let workers: Vec<_> = [("RANK", "1"), ("SLURM_PROCID", "0")]
         .into_iter()
-        .map(|(var, rank)| {
+        .zip(&data_ports)
+        .map(|((var, rank), data_port)| {
             Command::new(exe)
-                .args(["worker", "--listen", "127.0.0.1:0"])
+                .args([
+                    "worker",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-port",
+                    data_port,
+                ])
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)
                 .env("BATCHLAB_TOKEN", "env-token")
@@ -398,9 +407,14 @@ fn launchers_environment_variables_give_the_world_size_coordinator_and_ranks() {
         2,
         "two ranks reported: {timing}"
     );
-    for w in workers {
+    for (w, data_port) in workers.into_iter().zip(&data_ports) {
         let o = w.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", text(&o));
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        assert!(
+            t.contains(&format!("data_addr=\"127.0.0.1:{data_port}\"")),
+            "{t}"
+        );
     }
 }
 

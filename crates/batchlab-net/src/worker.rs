@@ -78,6 +78,8 @@ pub struct WorkerConfig {
     pub token: String,
     /// Where this worker's peer service listens (`0.0.0.0:0` for any interface, any port).
     pub listen: SocketAddr,
+    /// Port of the TCP data plane on the same interface (0: any free port).
+    pub data_port: u16,
     /// The address peers reach this worker at (`host` or `host:port`; a bare host gets the
     /// bound port); default: the listen address, or this host's name when listening on all
     /// interfaces.
@@ -116,13 +118,16 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
         None => local.to_string(),
     };
     // The TCP data plane listens beside the peer service, on the same interface.
-    let data_listener =
-        TcpListener::bind((cfg.listen.ip(), 0))
-            .await
-            .map_err(|e| NetError::Io {
-                what: format!("binding the data-plane listener on {}", cfg.listen.ip()),
-                source: e,
-            })?;
+    let data_listener = TcpListener::bind((cfg.listen.ip(), cfg.data_port))
+        .await
+        .map_err(|e| NetError::Io {
+            what: format!(
+                "binding the data-plane listener on {}:{}",
+                cfg.listen.ip(),
+                cfg.data_port
+            ),
+            source: e,
+        })?;
     let data_port = data_listener
         .local_addr()
         .map_err(|e| NetError::Io {
@@ -229,7 +234,13 @@ async fn join_and_work(
         .map_err(|s| NetError::rpc(format!("joining the coordinator at {}", cfg.coordinator), s))?
         .into_inner();
     let rank = reply.rank as usize;
-    tracing::info!(rank, world = reply.world_size, advertise, "joined");
+    tracing::info!(
+        rank,
+        world = reply.world_size,
+        advertise,
+        data_addr,
+        "joined"
+    );
     // Peers on this host (same boot id and host name) are reached by Unix socket when the
     // coordinator allows it.
     let me = crate::dataplane::host_id();

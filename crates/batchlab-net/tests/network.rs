@@ -349,6 +349,7 @@ async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
                 coordinator: addr.clone(),
                 token: TOKEN.into(),
                 listen: "127.0.0.1:0".parse().unwrap(),
+                data_port: 0,
                 advertise: None,
                 requested_rank: None,
                 connect_timeout: Duration::from_secs(20),
