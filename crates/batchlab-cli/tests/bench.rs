@@ -336,3 +336,38 @@ fn a_reader_that_goes_away_ends_the_benchmark_without_a_panic_message() {
     assert!(!out.status.success());
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn check_zero_checks_nothing_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = batchlab(&[
+        "bench",
+        "allreduce",
+        "--workers",
+        "2",
+        "-b",
+        "1K",
+        "-e",
+        "4K",
+        "-f",
+        "4",
+        "-n",
+        "3",
+        "-w",
+        "0",
+        "-a",
+        "ring",
+        "-c",
+        "0",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("results not checked"), "{}", text(&out));
+    let rows = rows(dir.path());
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter().all(|r| &r[9] == "0" && &r[10] == "0"),
+        "{rows:?}"
+    );
+}
