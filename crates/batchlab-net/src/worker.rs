@@ -146,6 +146,7 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
     let unix_path =
         std::env::temp_dir().join(format!("batchlab-{}-{data_port}.sock", std::process::id()));
     let _ = std::fs::remove_file(&unix_path);
+    remove_stale_sockets(&std::env::temp_dir());
     let data_unix = match tokio::net::UnixListener::bind(&unix_path) {
         Ok(l) => {
             endpoint.serve_data(DataListener::Unix(l), &cfg.token);
@@ -173,6 +174,32 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     result
+}
+
+/// Removes the Unix sockets that workers killed without a chance to clean up left in `dir`
+/// (`batchlab-<pid>-<port>.sock` whose process is gone; Linux's /proc tells).
+fn remove_stale_sockets(dir: &std::path::Path) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("batchlab-"))
+            .and_then(|n| n.strip_suffix(".sock"))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, port)| port.parse::<u16>().ok().and(pid.parse::<u32>().ok()))
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn hostname() -> String {
@@ -885,5 +912,25 @@ impl Reducer {
             Self::Exact { packet, .. } => replica.apply(packet),
             Self::Fast { grad, stats, .. } => replica.apply_fast(grad, stats),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sockets_of_dead_workers_are_removed_and_live_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("batchlab-stale-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // No process has pid 4_000_000_000 (above Linux's pid limit); this test's does exist.
+        let dead = dir.join("batchlab-4000000000-1234.sock");
+        let live = dir.join(format!("batchlab-{}-1234.sock", std::process::id()));
+        let other = dir.join("batchlab-notes.txt");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"").unwrap();
+        }
+        super::remove_stale_sockets(&dir);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
