@@ -379,10 +379,7 @@ impl Mesh {
     }
 
     fn peer_name(&self, rank: usize) -> String {
-        format!(
-            "rank {rank} ({})",
-            self.peers.get(rank).map_or("?", String::as_str)
-        )
+        peer_label(&self.peers, rank)
     }
 
     /// All-reduces `buf` by `plan` (which must be this rank's plan for `buf.len()` elements):
@@ -418,24 +415,28 @@ impl Mesh {
         for (k, step) in plan.steps.iter().enumerate() {
             let k = k as u32;
             if self.transport == Transport::Tcp {
-                let ops: Vec<Op> = step
-                    .ops
-                    .iter()
-                    .map(|op| match op {
-                        Op::Send { peer, range } => Op::Send {
-                            peer: rank_of(*peer),
-                            range: range.clone(),
-                        },
-                        Op::RecvReduce { peer, range } => Op::RecvReduce {
-                            peer: rank_of(*peer),
-                            range: range.clone(),
-                        },
-                        Op::RecvCopy { peer, range } => Op::RecvCopy {
-                            peer: rank_of(*peer),
-                            range: range.clone(),
-                        },
-                    })
-                    .collect();
+                // Plan ranks become mesh ranks; without a group they are the same.
+                let ops: std::borrow::Cow<'_, [Op]> = match group {
+                    None => std::borrow::Cow::Borrowed(&step.ops),
+                    Some(_) => step
+                        .ops
+                        .iter()
+                        .map(|op| match op {
+                            Op::Send { peer, range } => Op::Send {
+                                peer: rank_of(*peer),
+                                range: range.clone(),
+                            },
+                            Op::RecvReduce { peer, range } => Op::RecvReduce {
+                                peer: rank_of(*peer),
+                                range: range.clone(),
+                            },
+                            Op::RecvCopy { peer, range } => Op::RecvCopy {
+                                peer: rank_of(*peer),
+                                range: range.clone(),
+                            },
+                        })
+                        .collect(),
+                };
                 self.tcp_step(buf, &ops, seq, k, trace.as_deref_mut())
                     .await?;
                 continue;
@@ -543,18 +544,20 @@ impl Mesh {
         trace: Option<&mut Vec<Phase>>,
     ) -> Result<(), NetError> {
         let timeout = self.recv_timeout;
-        let names: Vec<String> = (0..self.world).map(|r| self.peer_name(r)).collect();
+        // Names are only formatted for a message: nothing is allocated per step.
         let Mesh {
             data,
             data_in,
             streams,
+            peers,
             ..
         } = self;
+        let name = |r: usize| peer_label(peers, r);
         // Receivers' streams arrive through the inboxes once the peer's hello was accepted.
         for op in ops.iter().filter(|op| !op.is_send()) {
             let p = op.peer();
             if data_in[p].is_none() {
-                data_in[p] = Some(take_stream(&mut streams[p], &names[p], timeout).await?);
+                data_in[p] = Some(take_stream(&mut streams[p], &name(p), timeout).await?);
             }
         }
         let sends: Vec<std::ops::Range<usize>> = ops
@@ -594,11 +597,11 @@ impl Mesh {
                 match tokio::time::timeout(timeout, write).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        return Err(NetError::Peer(format!("lost {}: {e}", names[*peer])));
+                        return Err(NetError::Peer(format!("lost {}: {e}", name(*peer))));
                     }
                     Err(_) => {
                         return Err(NetError::Timeout {
-                            what: format!("{} to accept data in collective {seq}", names[*peer]),
+                            what: format!("{} to accept data in collective {seq}", name(*peer)),
                             after: timeout,
                         });
                     }
@@ -653,14 +656,14 @@ impl Mesh {
                         }
                     }
                     Ok(Err(crate::dataplane::PieceError::Lost(why))) => {
-                        return Err(NetError::Peer(format!("lost {}: {why}", names[peer])));
+                        return Err(NetError::Peer(format!("lost {}: {why}", name(peer))));
                     }
                     Ok(Err(crate::dataplane::PieceError::Bad(why))) => {
-                        return Err(NetError::Peer(format!("{} {why}", names[peer])));
+                        return Err(NetError::Peer(format!("{} {why}", name(peer))));
                     }
                     Err(_) => {
                         return Err(NetError::Timeout {
-                            what: format!("{} in step {k} of collective {seq}", names[peer]),
+                            what: format!("{} in step {k} of collective {seq}", name(peer)),
                             after: timeout,
                         });
                     }
@@ -705,6 +708,14 @@ impl Mesh {
             ))),
         }
     }
+}
+
+/// `rank r (address)`, for messages.
+fn peer_label(peers: &[String], rank: usize) -> String {
+    format!(
+        "rank {rank} ({})",
+        peers.get(rank).map_or("?", String::as_str)
+    )
 }
 
 /// Waits for a peer's accepted data-plane stream.
