@@ -193,6 +193,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Resolves with the signal's name on SIGINT (Ctrl-C) or SIGTERM (`docker stop`, `kubectl
+/// delete`, Slurm's end of job). A container's first process gets no default handler for
+/// SIGTERM, so without this one it would be ignored until the engine's SIGKILL.
+pub async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
 fn env_number(names: &[&str]) -> Result<Option<u64>> {
     for name in names {
         if let Ok(v) = std::env::var(name) {
@@ -232,9 +249,12 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         requested_rank,
         connect_timeout: Duration::from_secs(args.connect_timeout),
     };
-    runtime()?
-        .block_on(batchlab_net::run_worker(cfg))
-        .map_err(|e| anyhow!(e))
+    runtime()?.block_on(async {
+        tokio::select! {
+            r = batchlab_net::run_worker(cfg) => r.map_err(|e| anyhow!(e)),
+            sig = stop_signal() => bail!("worker stopped by {sig}"),
+        }
+    })
 }
 
 /// Runs `batchlab coordinator`: waits for the workers, runs the configured training on them,
@@ -390,7 +410,7 @@ impl Cluster {
             tokio::select! {
                 r = coordinator.wait_ready(Duration::from_secs(120)) => r.map(|_| ()).map_err(|e| anyhow!(e)),
                 e = dead_child(children) => Err(e),
-                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+                sig = stop_signal() => bail!("interrupted by {sig}"),
             }
         })
     }
@@ -412,7 +432,7 @@ impl Cluster {
             tokio::select! {
                 r = coordinator.run(spec, on_row) => r.map_err(|e| anyhow!(e)),
                 e = dead_child(children) => Err(e),
-                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+                sig = stop_signal() => bail!("interrupted by {sig}"),
             }
         })
     }
@@ -425,7 +445,7 @@ impl Cluster {
             tokio::select! {
                 r = coordinator.bench(spec) => r.map_err(|e| anyhow!(e)),
                 e = dead_child(children) => Err(e),
-                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+                sig = stop_signal() => bail!("interrupted by {sig}"),
             }
         })
     }

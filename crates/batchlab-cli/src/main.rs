@@ -11,6 +11,9 @@ mod sweep;
 mod train;
 mod warmup;
 
+#[cfg(test)]
+mod deploy_check;
+
 use clap::{Parser, Subcommand};
 
 /// mimalloc keeps freed message buffers (MiB each, many per all-reduce) for reuse; glibc's
