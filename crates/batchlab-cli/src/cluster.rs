@@ -184,6 +184,10 @@ pub struct WorkerArgs {
     /// Seconds to keep trying to reach the coordinator and the peers.
     #[arg(long, default_value_t = 60)]
     connect_timeout: u64,
+    /// Milliseconds added to this worker's computation of every step: a straggler on purpose
+    /// (the numbers do not change; every other rank waits for it at each all-reduce).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    inject_delay: u64,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -225,6 +229,14 @@ fn env_number(names: &[&str]) -> Result<Option<u64>> {
 
 /// Runs `batchlab worker`.
 pub fn worker(args: WorkerArgs) -> Result<()> {
+    if args.token.is_empty() && !args.listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {} without a token: anyone who reaches it could send this \
+             worker collective data. Set --token or BATCHLAB_TOKEN (the coordinator's), or \
+             --listen 127.0.0.1:0 for workers on this host only",
+            args.listen
+        );
+    }
     let coordinator = match args.coordinator {
         Some(c) => c,
         None => match (std::env::var("MASTER_ADDR"), std::env::var("MASTER_PORT")) {
@@ -248,6 +260,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         advertise: args.advertise,
         requested_rank,
         connect_timeout: Duration::from_secs(args.connect_timeout),
+        inject_delay: Duration::from_millis(args.inject_delay),
     };
     runtime()?.block_on(async {
         tokio::select! {
@@ -461,6 +474,13 @@ impl Cluster {
             return;
         }
         self.closed = true;
+        let refused = batchlab_net::refused::counts();
+        if refused.total() > 0 {
+            tracing::warn!(
+                total = refused.total(),
+                "the coordinator refused calls or messages: {refused:?}"
+            );
+        }
         match error {
             None => self.coordinator.shutdown_workers("run finished"),
             Some(e) => self
@@ -544,6 +564,14 @@ fn drive(cluster: &mut Cluster, p: &Prepared) -> Result<RunOutcome> {
         "timing".to_string(),
         serde_json::to_value(&outcome.timings)?,
     );
+    let refused = batchlab_net::refused::counts();
+    if refused.total() > 0 {
+        println!(
+            "the coordinator refused {} calls or messages: {refused:?}",
+            refused.total()
+        );
+    }
+    extra.insert("refused".to_string(), serde_json::to_value(refused)?);
     sink.finish(&outcome.summary, &p.cfg, extra)?;
     print_timing(&outcome.timings);
     Ok(outcome)

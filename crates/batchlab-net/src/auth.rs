@@ -5,6 +5,8 @@ use batchlab_proto::PROTOCOL_VERSION;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
+use crate::refused::{Reason, refuse};
+
 /// Metadata key of the token.
 pub const TOKEN_KEY: &str = "x-batchlab-token";
 /// Metadata key of the protocol version.
@@ -38,18 +40,24 @@ impl tonic::service::Interceptor for Check {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("none");
         if version != PROTOCOL_VERSION.to_string() {
-            tracing::warn!(%from, version, "refused a call: wrong protocol version");
-            return Err(Status::failed_precondition(format!(
-                "{} speaks batchlab protocol {PROTOCOL_VERSION}; the caller at {from} sent version {version}",
-                self.what
+            return Err(Status::failed_precondition(refuse(
+                Reason::Version,
+                &from,
+                format!(
+                    "{} speaks batchlab protocol {PROTOCOL_VERSION}; the caller at {from} sent version {version}",
+                    self.what
+                ),
             )));
         }
         let given = md.get(TOKEN_KEY).map(|v| v.as_bytes()).unwrap_or_default();
         if !constant_time_eq::constant_time_eq(given, self.token.as_bytes()) {
-            tracing::warn!(%from, "refused a call: wrong token");
-            return Err(Status::unauthenticated(format!(
-                "{} refused the caller at {from}: wrong or missing token (set the same --token on every process)",
-                self.what
+            return Err(Status::unauthenticated(refuse(
+                Reason::Token,
+                &from,
+                format!(
+                    "{} refused the caller at {from}: wrong or missing token (set the same --token on every process)",
+                    self.what
+                ),
             )));
         }
         Ok(req)

@@ -30,6 +30,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Check;
+use crate::refused::{Reason, refuse};
 use crate::{NetError, to_status, transport};
 
 /// Settings of a coordinator.
@@ -245,16 +246,24 @@ impl Shared {
 
     fn check_session(&self, session: &str, rank: u32) -> Result<(), Status> {
         if session != self.session {
-            return Err(Status::permission_denied(format!(
-                "rank {rank} belongs to coordinator session {session:?}, this coordinator's session is {:?} \
-                 (the worker joined another coordinator)",
-                self.session
+            return Err(Status::permission_denied(refuse(
+                Reason::OtherRun,
+                &format!("rank {rank}"),
+                format!(
+                    "rank {rank} belongs to coordinator session {session:?}, this coordinator's session is {:?} \
+                     (the worker joined another coordinator)",
+                    self.session
+                ),
             )));
         }
         if rank as usize >= self.cfg.workers {
-            return Err(Status::invalid_argument(format!(
-                "rank {rank} is out of range for {} workers",
-                self.cfg.workers
+            return Err(Status::invalid_argument(refuse(
+                Reason::OtherRun,
+                &format!("rank {rank}"),
+                format!(
+                    "rank {rank} is out of range for {} workers",
+                    self.cfg.workers
+                ),
             )));
         }
         Ok(())
@@ -392,7 +401,11 @@ impl Coordinator {
                     json,
                 } if t == task => {
                     let row: StepMetrics = crate::decode(&json).map_err(|e| {
-                        NetError::Peer(format!("rank 0 sent a malformed metrics row: {e}"))
+                        fail(refuse(
+                            Reason::Malformed,
+                            "rank 0",
+                            format!("rank 0 sent a malformed metrics row: {e}"),
+                        ))
                     })?;
                     if member >= members {
                         return Err(fail(format!(
@@ -421,7 +434,11 @@ impl Coordinator {
                     json,
                 } if t == task => {
                     let s: RankResult = crate::decode(&json).map_err(|e| {
-                        NetError::Peer(format!("rank {rank} sent a malformed summary: {e}"))
+                        fail(refuse(
+                            Reason::Malformed,
+                            &format!("rank {rank}"),
+                            format!("rank {rank} sent a malformed summary: {e}"),
+                        ))
                     })?;
                     summaries.insert(rank, s);
                 }
@@ -475,8 +492,10 @@ impl Coordinator {
                     bytes,
                 } if t == task => {
                     let r: BenchRankResult = crate::decode(&bytes).map_err(|e| {
-                        self.fail(format!(
-                            "rank {rank} sent a malformed benchmark result: {e}"
+                        self.fail(refuse(
+                            Reason::Malformed,
+                            &format!("rank {rank}"),
+                            format!("rank {rank} sent a malformed benchmark result: {e}"),
                         ))
                     })?;
                     if r.rank != rank {
@@ -597,8 +616,10 @@ impl coordinator_server::Coordinator for Service {
             .map_or_else(|| "?".to_string(), |a| a.to_string());
         let r = request.into_inner();
         if r.advertise_addr.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "join from {from} gave no advertise address"
+            return Err(Status::invalid_argument(refuse(
+                Reason::Malformed,
+                &from,
+                format!("join from {from} gave no advertise address"),
             )));
         }
         let member = Member {
@@ -614,7 +635,7 @@ impl coordinator_server::Coordinator for Service {
             let mut s = self.shared.state.lock().expect("poisoned");
             s.rendezvous
                 .join(member)
-                .map_err(Status::resource_exhausted)?
+                .map_err(|why| Status::resource_exhausted(refuse(Reason::OtherRun, &from, why)))?
         };
         tracing::info!(
             addr = r.advertise_addr,
@@ -738,7 +759,13 @@ impl coordinator_server::Coordinator for Service {
                     task: m.task,
                     message,
                 },
-                None => return Err(Status::invalid_argument("a report with no content")),
+                None => {
+                    return Err(Status::invalid_argument(refuse(
+                        Reason::Malformed,
+                        &format!("rank {}", m.rank),
+                        "a report with no content".to_string(),
+                    )));
+                }
             };
             let _ = self.shared.events.send(event);
         }

@@ -36,6 +36,7 @@ use crate::NetError;
 use std::ops::Range;
 
 use crate::mesh::{Routes, Wire};
+use crate::refused::{Reason, refuse};
 use crate::transport::MAX_MESSAGE;
 
 const MAGIC: &[u8; 4] = b"BLDP";
@@ -127,7 +128,7 @@ pub(crate) struct Hello {
 }
 
 impl Hello {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 + self.token.len() + self.session.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
@@ -141,25 +142,32 @@ impl Hello {
         out
     }
 
-    async fn read(r: &mut DataStream) -> Result<Self, String> {
+    pub(crate) async fn read(r: &mut DataStream) -> Result<Self, (Reason, String)> {
+        let truncated = |e: std::io::Error| (Reason::Malformed, format!("a truncated hello ({e})"));
         let mut magic = [0u8; 8];
-        r.read_exact(&mut magic).await.map_err(|e| e.to_string())?;
+        r.read_exact(&mut magic).await.map_err(truncated)?;
         if &magic[..4] != MAGIC {
-            return Err(format!(
-                "not a batchlab data-plane connection (first bytes {:?})",
-                String::from_utf8_lossy(&magic[..4])
+            return Err((
+                Reason::Malformed,
+                format!(
+                    "not a batchlab data-plane connection (first bytes {:?})",
+                    String::from_utf8_lossy(&magic[..4])
+                ),
             ));
         }
         let version = u32::from_le_bytes(magic[4..].try_into().expect("4 bytes"));
         if version != PROTOCOL_VERSION {
-            return Err(format!(
-                "this worker speaks batchlab protocol {PROTOCOL_VERSION}; the peer sent version {version}"
+            return Err((
+                Reason::Version,
+                format!(
+                    "this worker speaks batchlab protocol {PROTOCOL_VERSION}; the peer sent version {version}"
+                ),
             ));
         }
         let token = read_string(r, MAX_TOKEN, "token").await?;
         let session = read_string(r, MAX_SESSION, "session").await?;
         let mut rest = [0u8; 16];
-        r.read_exact(&mut rest).await.map_err(|e| e.to_string())?;
+        r.read_exact(&mut rest).await.map_err(truncated)?;
         Ok(Self {
             token,
             session,
@@ -170,23 +178,41 @@ impl Hello {
     }
 }
 
-async fn read_string(r: &mut DataStream, max: usize, what: &str) -> Result<String, String> {
+async fn read_string(
+    r: &mut DataStream,
+    max: usize,
+    what: &str,
+) -> Result<String, (Reason, String)> {
+    let truncated = |e: std::io::Error| (Reason::Malformed, format!("a truncated hello ({e})"));
     let mut len = [0u8; 2];
-    r.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+    r.read_exact(&mut len).await.map_err(truncated)?;
     let len = usize::from(u16::from_le_bytes(len));
     if len > max {
-        return Err(format!("{what} of {len} bytes: at most {max} accepted"));
+        return Err((
+            Reason::Oversized,
+            format!("{what} of {len} bytes: at most {max} accepted"),
+        ));
     }
     let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-    String::from_utf8(buf).map_err(|_| format!("{what} is not UTF-8"))
+    r.read_exact(&mut buf).await.map_err(truncated)?;
+    String::from_utf8(buf).map_err(|_| (Reason::Malformed, format!("{what} is not UTF-8")))
 }
 
 /// Checks a hello against this worker's routes; the refusal names what differed.
-fn check(hello: &Hello, token: &str, routes: &Routes, me: Option<usize>) -> Result<(), String> {
+fn check(
+    hello: &Hello,
+    token: &str,
+    routes: &Routes,
+    me: Option<usize>,
+) -> Result<(), (Reason, String)> {
     if !constant_time_eq::constant_time_eq(hello.token.as_bytes(), token.as_bytes()) {
-        return Err("wrong or missing token".to_string());
+        return Err((Reason::Token, "wrong or missing token".to_string()));
     }
+    check_run(hello, routes, me).map_err(|why| (Reason::OtherRun, why))
+}
+
+/// The hello's session, generation and ranks against this worker's.
+fn check_run(hello: &Hello, routes: &Routes, me: Option<usize>) -> Result<(), String> {
     if hello.session != routes.session {
         return Err(format!(
             "the peer belongs to coordinator session {:?}, this worker's is {:?}",
@@ -260,8 +286,12 @@ pub(crate) async fn serve(
         let routes = routes.clone();
         let token = token.clone();
         tokio::spawn(async move {
-            if let Err(why) = receive(stream, routes, &token, route_timeout).await {
-                tracing::warn!(%from, "data plane connection refused or broken: {why}");
+            match receive(stream, routes, &token, route_timeout).await {
+                Ok(()) => {}
+                Err((Some(reason), why)) => {
+                    refuse(reason, &from, format!("a data-plane connection: {why}"));
+                }
+                Err((None, why)) => tracing::warn!(%from, "data-plane connection broken: {why}"),
             }
         });
     }
@@ -272,24 +302,28 @@ async fn receive(
     mut routes: watch::Receiver<Option<Arc<Routes>>>,
     token: &str,
     route_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), (Option<Reason>, String)> {
     let hello = tokio::time::timeout(Duration::from_secs(10), Hello::read(&mut stream))
         .await
-        .map_err(|_| "no hello within 10 s".to_string())??;
+        .map_err(|_| (Some(Reason::Malformed), "no hello within 10 s".to_string()))?
+        .map_err(|(r, why)| (Some(r), why))?;
     let routes = tokio::time::timeout(route_timeout, routes.wait_for(Option::is_some))
         .await
-        .map_err(|_| "this worker has not joined a cluster yet".to_string())?
-        .map_err(|_| "this worker is shutting down".to_string())?
+        .map_err(|_| (None, "this worker has not joined a cluster yet".to_string()))?
+        .map_err(|_| (None, "this worker is shutting down".to_string()))?
         .clone()
         .expect("waited for Some");
-    if let Err(why) = check(&hello, token, &routes, routes.rank) {
+    if let Err((reason, why)) = check(&hello, token, &routes, routes.rank) {
         let mut reply = vec![1u8];
         reply.extend_from_slice(&(why.len().min(u16::MAX as usize) as u16).to_le_bytes());
         reply.extend_from_slice(&why.as_bytes()[..why.len().min(u16::MAX as usize)]);
         let _ = stream.write_all(&reply).await;
-        return Err(why);
+        return Err((Some(reason), why));
     }
-    stream.write_all(&[0]).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(&[0])
+        .await
+        .map_err(|e| (None, e.to_string()))?;
     // From here on the mesh reads this stream itself, straight into its buffers.
     let _ = routes.streams[hello.from_rank as usize].send(stream);
     Ok(())
@@ -393,7 +427,7 @@ pub(crate) enum PieceError {
     /// The stream broke or ended.
     Lost(String),
     /// The peer sent something else than the plan expects (reads after the peer's name).
-    Bad(String),
+    Bad(Reason, String),
 }
 
 /// Reads one piece from `stream` into `dsts` (the piece's ranges in order), adding or
@@ -416,21 +450,28 @@ pub(crate) async fn read_piece<'a, T: Wire>(
     let got_step = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     let len = u32::from_le_bytes(header[12..].try_into().expect("4 bytes")) as usize;
     if len > MAX_MESSAGE {
-        return Err(PieceError::Bad(format!(
-            "sent a piece of {len} bytes: at most {MAX_MESSAGE} bytes accepted"
-        )));
+        return Err(PieceError::Bad(
+            Reason::Oversized,
+            format!("sent a piece of {len} bytes: at most {MAX_MESSAGE} bytes accepted"),
+        ));
     }
     if (got_collective, got_step) != (collective, step) {
-        return Err(PieceError::Bad(format!(
-            "sent step {got_step} of collective {got_collective}; expected step {step} of collective {collective}"
-        )));
+        return Err(PieceError::Bad(
+            Reason::Malformed,
+            format!(
+                "sent step {got_step} of collective {got_collective}; expected step {step} of collective {collective}"
+            ),
+        ));
     }
     if len != expected {
-        return Err(PieceError::Bad(format!(
-            "sent {len} bytes in step {step} of collective {collective}; expected {expected} ({} {} elements)",
-            expected / T::SIZE,
-            T::NAME
-        )));
+        return Err(PieceError::Bad(
+            Reason::Malformed,
+            format!(
+                "sent {len} bytes in step {step} of collective {collective}; expected {expected} ({} {} elements)",
+                expected / T::SIZE,
+                T::NAME
+            ),
+        ));
     }
     for dst in dsts {
         if !add && cfg!(target_endian = "little") {
@@ -530,41 +571,52 @@ mod tests {
         };
         let r = routes("s", 1, 2);
         assert_eq!(check(&ok, "t", &r, Some(1)), Ok(()));
-        let bad = |h: Hello| check(&h, "t", &r, Some(1)).unwrap_err();
-        assert!(
-            bad(Hello {
-                token: "x".into(),
-                ..ok.clone()
-            })
-            .contains("token")
-        );
-        assert!(
-            bad(Hello {
-                session: "z".into(),
-                ..ok.clone()
-            })
-            .contains("\"z\"")
-        );
-        assert!(
-            bad(Hello {
-                generation: 2,
-                ..ok.clone()
-            })
-            .contains("generation 2")
-        );
-        assert!(
-            bad(Hello {
-                from_rank: 5,
-                ..ok.clone()
-            })
-            .contains("rank 5")
-        );
-        assert!(
-            bad(Hello {
-                to_rank: 0,
-                ..ok.clone()
-            })
-            .contains("calling rank 0")
-        );
+        let cases = [
+            (
+                Hello {
+                    token: "x".into(),
+                    ..ok.clone()
+                },
+                Reason::Token,
+                "token",
+            ),
+            (
+                Hello {
+                    session: "z".into(),
+                    ..ok.clone()
+                },
+                Reason::OtherRun,
+                "\"z\"",
+            ),
+            (
+                Hello {
+                    generation: 2,
+                    ..ok.clone()
+                },
+                Reason::OtherRun,
+                "generation 2",
+            ),
+            (
+                Hello {
+                    from_rank: 5,
+                    ..ok.clone()
+                },
+                Reason::OtherRun,
+                "rank 5",
+            ),
+            (
+                Hello {
+                    to_rank: 0,
+                    ..ok.clone()
+                },
+                Reason::OtherRun,
+                "calling rank 0",
+            ),
+        ];
+        for (hello, reason, names) in cases {
+            let (got, why) = check(&hello, "t", &r, Some(1)).unwrap_err();
+            assert_eq!(got, reason, "{why}");
+            assert!(why.contains(names), "{why} should name {names}");
+        }
     }
 }

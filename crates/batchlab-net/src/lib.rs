@@ -7,6 +7,7 @@
 //! - [`dataplane`]: collective payloads on plain TCP streams (the default transport).
 //! - [`mesh`]: the peer service and the networked executor of `batchlab-collective` plans.
 //! - [`auth`]: token and protocol-version checks on every call.
+//! - [`refused`]: what this process refused, counted by reason.
 //! - [`transport`]: HTTP/2 windows, frame and message limits shared by every endpoint.
 
 pub mod auth;
@@ -15,8 +16,12 @@ pub mod coordinator;
 pub mod dataplane;
 pub mod error;
 pub mod mesh;
+pub mod refused;
 pub mod transport;
 pub mod worker;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 pub use coordinator::{Coordinator, CoordinatorConfig, RunOutcome};
 pub use error::{NetError, to_status};

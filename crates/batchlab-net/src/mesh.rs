@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::NetError;
 use crate::auth::{Check, Stamp};
+use crate::refused::{Reason, refuse};
 use crate::transport;
 
 /// What a receiver gets from a peer's stream.
@@ -77,29 +78,45 @@ impl Peer for PeerService {
             match stream.next().await {
                 Some(Ok(chunk)) => {
                     if chunk.session != routes.session {
-                        return Err(Status::permission_denied(format!(
-                            "chunk from {from_addr} belongs to coordinator session {:?}, this worker's is {:?}: \
-                             a worker of another cluster is talking to this one",
-                            chunk.session, routes.session
+                        return Err(Status::permission_denied(refuse(
+                            Reason::OtherRun,
+                            &from_addr,
+                            format!(
+                                "chunk from {from_addr} belongs to coordinator session {:?}, this worker's is {:?}: \
+                                 a worker of another cluster is talking to this one",
+                                chunk.session, routes.session
+                            ),
                         )));
                     }
                     if chunk.generation != routes.generation {
-                        return Err(Status::failed_precondition(format!(
-                            "chunk from {from_addr} is of generation {}, this worker is in generation {}",
-                            chunk.generation, routes.generation
+                        return Err(Status::failed_precondition(refuse(
+                            Reason::OtherRun,
+                            &from_addr,
+                            format!(
+                                "chunk from {from_addr} is of generation {}, this worker is in generation {}",
+                                chunk.generation, routes.generation
+                            ),
                         )));
                     }
                     let rank = chunk.from_rank as usize;
                     let Some(inbox) = routes.inboxes.get(rank) else {
-                        return Err(Status::invalid_argument(format!(
-                            "chunk from {from_addr} claims rank {rank}, the world has {} ranks",
-                            routes.inboxes.len()
+                        return Err(Status::invalid_argument(refuse(
+                            Reason::OtherRun,
+                            &from_addr,
+                            format!(
+                                "chunk from {from_addr} claims rank {rank}, the world has {} ranks",
+                                routes.inboxes.len()
+                            ),
                         )));
                     };
                     if from.is_some_and(|f| f != rank) {
-                        return Err(Status::invalid_argument(format!(
-                            "stream from {from_addr} switched from rank {} to rank {rank}",
-                            from.unwrap_or_default()
+                        return Err(Status::invalid_argument(refuse(
+                            Reason::Malformed,
+                            &from_addr,
+                            format!(
+                                "stream from {from_addr} switched from rank {} to rank {rank}",
+                                from.unwrap_or_default()
+                            ),
                         )));
                     }
                     from = Some(rank);
@@ -464,13 +481,17 @@ impl Mesh {
                 let t1 = Instant::now();
                 let dst = &mut buf[range];
                 if chunk.payload.len() != dst.len() * T::SIZE {
-                    return Err(NetError::Peer(format!(
-                        "{} sent {} bytes in step {k} of collective {seq}; expected {} ({} {} elements)",
-                        self.peer_name(peer),
-                        chunk.payload.len(),
-                        dst.len() * T::SIZE,
-                        dst.len(),
-                        T::NAME
+                    let who = self.peer_name(peer);
+                    return Err(NetError::Peer(refuse(
+                        Reason::Malformed,
+                        &who,
+                        format!(
+                            "{who} sent {} bytes in step {k} of collective {seq}; expected {} ({} {} elements)",
+                            chunk.payload.len(),
+                            dst.len() * T::SIZE,
+                            dst.len(),
+                            T::NAME
+                        ),
                     )));
                 }
                 T::decode(&chunk.payload, dst, add);
@@ -658,8 +679,9 @@ impl Mesh {
                     Ok(Err(crate::dataplane::PieceError::Lost(why))) => {
                         return Err(NetError::Peer(format!("lost {}: {why}", name(peer))));
                     }
-                    Ok(Err(crate::dataplane::PieceError::Bad(why))) => {
-                        return Err(NetError::Peer(format!("{} {why}", name(peer))));
+                    Ok(Err(crate::dataplane::PieceError::Bad(reason, why))) => {
+                        let who = name(peer);
+                        return Err(NetError::Peer(refuse(reason, &who, format!("{who} {why}"))));
                     }
                     Err(_) => {
                         return Err(NetError::Timeout {

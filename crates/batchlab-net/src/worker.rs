@@ -58,6 +58,10 @@ pub struct RankTiming {
     pub eval_s: f64,
     /// The whole run on this rank.
     pub wall_s: f64,
+    /// What this worker's process had refused by the run's end (calls, connections and
+    /// messages without the token, of another run or generation, malformed or oversized).
+    #[serde(default)]
+    pub refused: crate::refused::Refused,
 }
 
 /// What each rank reports at the end of a run.
@@ -88,6 +92,9 @@ pub struct WorkerConfig {
     pub requested_rank: Option<u32>,
     /// How long to keep trying to reach the coordinator and the peers.
     pub connect_timeout: Duration,
+    /// Time added to this worker's computation of every step (a straggler on purpose, for
+    /// tests and for studying stragglers); zero for none.
+    pub inject_delay: Duration,
 }
 
 /// How an abort caused by the coordinator's silence starts.
@@ -309,6 +316,7 @@ async fn join_and_work(
         rank,
         generation: reply.generation,
         client: client.clone(),
+        inject_delay: cfg.inject_delay,
     };
     let mut done = 0;
     let outcome = loop {
@@ -406,6 +414,8 @@ struct Ctx {
     rank: usize,
     generation: u64,
     client: Client,
+    /// A straggler's added time per step.
+    inject_delay: Duration,
 }
 
 /// Runs one training run in lock step with the other ranks.
@@ -602,6 +612,7 @@ where
     // The run's end: rank 0 sends the parameters if asked, every rank its summary.
     let finish = |summary: RunSummary, mut timing: RankTiming, members: &[Member]| {
         timing.wall_s = started.elapsed().as_secs_f64();
+        timing.refused = crate::refused::counts();
         let params = (spec.return_params && rank == 0).then(|| {
             members
                 .iter()
@@ -623,6 +634,17 @@ where
             }
             loop {
                 let t0 = Instant::now();
+                if !ctx.inject_delay.is_zero() {
+                    // Counted as computation: this rank is simply slower.
+                    unless_aborted(
+                        async {
+                            tokio::time::sleep(ctx.inject_delay).await;
+                            Ok(())
+                        },
+                        &abort,
+                    )
+                    .await?;
+                }
                 let (t1, busy) = if reducer.overlaps() {
                     reducer
                         .compute_and_reduce_overlapped(

@@ -353,6 +353,7 @@ async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
                 advertise: None,
                 requested_rank: None,
                 connect_timeout: Duration::from_secs(20),
+                inject_delay: Duration::ZERO,
             }))
         })
         .collect();
