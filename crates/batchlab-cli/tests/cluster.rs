@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{batchlab, text};
+use common::{batchlab, free_port, text};
 
 use std::path::Path;
 use std::process::Command;
@@ -354,14 +354,6 @@ fn a_frozen_worker_is_lost_by_heartbeat_within_the_timeout_and_nothing_hangs() {
         "no heartbeat",
         std::time::Duration::from_secs(2 + 5),
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{batchlab, text};
+use common::{batchlab, free_port, study_numbers, text};
 
 const SRUN: &str = r#"#!/bin/bash
 # Stand-in for srun: drops srun's options, starts the command once per task.
@@ -33,40 +33,6 @@ fn write_exe(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn numbers(dir: &Path) -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            if p.is_dir() {
-                stack.push(p);
-            } else if [
-                "metrics.jsonl",
-                "trials.json",
-                "analysis.json",
-                "probe.json",
-            ]
-            .contains(&name.as_str())
-            {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                files.push((rel, std::fs::read_to_string(&p).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]
@@ -110,7 +76,7 @@ fn the_slurm_script_runs_a_sweep_on_its_tasks_with_the_numbers_of_a_local_run() 
     local_args.extend(args.split_whitespace());
     let l = batchlab(&local_args);
     assert!(l.status.success(), "{}", text(&l));
-    let (a, b) = (numbers(&local), numbers(&out));
+    let (a, b) = (study_numbers(&local), study_numbers(&out));
     assert!(a.len() >= 8, "{a:?}");
     assert_eq!(a, b);
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{batchlab, text};
+use common::{batchlab, study_numbers, text};
 
 #[test]
 fn a_sweep_measures_the_closed_form_critical_batch_and_resumes_without_rerunning() {
@@ -96,30 +96,6 @@ fn bad_sweep_settings_are_refused_naming_the_value() {
 }
 
 /// Every file of a study whose content is numbers (not timings), concatenated in path order.
-fn study_numbers(dir: &std::path::Path) -> Vec<(String, String)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if [
-                "metrics.jsonl",
-                "trials.json",
-                "analysis.json",
-                "probe.json",
-            ]
-            .contains(&p.file_name().unwrap().to_str().unwrap())
-            {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                files.push((rel, std::fs::read_to_string(&p).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
-}
 
 #[test]
 fn a_sweeps_numbers_are_identical_in_process_and_on_1_and_4_workers() {

@@ -18,3 +18,41 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// A loopback port that was free a moment ago.
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every number a study folder holds (each trial's `metrics.jsonl`, `trials.json`,
+/// `analysis.json`, `probe.json`), by path relative to `dir`, sorted.
+#[allow(dead_code)]
+pub fn study_numbers(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if [
+                "metrics.jsonl",
+                "trials.json",
+                "analysis.json",
+                "probe.json",
+            ]
+            .contains(&p.file_name().unwrap().to_str().unwrap())
+            {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                files.push((rel, std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
