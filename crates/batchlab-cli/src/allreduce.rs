@@ -84,6 +84,8 @@ pub struct AllreduceArgs {
         default_value = ""
     )]
     token: String,
+    #[command(flatten)]
+    tls: crate::cluster::TlsArgs,
     /// How payloads travel: auto (Unix sockets between workers on the same host, TCP between
     /// hosts), tcp (TCP only, as Gloo and MPI's TCP transport) or grpc (gRPC streams).
     #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "grpc"])]
@@ -396,6 +398,7 @@ pub fn run(args: AllreduceArgs) -> Result<()> {
         args.chunk_bytes,
         args.peer_timeout_ms,
         args.heartbeat_timeout_ms,
+        args.tls.clone(),
     );
     let mut cluster = match args.listen {
         None => Cluster::local(args.workers, &reduce)?,

@@ -19,6 +19,80 @@ use tokio::process::{Child, Command};
 
 use crate::train::{Prepared, Sink, TrainArgs};
 
+/// Mutual TLS on every TCP connection of a cluster: the gRPC control plane and the data
+/// plane's TCP streams (Unix sockets between workers on one host are not wrapped).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// This process's TLS certificate chain (PEM). With --tls-key and --tls-ca every TCP
+    /// connection of the cluster uses mutual TLS; each process, coordinator and workers, needs
+    /// all three.
+    #[arg(long, value_name = "PEM")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The CA certificates every peer's certificate must chain to (PEM).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The name every peer's certificate must carry (one certificate for the whole cluster);
+    /// default: the host name or address dialled.
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS settings, or none; an error names what is missing or unreadable.
+    pub fn load(&self) -> Result<Option<batchlab_net::tls::Tls>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => {
+                if self.tls_server_name.is_some() {
+                    bail!("--tls-server-name needs --tls-cert, --tls-key and --tls-ca");
+                }
+                Ok(None)
+            }
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(
+                batchlab_net::tls::Tls::from_files(cert, key, ca, self.tls_server_name.clone())
+                    .map_err(|e| anyhow!(e))?,
+            )),
+            _ => {
+                let missing: Vec<&str> = [
+                    ("--tls-cert", self.tls_cert.is_none()),
+                    ("--tls-key", self.tls_key.is_none()),
+                    ("--tls-ca", self.tls_ca.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(f, m)| m.then_some(f))
+                .collect();
+                bail!(
+                    "TLS needs --tls-cert, --tls-key and --tls-ca together; missing {}",
+                    missing.join(", ")
+                )
+            }
+        }
+    }
+
+    /// The same flags for a local worker process.
+    fn forward(&self) -> Vec<std::ffi::OsString> {
+        let mut out = Vec::new();
+        let paths = [
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--tls-ca", &self.tls_ca),
+        ];
+        for (flag, path) in paths {
+            if let Some(p) = path {
+                out.push(flag.into());
+                out.push(p.clone().into_os_string());
+            }
+        }
+        if let Some(n) = &self.tls_server_name {
+            out.push("--tls-server-name".into());
+            out.push(n.into());
+        }
+        out
+    }
+}
+
 /// How the workers reduce gradients.
 #[derive(Args, Debug, Clone)]
 pub struct ReduceArgs {
@@ -49,6 +123,8 @@ pub struct ReduceArgs {
     /// A worker silent for this many milliseconds is lost and the run stops.
     #[arg(long, default_value_t = 5_000)]
     heartbeat_timeout_ms: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl ReduceArgs {
@@ -96,8 +172,10 @@ impl ReduceArgs {
         chunk_bytes: u64,
         peer_timeout_ms: u64,
         heartbeat_timeout_ms: u64,
+        tls: TlsArgs,
     ) -> Self {
         Self {
+            tls,
             overlap: false,
             transport: transport.into(),
             allreduce: "ring".into(),
@@ -108,13 +186,14 @@ impl ReduceArgs {
         }
     }
 
-    fn coordinator_config(&self, workers: usize, token: String) -> CoordinatorConfig {
+    fn coordinator_config(&self, workers: usize, token: String) -> Result<CoordinatorConfig> {
         let mut c = CoordinatorConfig::new(workers, token);
+        c.tls = self.tls.load()?;
         c.unix_sockets = self.transport == "auto";
         c.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(100));
         c.heartbeat_interval =
             (c.heartbeat_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
-        c
+        Ok(c)
     }
 }
 
@@ -188,6 +267,8 @@ pub struct WorkerArgs {
     /// (the numbers do not change; every other rank waits for it at each all-reduce).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     inject_delay: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -261,6 +342,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         requested_rank,
         connect_timeout: Duration::from_secs(args.connect_timeout),
         inject_delay: Duration::from_millis(args.inject_delay),
+        tls: args.tls.load()?,
     };
     runtime()?.block_on(async {
         tokio::select! {
@@ -319,7 +401,7 @@ impl Cluster {
             let a = l.local_addr()?;
             anyhow::Ok((l, a))
         })?;
-        let mut cluster = Self::start(rt, listener, workers, &token, reduce);
+        let mut cluster = Self::start(rt, listener, workers, &token, reduce)?;
         let _guard = cluster.rt.enter();
         for _ in 0..workers {
             let child = Command::new(&exe)
@@ -330,6 +412,7 @@ impl Cluster {
                     "--listen",
                     "127.0.0.1:0",
                 ])
+                .args(reduce.tls.forward())
                 .env("BATCHLAB_TOKEN", &token)
                 .env(
                     "RUST_LOG",
@@ -376,7 +459,7 @@ impl Cluster {
                 .with_context(|| format!("binding {listen}"))
         })?;
         tracing::info!(addr = %listener.local_addr()?, workers, "coordinator listening");
-        let mut cluster = Self::start(rt, listener, workers, token, reduce);
+        let mut cluster = Self::start(rt, listener, workers, token, reduce)?;
         cluster.wait_ready()?;
         Ok(cluster)
     }
@@ -387,8 +470,8 @@ impl Cluster {
         workers: usize,
         token: &str,
         reduce: &ReduceArgs,
-    ) -> Self {
-        let coordinator = Coordinator::new(reduce.coordinator_config(workers, token.to_string()));
+    ) -> Result<Self> {
+        let coordinator = Coordinator::new(reduce.coordinator_config(workers, token.to_string())?);
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let c = coordinator.clone();
         let server = rt.spawn(async move {
@@ -399,7 +482,7 @@ impl Cluster {
                 tracing::error!("coordinator server: {e}");
             }
         });
-        Self {
+        Ok(Self {
             rt,
             coordinator,
             children: Vec::new(),
@@ -408,7 +491,7 @@ impl Cluster {
             reduce: reduce.clone(),
             workers,
             closed: false,
-        }
+        })
     }
 
     /// The number of workers.

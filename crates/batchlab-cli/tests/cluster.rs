@@ -601,3 +601,100 @@ fn a_worker_refuses_to_listen_beyond_loopback_without_a_token() {
         "{t}"
     );
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, as (certificate, key) files.
+fn self_signed(dir: &Path, name: &str) -> (String, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    )
+}
+
+/// With mutual TLS on the control plane and on the data plane's TCP streams (and on gRPC
+/// peer streams), a run gives `batchlab train`'s numbers; a worker without TLS, or with a
+/// certificate the run's CA did not sign, is kept out with an error naming the coordinator.
+#[test]
+fn runs_under_mutual_tls_equal_train_and_workers_without_the_ca_s_certificate_are_kept_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "run");
+    let tls = ["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &cert];
+    let alone = dir.path().join("train");
+    let mut a = vec!["train", "--out", alone.to_str().unwrap()];
+    a.extend(MLP);
+    let o = batchlab(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    for transport in ["tcp", "grpc"] {
+        let out = dir.path().join(transport);
+        let mut a = vec!["run", "--workers", "2", "--transport", transport];
+        a.extend(["--out", out.to_str().unwrap()]);
+        a.extend(tls);
+        a.extend(MLP);
+        let o = batchlab(&a);
+        assert!(o.status.success(), "{transport}: {}", text(&o));
+        assert_eq!(
+            summary(&out)["params_digest"],
+            summary(&alone)["params_digest"],
+            "{transport}"
+        );
+    }
+
+    // A coordinator under TLS; workers without it, or with another CA's certificate.
+    let (other_cert, other_key) = self_signed(dir.path(), "other");
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let out = dir.path().join("c");
+    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+        .args([
+            "coordinator",
+            "--listen",
+            &addr,
+            "--workers",
+            "1",
+            "--steps",
+            "5",
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .args(tls)
+        .env("BATCHLAB_TOKEN", "t")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let worker = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_batchlab"))
+            .args(["worker", "--coordinator", &addr, "--listen", "127.0.0.1:0"])
+            .args(["--connect-timeout", "3"])
+            .args(extra)
+            .env("BATCHLAB_TOKEN", "t")
+            .output()
+            .unwrap()
+    };
+    let plain = worker(&[]);
+    let foreign = worker(&[
+        "--tls-cert",
+        &other_cert,
+        "--tls-key",
+        &other_key,
+        "--tls-ca",
+        &cert,
+    ]);
+    for (what, o) in [
+        ("without TLS", &plain),
+        ("with another CA's certificate", &foreign),
+    ] {
+        assert!(!o.status.success(), "a worker {what} joined");
+        let t = text(o);
+        assert!(t.contains(&addr), "a worker {what}: {t}");
+    }
+    // The coordinator is unharmed: a worker with the run's certificate completes the run.
+    let ok = worker(&tls);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(coordinator.wait().unwrap().success());
+    assert_eq!(summary(&out)["steps"], 5);
+}

@@ -48,6 +48,8 @@ pub struct CoordinatorConfig {
     pub join_timeout: Duration,
     /// Whether workers on the same host reach each other's data plane by Unix socket.
     pub unix_sockets: bool,
+    /// TLS for the coordinator's service (the workers must speak it too).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl CoordinatorConfig {
@@ -61,6 +63,7 @@ impl CoordinatorConfig {
             heartbeat_timeout: Duration::from_secs(5),
             join_timeout: Duration::from_secs(120),
             unix_sockets: true,
+            tls: None,
         }
     }
 }
@@ -327,7 +330,13 @@ impl Coordinator {
         let svc = InterceptedService::new(svc, Check::new(&self.shared.cfg.token, "coordinator"));
         let monitor = tokio::spawn(monitor(self.shared.clone()));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let result = transport::server()
+        let mut server = transport::server();
+        if let Some(tls) = &self.shared.cfg.tls {
+            server = server
+                .tls_config(tls.grpc_server())
+                .map_err(|e| NetError::Config(format!("TLS for the coordinator: {e}")))?;
+        }
+        let result = server
             .add_service(svc)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;

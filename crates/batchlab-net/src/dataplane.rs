@@ -49,6 +49,8 @@ pub enum DataStream {
     Tcp(TcpStream),
     /// A Unix-domain stream socket.
     Unix(UnixStream),
+    /// A TCP connection under TLS.
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for DataStream {
@@ -60,6 +62,7 @@ impl AsyncRead for DataStream {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -73,18 +76,21 @@ impl AsyncWrite for DataStream {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_flush(cx),
             Self::Unix(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -273,6 +279,7 @@ pub(crate) async fn serve(
     routes: watch::Receiver<Option<Arc<Routes>>>,
     token: Arc<str>,
     route_timeout: Duration,
+    tls: Option<crate::tls::Tls>,
 ) {
     loop {
         let (stream, from) = match listener.accept().await {
@@ -285,7 +292,32 @@ pub(crate) async fn serve(
         };
         let routes = routes.clone();
         let token = token.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let stream = match (stream, &tls) {
+                (DataStream::Tcp(tcp), Some(tls)) => {
+                    match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
+                        Ok(Ok(s)) => DataStream::Tls(Box::new(s)),
+                        Ok(Err(why)) => {
+                            refuse(
+                                Reason::Tls,
+                                &from,
+                                format!("a data-plane connection: {why}"),
+                            );
+                            return;
+                        }
+                        Err(_) => {
+                            refuse(
+                                Reason::Tls,
+                                &from,
+                                "a data-plane connection: no TLS handshake within 10 s".into(),
+                            );
+                            return;
+                        }
+                    }
+                }
+                (s, _) => s,
+            };
             match receive(stream, routes, &token, route_timeout).await {
                 Ok(()) => {}
                 Err((Some(reason), why)) => {
@@ -336,6 +368,7 @@ pub(crate) async fn connect(
     unix: Option<&str>,
     hello: &Hello,
     timeout: Duration,
+    tls: Option<&crate::tls::Tls>,
 ) -> Result<DataStream, NetError> {
     let who = format!("rank {} ({addr}, data plane)", hello.to_rank);
     let attempt = async {
@@ -353,7 +386,10 @@ pub(crate) async fn connect(
                     .await
                     .map_err(|e| format!("cannot connect: {e}"))?;
                 let _ = s.set_nodelay(true);
-                DataStream::Tcp(s)
+                match tls {
+                    Some(tls) => DataStream::Tls(Box::new(tls.connect(s, addr).await?)),
+                    None => DataStream::Tcp(s),
+                }
             }
         };
         stream

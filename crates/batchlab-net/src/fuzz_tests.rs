@@ -139,6 +139,7 @@ fn a_data_plane_listener_refuses_random_connections_counts_them_and_keeps_servin
             rx,
             "tok".into(),
             Duration::from_secs(5),
+            None,
         ));
         let before = crate::refused::counts();
         let mut rng = batchlab_core::rng::rng(20261122, batchlab_core::rng::Stream::Init, 0);

@@ -8,6 +8,7 @@
 //! - [`mesh`]: the peer service and the networked executor of `batchlab-collective` plans.
 //! - [`auth`]: token and protocol-version checks on every call.
 //! - [`refused`]: what this process refused, counted by reason.
+//! - [`tls`]: optional mutual TLS for the control plane and the data plane's TCP streams.
 //! - [`transport`]: HTTP/2 windows, frame and message limits shared by every endpoint.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod dataplane;
 pub mod error;
 pub mod mesh;
 pub mod refused;
+pub mod tls;
 pub mod transport;
 pub mod worker;
 

@@ -166,6 +166,7 @@ pub struct World<'a> {
 pub struct PeerEndpoint {
     install: watch::Sender<Option<Arc<Routes>>>,
     service: PeerService,
+    tls: Option<crate::tls::Tls>,
 }
 
 impl PeerEndpoint {
@@ -178,7 +179,14 @@ impl PeerEndpoint {
                 routes,
                 route_timeout,
             },
+            tls: None,
         }
+    }
+
+    /// The same, speaking TLS on every TCP connection it makes or accepts.
+    pub fn with_tls(mut self, tls: Option<crate::tls::Tls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The tonic service, with the token check in front.
@@ -197,6 +205,7 @@ impl PeerEndpoint {
             self.service.routes.clone(),
             token.into(),
             self.service.route_timeout,
+            self.tls.clone(),
         ));
     }
 
@@ -243,7 +252,7 @@ impl PeerEndpoint {
                 senders.push(None);
                 continue;
             }
-            let channel = connect_peer(r, addr, timeout).await?;
+            let channel = connect_peer(r, addr, timeout, self.tls.as_ref()).await?;
             let mut client = PeerClient::with_interceptor(channel, stamp.clone())
                 .max_decoding_message_size(transport::MAX_MESSAGE)
                 .max_encoding_message_size(transport::MAX_MESSAGE);
@@ -287,7 +296,7 @@ impl PeerEndpoint {
                 .filter(|p| !p.is_empty())
                 .map(String::as_str);
             data.push(Some(
-                crate::dataplane::connect(addr, unix, &hello, timeout).await?,
+                crate::dataplane::connect(addr, unix, &hello, timeout, self.tls.as_ref()).await?,
             ));
         }
         let unix = data
@@ -322,19 +331,26 @@ impl PeerEndpoint {
     }
 }
 
-async fn connect_peer(rank: usize, addr: &str, timeout: Duration) -> Result<Channel, NetError> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+async fn connect_peer(
+    rank: usize,
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&crate::tls::Tls>,
+) -> Result<Channel, NetError> {
+    let uri = crate::tls::uri(addr, tls.is_some());
+    let unreachable = |e| NetError::Unreachable {
+        what: format!("rank {rank}"),
+        addr: addr.to_string(),
+        source: e,
     };
-    let endpoint: Endpoint = transport::endpoint(&uri)
-        .map_err(|e| NetError::Unreachable {
-            what: format!("rank {rank}"),
-            addr: addr.to_string(),
-            source: e,
-        })?
+    let mut endpoint: Endpoint = transport::endpoint(&uri)
+        .map_err(unreachable)?
         .connect_timeout(timeout);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.grpc_client(addr))
+            .map_err(unreachable)?;
+    }
     endpoint.connect().await.map_err(|e| NetError::Unreachable {
         what: format!("rank {rank}"),
         addr: addr.to_string(),

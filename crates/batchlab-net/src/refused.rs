@@ -21,15 +21,18 @@ pub enum Reason {
     Malformed,
     /// Larger than the limit.
     Oversized,
+    /// A failed TLS handshake (no certificate, or one the run's CA did not sign).
+    Tls,
 }
 
 impl Reason {
-    const ALL: [Reason; 5] = [
+    const ALL: [Reason; 6] = [
         Reason::Token,
         Reason::Version,
         Reason::OtherRun,
         Reason::Malformed,
         Reason::Oversized,
+        Reason::Tls,
     ];
 
     /// The reason's name in logs and summaries.
@@ -40,6 +43,7 @@ impl Reason {
             Reason::OtherRun => "other_run",
             Reason::Malformed => "malformed",
             Reason::Oversized => "oversized",
+            Reason::Tls => "tls",
         }
     }
 
@@ -48,7 +52,7 @@ impl Reason {
     }
 }
 
-static COUNTS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+static COUNTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
 /// Counts a refusal and logs it with who sent it and what was wrong; returns `why` for the
 /// caller's error.
@@ -76,12 +80,15 @@ pub struct Refused {
     pub malformed: u64,
     /// Over the size limit.
     pub oversized: u64,
+    /// Failed TLS handshakes on the data plane (gRPC's are refused inside its server).
+    #[serde(default)]
+    pub tls: u64,
 }
 
 impl Refused {
     /// Every refusal.
     pub fn total(&self) -> u64 {
-        self.token + self.version + self.other_run + self.malformed + self.oversized
+        self.token + self.version + self.other_run + self.malformed + self.oversized + self.tls
     }
 }
 
@@ -94,6 +101,7 @@ pub fn counts() -> Refused {
         other_run: get(Reason::OtherRun),
         malformed: get(Reason::Malformed),
         oversized: get(Reason::Oversized),
+        tls: get(Reason::Tls),
     }
 }
 

@@ -95,6 +95,8 @@ pub struct WorkerConfig {
     /// Time added to this worker's computation of every step (a straggler on purpose, for
     /// tests and for studying stragglers); zero for none.
     pub inject_delay: Duration,
+    /// TLS on every TCP connection (the coordinator's, the peer service, the data plane).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// How an abort caused by the coordinator's silence starts.
@@ -146,7 +148,7 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
         Some((host, _)) => format!("{host}:{data_port}"),
         None => format!("{advertise}:{data_port}"),
     };
-    let endpoint = PeerEndpoint::new(cfg.connect_timeout);
+    let endpoint = PeerEndpoint::new(cfg.connect_timeout).with_tls(cfg.tls.clone());
     endpoint.serve_data(DataListener::Tcp(data_listener), &cfg.token);
     // And on a Unix socket, for peers on this host (TCP/IP costs them kernel cycles for
     // nothing); without one they use TCP.
@@ -165,7 +167,13 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
         }
     };
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let server = transport::server()
+    let mut server = transport::server();
+    if let Some(tls) = &cfg.tls {
+        server = server
+            .tls_config(tls.grpc_server())
+            .map_err(|e| NetError::Config(format!("TLS for the peer service: {e}")))?;
+    }
+    let server = server
         .add_service(endpoint.service(&cfg.token))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -219,24 +227,27 @@ fn hostname() -> String {
 }
 
 async fn connect_coordinator(cfg: &WorkerConfig) -> Result<Client, NetError> {
-    let uri = if cfg.coordinator.contains("://") {
-        cfg.coordinator.clone()
-    } else {
-        format!("http://{}", cfg.coordinator)
-    };
+    let uri = crate::tls::uri(&cfg.coordinator, cfg.tls.is_some());
     let unreachable = |e| NetError::Unreachable {
         what: "the coordinator".into(),
         addr: cfg.coordinator.clone(),
         source: e,
     };
-    let endpoint = transport::endpoint(&uri)
+    let mut endpoint = transport::endpoint(&uri)
         .map_err(unreachable)?
         .connect_timeout(Duration::from_secs(2));
+    if let Some(tls) = &cfg.tls {
+        endpoint = endpoint
+            .tls_config(tls.grpc_client(&cfg.coordinator))
+            .map_err(unreachable)?;
+    }
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     let channel = loop {
         match endpoint.connect().await {
             Ok(c) => break c,
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(unreachable(e)),
+            // A certificate the other side refuses will not improve by waiting.
+            Err(e) if crate::tls::is_tls_failure(&e) => return Err(unreachable(e)),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
