@@ -267,6 +267,11 @@ pub struct WorkerArgs {
     /// (the numbers do not change; every other rank waits for it at each all-reduce).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     inject_delay: u64,
+    /// When the coordinator goes away (killed, restarted, cut off), join it again, for up to
+    /// --connect-timeout, instead of exiting: a restarted experiment (which resumes from its
+    /// finished trials) finds its workers.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    rejoin: bool,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -343,6 +348,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         connect_timeout: Duration::from_secs(args.connect_timeout),
         inject_delay: Duration::from_millis(args.inject_delay),
         tls: args.tls.load()?,
+        rejoin: args.rejoin,
     };
     runtime()?.block_on(async {
         tokio::select! {
@@ -411,6 +417,9 @@ impl Cluster {
                     &addr.to_string(),
                     "--listen",
                     "127.0.0.1:0",
+                    // Their coordinator is this process: it does not come back.
+                    "--rejoin",
+                    "false",
                 ])
                 .args(reduce.tls.forward())
                 .env("BATCHLAB_TOKEN", &token)

@@ -71,10 +71,27 @@ impl MetricsWriter {
         });
         doc.as_object_mut().expect("object").extend(extra);
         let p = self.dir.join("summary.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&doc)? + "\n")
-            .with_context(|| format!("writing {}", p.display()))?;
+        write_atomic(&p, &(serde_json::to_string_pretty(&doc)? + "\n"))?;
         Ok(p)
     }
+}
+
+/// Writes `text` to `path` so that a reader (or a resumed experiment after a crash) sees the
+/// old file or the whole new one, never a part: a temporary file beside it, flushed to disk,
+/// then renamed over it.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("writing {}", path.display()))
 }
 
 /// A finished run's summary from its folder, if it ran with exactly `config`.

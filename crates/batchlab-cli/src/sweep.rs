@@ -328,12 +328,17 @@ fn probe(
     let p = batchlab_core::train::noise_probe(task, params, seed, micro, num_micro, reps);
     let exact = task.closed_form().map(|c| c.b_simple(params));
     let doc = serde_json::json!({ "probe": p, "b_simple_exact": exact });
-    std::fs::write(
-        dir.join("probe.json"),
-        serde_json::to_string_pretty(&doc)? + "\n",
+    crate::output::write_atomic(
+        &dir.join("probe.json"),
+        &(serde_json::to_string_pretty(&doc)? + "\n"),
     )?;
     apply_probe(rec, &doc);
     Ok(())
+}
+
+/// Whether a finished trial `rec` is owed a probe (it reached the target and probing is on).
+fn probe_due(sweep: &Sweep, rec: &TrialRecord) -> bool {
+    sweep.probe_samples > 0 && rec.status == batchlab_core::train::Status::Complete
 }
 
 fn apply_probe(rec: &mut TrialRecord, doc: &serde_json::Value) {
@@ -348,13 +353,21 @@ fn apply_probe(rec: &mut TrialRecord, doc: &serde_json::Value) {
     }
 }
 
-/// A cached trial's probe, if it has one.
-fn cached_probe(dir: &Path, rec: &mut TrialRecord) {
-    if let Some(doc) = std::fs::read_to_string(dir.join("probe.json"))
+/// A cached trial's probe applied to `rec`; false when the probe is due but missing (the
+/// experiment stopped between the run and its probe): the trial is then run again.
+fn cached_probe(sweep: &Sweep, dir: &Path, rec: &mut TrialRecord) -> bool {
+    if !probe_due(sweep, rec) {
+        return true;
+    }
+    match std::fs::read_to_string(dir.join("probe.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
     {
-        apply_probe(rec, &doc);
+        Some(doc) => {
+            apply_probe(rec, &doc);
+            true
+        }
+        None => false,
     }
 }
 
@@ -372,8 +385,9 @@ fn run_trial(
     let dir = sweep.trial_dir(t);
     if let Some(s) = cached_summary(&dir, &cfg) {
         let mut rec = record(t, &s);
-        cached_probe(&dir, &mut rec);
-        return Ok((rec, true));
+        if cached_probe(sweep, &dir, &mut rec) {
+            return Ok((rec, true));
+        }
     }
     let want = sweep.probe_samples > 0;
     let done = exec
@@ -401,25 +415,27 @@ fn run_trial_mean(
     let key = serde_json::json!({ "config": cfg, "seeds": sweep.seeds });
     if let Some(s) = cached_json(&dir, &key) {
         let mut rec = record_n(t, &s, sweep.seeds.len() as u64);
-        cached_probe(&dir, &mut rec);
-        return Ok((rec, true));
+        if cached_probe(sweep, &dir, &mut rec) {
+            return Ok((rec, true));
+        }
     }
     let want = sweep.probe_samples > 0;
     let done = exec
         .run_group(&cfg, &sweep.seeds, &dir, want, tick)
         .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
     let summary = done.summary;
-    let doc = serde_json::json!({ "key": key, "summary": summary });
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(&doc)? + "\n",
-    )?;
     let mut rec = record_n(t, &summary, sweep.seeds.len() as u64);
     // The probe measures at the first seed's final parameters.
     if let Some(params) = done.params.first() {
         let first = batchlab_core::group::SeedMean::member_config(&cfg, sweep.seeds[0]);
         probe(sweep, &dir, &first, params, cfg.seed, &mut rec)?;
     }
+    // The trial's summary last: its presence says the trial, probe included, is done.
+    let doc = serde_json::json!({ "key": key, "summary": summary });
+    crate::output::write_atomic(
+        &dir.join("summary.json"),
+        &(serde_json::to_string_pretty(&doc)? + "\n"),
+    )?;
     Ok((rec, false))
 }
 

@@ -157,3 +157,110 @@ fn a_sweeps_numbers_are_identical_in_process_and_on_1_and_4_workers() {
     let local = run("each-local", &[], "each");
     assert_eq!(local, run("each-w4", &["--workers", "4"], "each"));
 }
+
+/// A coordinator killed (-9) in the middle of a sweep and started again with the same command:
+/// the workers join it again by themselves, the sweep resumes from its finished trials, and
+/// every number equals a local run's.
+#[test]
+fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_batchlab");
+    let sweep: Vec<&str> = "--set task.dim=12 --batches 2,32 --seeds 2 --lr-grid 0.3:1.2:3 \
+                            --target-fraction 0.05 --steps 400 --probe-samples 2048"
+        .split_whitespace()
+        .collect();
+    let local = dir.path().join("local");
+    let mut a = vec!["sweep", "--out", local.to_str().unwrap()];
+    a.extend(&sweep);
+    let o = batchlab(&a);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let out = dir.path().join("cluster");
+    let coordinator = || {
+        Command::new(exe)
+            .args(["sweep", "--listen", &addr, "--workers", "2", "--token", "t"])
+            .args(["--out", out.to_str().unwrap()])
+            .args(&sweep)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = coordinator();
+    // Slowed a little (2 ms a step) so that the kill lands between the first and last trial.
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(exe)
+                .args(["worker", "--coordinator", &addr, "--token", "t"])
+                .args(["--listen", "127.0.0.1:0", "--connect-timeout", "60"])
+                .args(["--inject-delay", "2"])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Kill it once a trial has finished.
+    let start = Instant::now();
+    let finished = |d: &std::path::Path| {
+        let mut stack = vec![d.to_path_buf()];
+        let mut n = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.file_name().is_some_and(|f| f == "summary.json") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    while finished(&out) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no trial finished"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().unwrap();
+    let killed = first.wait_with_output().unwrap();
+    assert!(
+        !killed.status.success(),
+        "the sweep ended before the kill: {}",
+        text(&killed)
+    );
+    let done_before = finished(&out);
+
+    // The same command again: it resumes, and the same worker processes come back to it.
+    let second = coordinator().wait_with_output().unwrap();
+    assert!(second.status.success(), "{}", text(&second));
+    for w in workers {
+        let o = w.wait_with_output().unwrap();
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        assert!(t.contains("joining again"), "{t}");
+    }
+    assert!(
+        finished(&out) > done_before,
+        "the restarted sweep ran the rest"
+    );
+    let (want, got) = (study_numbers(&local), study_numbers(&out));
+    let names = |v: &[(String, String)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&want), names(&got), "the same files");
+    let differing: Vec<&String> = want
+        .iter()
+        .zip(&got)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| &a.0)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "files differ from the local run's: {differing:?}"
+    );
+}

@@ -13,6 +13,8 @@
 //! ```text
 //!   connect ─► hello: "BLDP" version token session generation from_rank to_rank
 //!           ◄─ 0 (accepted: the stream goes to the mesh) | 1, message (refused)
+//!              | 2, message (refused: another session or generation here; the caller retries
+//!                until its timeout, as the peer may not have joined the new one yet)
 //!   then, per piece: collective u64 | step u32 | length u32 | payload (little-endian elements)
 //! ```
 //!
@@ -346,7 +348,9 @@ async fn receive(
         .clone()
         .expect("waited for Some");
     if let Err((reason, why)) = check(&hello, token, &routes, routes.rank) {
-        let mut reply = vec![1u8];
+        // 2: this worker is in another session or generation than the caller, which may be a
+        // moment ahead of it (a new generation forming): the caller tries again.
+        let mut reply = vec![if reason == Reason::OtherRun { 2u8 } else { 1u8 }];
         reply.extend_from_slice(&(why.len().min(u16::MAX as usize) as u16).to_le_bytes());
         reply.extend_from_slice(&why.as_bytes()[..why.len().min(u16::MAX as usize)]);
         let _ = stream.write_all(&reply).await;
@@ -371,11 +375,13 @@ pub(crate) async fn connect(
     tls: Option<&crate::tls::Tls>,
 ) -> Result<DataStream, NetError> {
     let who = format!("rank {} ({addr}, data plane)", hello.to_rank);
-    let attempt = async {
+    // Err((true, why)): refused for being of another session or generation; worth a retry.
+    let once = || async {
         let unix_stream = match unix {
             Some(path) => UnixStream::connect(path).await.ok(),
             None => None,
         };
+        let fail = |why: String| (false, why);
         let mut stream = match unix_stream {
             Some(s) => {
                 widen_buffers(&s);
@@ -384,10 +390,12 @@ pub(crate) async fn connect(
             None => {
                 let s = TcpStream::connect(addr)
                     .await
-                    .map_err(|e| format!("cannot connect: {e}"))?;
+                    .map_err(|e| fail(format!("cannot connect: {e}")))?;
                 let _ = s.set_nodelay(true);
                 match tls {
-                    Some(tls) => DataStream::Tls(Box::new(tls.connect(s, addr).await?)),
+                    Some(tls) => {
+                        DataStream::Tls(Box::new(tls.connect(s, addr).await.map_err(fail)?))
+                    }
                     None => DataStream::Tcp(s),
                 }
             }
@@ -395,32 +403,50 @@ pub(crate) async fn connect(
         stream
             .write_all(&hello.encode())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| fail(e.to_string()))?;
         let mut status = [0u8; 1];
         stream
             .read_exact(&mut status)
             .await
-            .map_err(|e| format!("closed before answering the hello: {e}"))?;
+            .map_err(|e| fail(format!("closed before answering the hello: {e}")))?;
         if status[0] != 0 {
             let mut len = [0u8; 2];
             stream
                 .read_exact(&mut len)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| fail(e.to_string()))?;
             let mut msg = vec![0u8; usize::from(u16::from_le_bytes(len))];
             stream
                 .read_exact(&mut msg)
                 .await
-                .map_err(|e| e.to_string())?;
-            return Err(format!("refused: {}", String::from_utf8_lossy(&msg)));
+                .map_err(|e| fail(e.to_string()))?;
+            let why = format!("refused: {}", String::from_utf8_lossy(&msg));
+            return Err((status[0] == 2, why));
         }
         Ok(stream)
+    };
+    let mut last = String::new();
+    let attempt = async {
+        loop {
+            match once().await {
+                Ok(s) => return Ok(s),
+                Err((true, why)) => {
+                    last = why;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err((false, why)) => return Err(why),
+            }
+        }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(why)) => Err(NetError::Peer(format!("{who}: {why}"))),
         Err(_) => Err(NetError::Timeout {
-            what: format!("{who} to accept the connection"),
+            what: if last.is_empty() {
+                format!("{who} to accept the connection")
+            } else {
+                format!("{who} to accept the connection (last answer: {last})")
+            },
             after: timeout,
         }),
     }

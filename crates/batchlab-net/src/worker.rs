@@ -97,6 +97,9 @@ pub struct WorkerConfig {
     pub inject_delay: Duration,
     /// TLS on every TCP connection (the coordinator's, the peer service, the data plane).
     pub tls: Option<crate::tls::Tls>,
+    /// When the coordinator goes away (killed, restarted, cut off), join it again (for up to
+    /// `connect_timeout`) instead of exiting: a restarted coordinator finds its workers.
+    pub rejoin: bool,
 }
 
 /// How an abort caused by the coordinator's silence starts.
@@ -182,13 +185,60 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
             },
         );
     let server = tokio::spawn(server);
-    let result = join_and_work(&cfg, &endpoint, &advertise, &data_addr, &data_unix).await;
+    // With `rejoin`, a session that ended in an error after joining, with the coordinator no
+    // longer answering on it (killed, restarted, frozen or cut off), is followed by a new
+    // join; when that one fails before joining (nobody came back), the worker exits with the
+    // first error. A coordinator that still answers is ending the run itself.
+    let mut first_error = None;
+    let result = loop {
+        let mut end = SessionEnd::default();
+        let result = join_and_work(
+            &cfg, &endpoint, &advertise, &data_addr, &data_unix, &mut end,
+        )
+        .await;
+        let joined = end.joined;
+        match result {
+            Err(e) if cfg.rejoin && joined && !end.coordinator_answers && rejoinable(&e) => {
+                tracing::warn!(
+                    coordinator = cfg.coordinator,
+                    "{e}; joining again (for up to {} s)",
+                    cfg.connect_timeout.as_secs()
+                );
+                first_error.get_or_insert(e);
+            }
+            Err(e) if !joined && first_error.is_some() => {
+                tracing::warn!("joining again failed: {e}");
+                break Err(first_error.take().expect("checked"));
+            }
+            other => break other,
+        }
+    };
     if !data_unix.is_empty() {
         let _ = std::fs::remove_file(&data_unix);
     }
     let _ = stop_tx.send(true);
     let _ = server.await;
     result
+}
+
+/// How a session with the coordinator ended.
+#[derive(Default)]
+struct SessionEnd {
+    /// The coordinator accepted the join.
+    joined: bool,
+    /// After an error, the coordinator still answered a heartbeat of the session.
+    coordinator_answers: bool,
+}
+
+/// Whether a session that ended in `e` may be followed by a new join: not when this worker's
+/// settings or credentials were refused (they would be again).
+fn rejoinable(e: &NetError) -> bool {
+    match e {
+        NetError::Config(_) | NetError::Refused(_) => false,
+        // The coordinator's own abort: it is ending the run on purpose.
+        NetError::Aborted(m) => m.starts_with(LOST_COORDINATOR),
+        _ => true,
+    }
 }
 
 /// Removes the Unix sockets that workers killed without a chance to clean up left in `dir`
@@ -263,6 +313,7 @@ async fn join_and_work(
     advertise: &str,
     data_addr: &str,
     data_unix: &str,
+    end: &mut SessionEnd,
 ) -> Result<(), NetError> {
     let mut client = connect_coordinator(cfg).await?;
     let reply = client
@@ -278,6 +329,7 @@ async fn join_and_work(
         .await
         .map_err(|s| NetError::rpc(format!("joining the coordinator at {}", cfg.coordinator), s))?
         .into_inner();
+    end.joined = true;
     let rank = reply.rank as usize;
     tracing::info!(
         rank,
@@ -308,9 +360,18 @@ async fn join_and_work(
         data_peers: &reply.data_peers,
         data_unix: &data_unix,
     };
-    let mut mesh = endpoint
+    let mut mesh = match endpoint
         .connect(&world, &cfg.token, cfg.connect_timeout)
-        .await?;
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            end.coordinator_answers =
+                coordinator_answers(&mut client, &reply.session, reply.rank, reply.generation)
+                    .await;
+            return Err(e);
+        }
+    };
 
     let (abort_tx, abort_rx) = watch::channel(None::<String>);
     let heartbeat = tokio::spawn(heartbeats(
@@ -380,7 +441,29 @@ async fn join_and_work(
         }
     };
     heartbeat.abort();
+    if outcome.is_err() {
+        end.coordinator_answers =
+            coordinator_answers(&mut client, &ctx.session, reply.rank, ctx.generation).await;
+    }
     outcome
+}
+
+/// Whether the coordinator still answers a heartbeat of this session (within 2 s).
+async fn coordinator_answers(
+    client: &mut Client,
+    session: &str,
+    rank: u32,
+    generation: u64,
+) -> bool {
+    let probe = client.heartbeat(HeartbeatRequest {
+        session: session.to_string(),
+        rank,
+        generation,
+    });
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(_))
+    )
 }
 
 async fn heartbeats(

@@ -355,6 +355,7 @@ async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
                 connect_timeout: Duration::from_secs(20),
                 inject_delay: Duration::ZERO,
                 tls: None,
+                rejoin: false,
             }))
         })
         .collect();
