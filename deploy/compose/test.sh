@@ -3,8 +3,10 @@
 # coordinator and WORKERS workers (default 3) on a private Docker network, runs a short sweep
 # across the containers, checks that every number it wrote (metrics.jsonl, trials.json,
 # analysis.json, probe.json) equals, byte for byte, those of the same sweep run in one local
-# process, and that each worker joined from its own address; then tears everything down,
-# also on failure. Run by .ci/run wherever a Docker engine answers.
+# process, and that each worker joined from its own address. Then a fault: the coordinator's
+# container is killed (SIGKILL) in the middle of a second sweep and started again; the workers
+# must join it by themselves and the resumed sweep must write the same numbers. Tears
+# everything down, also on failure. Run by .ci/run wherever a Docker engine answers.
 #
 #   deploy/compose/test.sh [BINARY]      # default target/release/batchlab
 set -euo pipefail
@@ -13,10 +15,11 @@ root=$(cd "$here/../.." && pwd)
 binary=$(realpath "${1:-$root/target/release/batchlab}")
 workers=${WORKERS:-3}
 project="batchlabtest$$"
+proj="$project"
 image="batchlab:compose-test-$$"
 tmp=$(mktemp -d)
 if command -v docker-compose >/dev/null; then dc=(docker-compose); else dc=(docker compose); fi
-compose() { "${dc[@]}" -p "$project" -f "$here/docker-compose.yml" "$@"; }
+compose() { "${dc[@]}" -p "$proj" -f "$here/docker-compose.yml" "$@"; }
 
 cleanup() {
   local rc=$?
@@ -24,7 +27,9 @@ cleanup() {
     echo "== compose test failed ($rc); the containers' logs:" >&2
     compose logs --no-color 2>&1 | tail -n 60 >&2 || true
   fi
-  compose down -v --remove-orphans -t 2 >/dev/null 2>&1 || true
+  for p in "$project" "${project}k"; do
+    proj=$p compose down -v --remove-orphans -t 2 >/dev/null 2>&1 || true
+  done
   docker image rm -f "$image" >/dev/null 2>&1 || true
   rm -rf "$tmp"
   exit $rc
@@ -68,26 +73,76 @@ if [[ "$joined" -ne "$workers" ]]; then
   grep 'worker joined' "$tmp/compose.log" >&2 || true
   exit 1
 fi
-compared=0
-while IFS= read -r -d '' f; do
-  rel=${f#"$tmp/local/"}
-  other="$tmp/results/study/$rel"
-  if ! cmp -s "$f" "$other"; then
-    echo "differs between the local run and the compose cluster: $rel" >&2
-    diff <(head -c 2000 "$f") <(head -c 2000 "$other" 2>/dev/null) >&2 || true
+# Compares every number of the study in $1 with the local run's; sets `compared`.
+same_numbers() {
+  local dir=$1
+  compared=0
+  while IFS= read -r -d '' f; do
+    rel=${f#"$tmp/local/"}
+    other="$dir/$rel"
+    if ! cmp -s "$f" "$other"; then
+      echo "differs between the local run and the compose cluster: $rel" >&2
+      diff <(head -c 2000 "$f") <(head -c 2000 "$other" 2>/dev/null) >&2 || true
+      exit 1
+    fi
+    compared=$((compared + 1))
+  done < <(find "$tmp/local" -type f \( -name metrics.jsonl -o -name trials.json -o -name analysis.json -o -name probe.json \) -print0)
+  if [[ $compared -lt 8 ]]; then
+    echo "only $compared result files to compare; expected every trial's (at least 8)" >&2
     exit 1
   fi
-  compared=$((compared + 1))
-done < <(find "$tmp/local" -type f \( -name metrics.jsonl -o -name trials.json -o -name analysis.json -o -name probe.json \) -print0)
-if [[ $compared -lt 8 ]]; then
-  echo "only $compared result files to compare; expected every trial's (at least 8)" >&2
-  exit 1
-fi
-# And nothing the cluster wrote is missing from the local run.
-extra=$(comm -13 <(cd "$tmp/local" && find . -type f \( -name metrics.jsonl -o -name trials.json -o -name analysis.json -o -name probe.json \) | sort) \
-                 <(cd "$tmp/results/study" && find . -type f \( -name metrics.jsonl -o -name trials.json -o -name analysis.json -o -name probe.json \) | sort))
-if [[ -n "$extra" ]]; then
-  echo "the compose cluster wrote result files the local run did not: $extra" >&2
-  exit 1
-fi
+  # And nothing the cluster wrote is missing from the local run.
+  extra=$(comm -13 <(cd "$tmp/local" && find . -type f \( -name metrics.jsonl -o -name trials.json -o -name analysis.json -o -name probe.json \) | sort) \
+                   <(cd "$dir" && find . -type f \( -name metrics.jsonl -o -name trials.json -o -name analysis.json -o -name probe.json \) | sort))
+  if [[ -n "$extra" ]]; then
+    echo "the compose cluster wrote result files the local run did not: $extra" >&2
+    exit 1
+  fi
+}
+same_numbers "$tmp/results/study"
 echo "compose test passed: $workers workers on distinct hosts, $compared result files identical to the local run"
+
+echo "== fault: the coordinator's container killed mid-sweep and started again"
+proj="${project}k"
+mkdir -p "$tmp/results2"
+# Workers slowed by 2 ms a step so that the kill lands between the first and the last trial.
+export BATCHLAB_RESULTS="$tmp/results2" BATCHLAB_WORKER_ARGS="--inject-delay 2"
+compose up -d --scale worker="$workers" >"$tmp/up2.log" 2>&1 || { cat "$tmp/up2.log" >&2; exit 1; }
+coordinator=$(compose ps -q coordinator)
+waited=0
+until [[ -n "$(find "$tmp/results2" -name summary.json 2>/dev/null | head -n 1)" ]]; do
+  sleep 0.05
+  waited=$((waited + 1))
+  [[ $waited -lt 2400 ]] || { echo "no trial finished in 120 s" >&2; exit 1; }
+done
+killed_at=$(date +%s.%N)
+compose kill coordinator >/dev/null 2>&1
+first=$(timeout 30 docker wait "$coordinator")
+[[ "$first" != 0 ]] || { echo "the sweep finished before the kill" >&2; exit 1; }
+sleep 1
+restarted_at=$(date +%s.%N)
+compose up -d --no-deps coordinator >>"$tmp/up2.log" 2>&1 || { cat "$tmp/up2.log" >&2; exit 1; }
+coordinator=$(compose ps -q coordinator)
+status=$(timeout 600 docker wait "$coordinator") || { echo "the restarted coordinator did not finish" >&2; exit 1; }
+compose logs --no-color -t >"$tmp/compose2.log" 2>&1
+[[ "$status" == 0 ]] || { echo "the restarted coordinator exited with $status" >&2; tail -n 80 "$tmp/compose2.log" >&2; exit 1; }
+for w in $(compose ps -q worker); do
+  ws=$(timeout 30 docker wait "$w") || { echo "worker $w still running 30 s after the run" >&2; exit 1; }
+  [[ "$ws" == 0 ]] || { echo "worker $w exited with $ws" >&2; exit 1; }
+done
+rejoined=$(grep -c "joining again" "$tmp/compose2.log" || true)
+if [[ "$rejoined" -lt "$workers" ]]; then
+  echo "expected all $workers workers to join again, saw $rejoined:" >&2
+  tail -n 60 "$tmp/compose2.log" >&2
+  exit 1
+fi
+same_numbers "$tmp/results2/study"
+# When the workers noticed, and when they were back (the log's own timestamps).
+stamp() { date -d "$1" +%s.%N; }
+noticed=$(grep "joining again" "$tmp/compose2.log" | head -n 1 | grep -o '20[0-9-]*T[0-9:.]*Z' | head -n 1)
+back=$(grep "joined rank" "$tmp/compose2.log" | grep -o '20[0-9-]*T[0-9:.]*Z' | sort | tail -n 1)
+if [[ -n "$noticed" && -n "$back" ]]; then
+  awk -v k="$killed_at" -v n="$(stamp "$noticed")" -v r="$restarted_at" -v b="$(stamp "$back")" \
+    'BEGIN { printf "a worker noticed the loss %.3f s after the kill; all were back %.3f s after the restart\n", n - k, b - r }'
+fi
+echo "fault test passed: $rejoined workers joined the restarted coordinator, $compared result files identical to the local run"
