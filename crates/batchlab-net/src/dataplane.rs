@@ -365,6 +365,32 @@ async fn receive(
     Ok(())
 }
 
+/// Tests: serves `listener` as rank 1 of a 2-rank world (session "s", token "tok",
+/// `generation`); returns what the mesh would be handed from rank 0.
+#[cfg(test)]
+pub(crate) fn serve_rank_one(
+    listener: DataListener,
+    generation: u64,
+    tls: Option<crate::tls::Tls>,
+) -> tokio::sync::mpsc::UnboundedReceiver<DataStream> {
+    let (stream_tx, stream_rx) = tokio::sync::mpsc::unbounded_channel();
+    let routes = Routes {
+        session: "s".into(),
+        generation,
+        rank: Some(1),
+        inboxes: (0..2)
+            .map(|_| tokio::sync::mpsc::unbounded_channel().0)
+            .collect(),
+        streams: vec![stream_tx, tokio::sync::mpsc::unbounded_channel().0],
+    };
+    let (tx, rx) = watch::channel(Some(Arc::new(routes)));
+    tokio::spawn(async move {
+        let _keep = tx;
+        serve(listener, rx, "tok".into(), Duration::from_secs(5), tls).await;
+    });
+    stream_rx
+}
+
 /// Opens the data-plane stream to a peer (its Unix socket `unix` when given and reachable, else
 /// its TCP address `addr`) and has the hello accepted.
 pub(crate) async fn connect(

@@ -3,7 +3,6 @@
 //! headers, and a live data-plane listener. Each must answer with a value or an error, never a
 //! panic or a hang; the listener must refuse, count the refusal, and keep serving.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use batchlab_proto::PROTOCOL_VERSION;
@@ -14,7 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::dataplane::{DataListener, DataStream, Hello, PieceError, read_piece};
-use crate::mesh::Routes;
 use crate::refused::Reason;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -122,25 +120,7 @@ fn a_data_plane_listener_refuses_random_connections_counts_them_and_keeps_servin
         .unwrap();
     rt.block_on(async {
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        let (stream_tx, mut stream_rx) = tokio::sync::mpsc::unbounded_channel();
-        tx.send(Some(Arc::new(Routes {
-            session: "s".into(),
-            generation: 3,
-            rank: Some(1),
-            inboxes: (0..2)
-                .map(|_| tokio::sync::mpsc::unbounded_channel().0)
-                .collect(),
-            streams: vec![stream_tx, tokio::sync::mpsc::unbounded_channel().0],
-        })))
-        .unwrap();
-        tokio::spawn(crate::dataplane::serve(
-            DataListener::Unix(listener),
-            rx,
-            "tok".into(),
-            Duration::from_secs(5),
-            None,
-        ));
+        let mut stream_rx = crate::dataplane::serve_rank_one(DataListener::Unix(listener), 3, None);
         let before = crate::refused::counts();
         let mut rng = batchlab_core::rng::rng(20261122, batchlab_core::rng::Stream::Init, 0);
         const N: u64 = 40;

@@ -245,25 +245,8 @@ mod tests {
             let (stranger, _) = tls_for(&["127.0.0.1"]);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();
-            let (tx, rx) = tokio::sync::watch::channel(None);
-            let (stream_tx, mut stream_rx) = tokio::sync::mpsc::unbounded_channel();
-            tx.send(Some(Arc::new(crate::mesh::Routes {
-                session: "s".into(),
-                generation: 0,
-                rank: Some(1),
-                inboxes: (0..2)
-                    .map(|_| tokio::sync::mpsc::unbounded_channel().0)
-                    .collect(),
-                streams: vec![stream_tx, tokio::sync::mpsc::unbounded_channel().0],
-            })))
-            .unwrap();
-            tokio::spawn(crate::dataplane::serve(
-                DataListener::Tcp(listener),
-                rx,
-                "tok".into(),
-                Duration::from_secs(5),
-                Some(tls.clone()),
-            ));
+            let mut stream_rx =
+                crate::dataplane::serve_rank_one(DataListener::Tcp(listener), 0, Some(tls.clone()));
             let hello = Hello {
                 token: "tok".into(),
                 session: "s".into(),
