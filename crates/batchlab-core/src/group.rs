@@ -34,7 +34,8 @@ pub struct GroupEnd {
 }
 
 /// The stopping rule of a seed-mean group and its summary (see the [module docs](self)).
-#[derive(Debug, Clone)]
+/// Plain data (serde): an elastic run hands it to a new worker with the replicas.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SeedMean {
     target: Option<f64>,
     fraction: f64,

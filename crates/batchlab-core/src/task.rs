@@ -22,7 +22,7 @@ pub struct BatchStats {
 }
 
 /// Held-out evaluation of a parameter vector.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Evaluation {
     /// Mean loss. For tasks with a closed-form population loss (NQM) this is that exact loss.
     pub loss: f64,

@@ -259,6 +259,39 @@ impl RunPlan {
             plan: self.clone(),
         }
     }
+
+    /// The replica that `state` describes, on this plan; refused when the state does not fit
+    /// it (another dimension or optimizer).
+    pub fn restore(&self, state: ReplicaState) -> Result<Replica, ConfigError> {
+        let n = self.task.num_params();
+        for (what, len) in [
+            ("replica_state.params", Some(state.params.len())),
+            (
+                "replica_state.prev_grad",
+                state.prev_grad.as_ref().map(Vec::len),
+            ),
+        ] {
+            if let Some(len) = len {
+                ensure(
+                    len == n,
+                    what,
+                    format!("{len} values"),
+                    &format!("{n}, the task's parameter count"),
+                )?;
+            }
+        }
+        let mut replica = self.replica();
+        replica.optimizer.restore(&state.optimizer)?;
+        replica.t = state.t;
+        replica.params = state.params;
+        replica.scale = state.scale;
+        replica.ema = state.ema;
+        replica.prev_grad = state.prev_grad;
+        replica.initial_loss = state.initial_loss;
+        replica.pending = state.pending;
+        replica.eval_window = state.eval_window;
+        Ok(replica)
+    }
 }
 
 /// How a run ended (Shallue et al. 2018's statuses).
@@ -378,7 +411,7 @@ pub enum Applied {
     Finished(Box<StepMetrics>, Box<RunSummary>),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Pending {
     eval: Option<Evaluation>,
     sharpness: Option<f64>,
@@ -387,6 +420,9 @@ struct Pending {
     last_train_loss: Option<f64>,
     last_b_simple: Option<f64>,
     redos: u32,
+    /// The step whose [`Replica::begin`] ran (a second call for it changes nothing).
+    #[serde(default)]
+    begun: Option<u64>,
 }
 
 /// Everything a replica holds; identical on every replica after every step.
@@ -408,6 +444,27 @@ pub struct Replica {
     plan: RunPlan,
 }
 
+/// Everything a [`Replica`] holds except its plan, as plain data: a new worker of an elastic
+/// run receives it from a peer, and [`RunPlan::restore`] turns it back into the same replica
+/// (the next steps are bit-identical to the ones the original would have taken).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaState {
+    /// Updates applied so far.
+    pub t: u64,
+    /// `θ_t`.
+    pub params: Vec<f64>,
+    /// The fixed-point scale of the current step.
+    pub scale: FixedScale,
+    /// The optimizer's state.
+    pub optimizer: crate::optim::OptimizerState,
+    ema: NoiseScaleEma,
+    prev_grad: Option<Vec<f64>>,
+    initial_loss: Option<f64>,
+    pending: Pending,
+    eval_window: EvalWindow,
+}
+
 /// Evaluations before a run can count as stalled ([`TrainConfig::stop_stalled`]).
 pub const STALL_MIN_EVALS: usize = 200;
 /// Relative decrease below which a run counts as stalled.
@@ -415,7 +472,7 @@ pub const STALL_TOLERANCE: f64 = 0.02;
 
 /// The evaluations of a run, for the mean over a window that grows with the run (see
 /// [`TrainConfig::target_window`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalWindow {
     /// Prefix sums: `prefix[k]` = sum of the first `k` evaluation losses.
     prefix: Vec<f64>,
@@ -468,11 +525,30 @@ impl Replica {
         &self.plan
     }
 
+    /// A copy of everything this replica holds besides its plan.
+    pub fn state(&self) -> ReplicaState {
+        ReplicaState {
+            t: self.t,
+            params: self.params.clone(),
+            scale: self.scale,
+            optimizer: self.optimizer.state(),
+            ema: self.ema.clone(),
+            prev_grad: self.prev_grad.clone(),
+            initial_loss: self.initial_loss,
+            pending: self.pending.clone(),
+            eval_window: self.eval_window.clone(),
+        }
+    }
+
     /// Start of step `t`: evaluates and measures sharpness when due, and decides whether the
     /// run is over. Call once per step, before computing it.
     pub fn begin(&mut self, scratch: &mut Scratch) -> Begin {
         let cfg = &self.plan.config;
         let t = self.t;
+        if self.pending.begun == Some(t) {
+            // Begun already (a regrouped run redoes the step): evaluations are recorded once.
+            return Begin::Compute;
+        }
         let at_end = t >= cfg.steps;
         let eval_due = at_end || (cfg.eval_every > 0 && t % cfg.eval_every == 0);
         self.pending.eval = None;
@@ -523,6 +599,7 @@ impl Replica {
             self.pending.sharpness = Some(s);
             self.pending.last_sharpness = Some(s);
         }
+        self.pending.begun = Some(t);
         Begin::Compute
     }
 

@@ -705,3 +705,94 @@ fn the_streamed_last_micro_gives_the_same_packet_word_for_word() {
         assert_eq!(got.words(), want.words());
     }
 }
+
+/// A replica rebuilt from its [`ReplicaState`](batchlab_core::train::ReplicaState) at every
+/// point an elastic run may hand it over (between steps, after `begin`, with `begin` called
+/// again for the same step) takes the very steps of the uninterrupted run: the rows, the
+/// summary and the final parameters are bit-identical, with momentum, evaluations, sharpness,
+/// the noise-scale EMA and a train-loss target all in play.
+#[test]
+fn a_replica_restored_from_its_state_at_any_step_continues_bit_identically() {
+    use batchlab_core::optim::OptimizerConfig;
+    use batchlab_core::tasks::mlp::{MlpConfig, MlpData, TeacherData};
+    let cfg = TrainConfig {
+        task: TaskConfig::Mlp(MlpConfig {
+            hidden: vec![8],
+            data: MlpData::Teacher(TeacherData {
+                input_dim: 6,
+                classes: 3,
+                train_size: 600,
+                eval_size: 100,
+                ..TeacherData::default()
+            }),
+            ..MlpConfig::default()
+        }),
+        optimizer: OptimizerConfig {
+            kind: OptimizerKind::Momentum,
+            momentum: 0.9,
+            ..OptimizerConfig::default()
+        },
+        batch: 32,
+        micro: Some(8),
+        lr: 0.05,
+        steps: 60,
+        eval_every: 7,
+        sharpness_every: 11,
+        ..TrainConfig::default()
+    };
+    let (want_rows, want) = run(&cfg);
+    let plan = cfg.build().unwrap();
+    let mut replica = plan.replica();
+    let mut sampler = plan.sampler();
+    let n = plan.num_micro();
+    let mut packet = Packet::zeroed(plan.task.num_params(), n);
+    let mut scratch = WorkerScratch::default();
+    let mut eval_scratch = batchlab_core::Scratch::new();
+    let mut rows = Vec::new();
+    let moved = |r: &batchlab_core::train::Replica| plan.restore(r.state()).unwrap();
+    let summary = 'run: loop {
+        // A new worker builds its own sampler: it depends on (seed, step) alone.
+        replica = moved(&replica);
+        sampler = plan.sampler();
+        if let Begin::Finished(s) = replica.begin(&mut eval_scratch) {
+            break *s;
+        }
+        // Handed over after `begin`, and begun again: the evaluation counts once.
+        replica = moved(&replica);
+        assert_eq!(replica.begin(&mut eval_scratch), Begin::Compute);
+        loop {
+            compute_micros(
+                plan.task.as_ref(),
+                &replica.params,
+                &mut sampler,
+                replica.t,
+                0..n,
+                replica.scale,
+                &mut packet,
+                &mut scratch,
+            );
+            match replica.apply(&packet) {
+                Applied::Redo => replica = moved(&replica),
+                Applied::Step(r) => {
+                    rows.push(*r);
+                    break;
+                }
+                Applied::Finished(r, s) => {
+                    rows.push(*r);
+                    break 'run *s;
+                }
+            }
+        }
+    };
+    let bits = |rows: &[StepMetrics]| serde_json::to_string(rows).unwrap();
+    assert_eq!(rows.len(), 60);
+    assert!(rows.iter().any(|r| r.eval_loss.is_some() && r.sharpness.is_some()));
+    assert_eq!(bits(&rows), bits(&want_rows));
+    assert_eq!(summary, want);
+
+    // A state that does not fit the plan is refused, naming the field.
+    let mut state = plan.replica().state();
+    state.params.pop();
+    let e = plan.restore(state).unwrap_err().to_string();
+    assert!(e.contains("replica_state.params"), "{e}");
+}
