@@ -5,8 +5,12 @@
 # analysis.json, probe.json) equals, byte for byte, those of the same sweep run in one local
 # process, and that each worker joined from its own address. Then a fault: the coordinator's
 # container is killed (SIGKILL) in the middle of a second sweep and started again; the workers
-# must join it by themselves and the resumed sweep must write the same numbers. Tears
-# everything down, also on failure. Run by .ci/run wherever a Docker engine answers.
+# must join it by themselves and the resumed sweep must write the same numbers. Then elastic
+# membership: one run on three workers with --min-workers 2; one worker's container is killed
+# (SIGKILL) mid-run, then another is cut off the network (docker network disconnect) and
+# restored; the run pauses below its minimum, takes the restored worker back, and its rows and
+# summary must equal `batchlab train`'s. Tears everything down, also on failure. Run by .ci/run
+# wherever a Docker engine answers.
 #
 #   deploy/compose/test.sh [BINARY]      # default target/release/batchlab
 set -euo pipefail
@@ -27,7 +31,7 @@ cleanup() {
     echo "== compose test failed ($rc); the containers' logs:" >&2
     compose logs --no-color 2>&1 | tail -n 60 >&2 || true
   fi
-  for p in "$project" "${project}k"; do
+  for p in "$project" "${project}k" "${project}e"; do
     proj=$p compose down -v --remove-orphans -t 2 >/dev/null 2>&1 || true
   done
   docker image rm -f "$image" >/dev/null 2>&1 || true
@@ -146,3 +150,56 @@ if [[ -n "$noticed" && -n "$back" ]]; then
     'BEGIN { printf "a worker noticed the loss %.3f s after the kill; all were back %.3f s after the restart\n", n - k, b - r }'
 fi
 echo "fault test passed: $rejoined workers joined the restarted coordinator, $compared result files identical to the local run"
+
+echo "== elastic: a worker killed, another cut off the network and restored, mid-run"
+proj="${project}e"
+mkdir -p "$tmp/results3"
+run="--task mlp --set task.hidden=[16] --set task.data.input_dim=24 --set task.data.classes=4 --set task.data.train_size=1024 --set task.data.eval_size=256 --set optimizer.kind=\"momentum\" --set optimizer.momentum=0.9 --batch 48 --micro 8 --lr 0.05 --steps 1000 --set eval_every=25"
+# shellcheck disable=SC2086
+"$binary" train --out "$tmp/alone" $run >"$tmp/alone.log" 2>&1 || { cat "$tmp/alone.log" >&2; exit 1; }
+export BATCHLAB_RESULTS="$tmp/results3" BATCHLAB_EXPERIMENT=coordinator BATCHLAB_RUN=run \
+  BATCHLAB_ARGS="$run --min-workers 2 --heartbeat-timeout-ms 1500" \
+  BATCHLAB_WORKER_ARGS="--inject-delay 4"
+compose up -d --scale worker="$workers" >"$tmp/up3.log" 2>&1 || { cat "$tmp/up3.log" >&2; exit 1; }
+coordinator=$(compose ps -q coordinator)
+mapfile -t ws < <(compose ps -q worker)
+network=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "${ws[0]}")
+rows() { wc -l <"$tmp/results3/run/metrics.jsonl" 2>/dev/null || echo 0; }
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 50 ms
+  local limit=$1 what=$2 n=0
+  shift 2
+  until "$@"; do
+    sleep 0.05
+    n=$((n + 1))
+    [[ $n -lt $((limit * 20)) ]] || { echo "$what did not happen in $limit s" >&2; exit 1; }
+  done
+}
+# Conditions for wait_for, evaluated afresh at each poll.
+rows_above() { [[ $(rows) -gt $1 ]]; }
+logged() { docker logs "$coordinator" 2>&1 | grep -q "$1"; }
+wait_for 120 "100 rows" rows_above 99
+killed_at=$(date +%s.%N); rows_at_kill=$(rows)
+docker kill -s KILL "${ws[1]}" >/dev/null
+wait_for 60 "generation 2" logged "generation 2 formed"
+formed2_at=$(date +%s.%N)
+wait_for 60 "rows after the regroup" rows_above "$((rows_at_kill + 20))"
+cut_at=$(date +%s.%N)
+docker network disconnect "$network" "${ws[2]}"
+wait_for 60 "the pause" logged "paused: 1 workers left"
+paused_at=$(date +%s.%N)
+docker network connect "$network" "${ws[2]}"
+wait_for 60 "generation 3" logged "generation 3 formed with 2 workers"
+formed3_at=$(date +%s.%N)
+status=$(timeout 600 docker wait "$coordinator") || { echo "the elastic run did not finish" >&2; exit 1; }
+compose logs --no-color -t >"$tmp/compose3.log" 2>&1
+[[ "$status" == 0 ]] || { echo "the elastic run's coordinator exited with $status" >&2; tail -n 80 "$tmp/compose3.log" >&2; exit 1; }
+cmp -s "$tmp/alone/metrics.jsonl" "$tmp/results3/run/metrics.jsonl" || { echo "the elastic run's rows differ from train's" >&2; exit 1; }
+want=$(grep -o '"params_digest": *"[^"]*"' "$tmp/alone/summary.json")
+got=$(grep -o '"params_digest": *"[^"]*"' "$tmp/results3/run/summary.json")
+[[ -n "$want" && "$want" == "$got" ]] || { echo "final parameters differ: train $want, elastic $got" >&2; exit 1; }
+grep -q "took the run's state from rank" "$tmp/compose3.log" || { echo "no worker took the state from a peer" >&2; exit 1; }
+awk -v k="$killed_at" -v f2="$formed2_at" -v c="$cut_at" -v p="$paused_at" -v f3="$formed3_at" \
+  'BEGIN { printf "killed worker: generation 2 formed %.2f s after the kill (heartbeat timeout 1.5 s); cut-off worker: paused %.2f s after the cut, generation 3 formed %.2f s after the network came back\n", f2 - k, p - c, f3 - p }'
+# What each worker did: regroups and state handed over (steps redone are the applies behind).
+grep -h -e "regrouped into" -e "took the run's state" "$tmp/compose3.log" | sed 's/^/  /' || true
+echo "elastic test passed: $(rows) rows and the final parameters equal train's after a kill -9 and a network cut"

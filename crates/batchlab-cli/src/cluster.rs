@@ -120,9 +120,23 @@ pub struct ReduceArgs {
     /// Deadline for any one receive from a peer, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     peer_timeout_ms: u64,
-    /// A worker silent for this many milliseconds is lost and the run stops.
+    /// A worker silent for this many milliseconds is lost: the run stops, or, when elastic,
+    /// goes on without it.
     #[arg(long, default_value_t = 5_000)]
     heartbeat_timeout_ms: u64,
+    /// Elastic membership (with --listen): go on while at least this many workers remain.
+    /// When one is lost the others form the next generation from the freshest state among
+    /// them; the numbers do not change. Default: --workers (the run stops on a loss).
+    #[arg(long, value_name = "N")]
+    min_workers: Option<usize>,
+    /// Elastic membership (with --listen): admit workers that join mid-run, between steps,
+    /// up to this many; each takes the run's state from a peer. Default: --workers.
+    #[arg(long, value_name = "N")]
+    max_workers: Option<usize>,
+    /// Elastic membership: seconds to wait, paused, with fewer than --min-workers workers
+    /// before the run stops.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pause_timeout: u64,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -139,6 +153,21 @@ impl ReduceArgs {
         if !matches!(self.reduce.as_str(), "exact" | "fast") {
             bail!("--reduce {}: expected exact or fast", self.reduce);
         }
+        if self.min_workers == Some(0) {
+            bail!("--min-workers 0: expected at least 1");
+        }
+        if let (Some(lo), Some(hi)) = (self.min_workers, self.max_workers) {
+            if lo > hi {
+                bail!("--min-workers {lo} is above --max-workers {hi}");
+            }
+        }
+        if self.elastic_flags() && self.reduce != "exact" {
+            bail!(
+                "--reduce {} with --min-workers/--max-workers: f32 sums depend on the number of \
+                 workers, so a run that lost or gained one would change; use --reduce exact",
+                self.reduce
+            );
+        }
         if !(1..=(64 << 20)).contains(&self.chunk_bytes) {
             bail!(
                 "--chunk-bytes {}: expected 1 to {} bytes",
@@ -147,6 +176,11 @@ impl ReduceArgs {
             );
         }
         Ok(())
+    }
+
+    /// Whether --min-workers or --max-workers was given.
+    fn elastic_flags(&self) -> bool {
+        self.min_workers.is_some() || self.max_workers.is_some()
     }
 
     /// The spec of a run of `cfg` (a seed-mean group when `seeds` is not empty).
@@ -183,11 +217,25 @@ impl ReduceArgs {
             chunk_bytes,
             peer_timeout_ms,
             heartbeat_timeout_ms,
+            min_workers: None,
+            max_workers: None,
+            pause_timeout: 300,
         }
     }
 
     fn coordinator_config(&self, workers: usize, token: String) -> Result<CoordinatorConfig> {
         let mut c = CoordinatorConfig::new(workers, token);
+        c.min_workers = self.min_workers.unwrap_or(workers);
+        c.max_workers = self.max_workers.unwrap_or(workers);
+        if c.min_workers > workers || c.max_workers < workers {
+            bail!(
+                "--min-workers {} and --max-workers {} must bracket --workers {workers} (the \
+                 number the run starts with)",
+                c.min_workers,
+                c.max_workers
+            );
+        }
+        c.pause_timeout = Duration::from_secs(self.pause_timeout);
         c.tls = self.tls.load()?;
         c.unix_sockets = self.transport == "auto";
         c.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(100));
@@ -397,6 +445,12 @@ impl Cluster {
             bail!("--workers 0: expected at least 1 worker");
         }
         reduce.validate()?;
+        if reduce.elastic_flags() {
+            bail!(
+                "--min-workers/--max-workers need workers started on their own (--listen and \
+                 `batchlab worker`): local workers live and die with this process"
+            );
+        }
         let token = random_token()?;
         let exe = std::env::current_exe().context("locating the batchlab binary")?;
         let rt = runtime()?;

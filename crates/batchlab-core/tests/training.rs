@@ -743,7 +743,7 @@ fn a_replica_restored_from_its_state_at_any_step_continues_bit_identically() {
     let (want_rows, want) = run(&cfg);
     let plan = cfg.build().unwrap();
     let mut replica = plan.replica();
-    let mut sampler = plan.sampler();
+    let mut sampler;
     let n = plan.num_micro();
     let mut packet = Packet::zeroed(plan.task.num_params(), n);
     let mut scratch = WorkerScratch::default();
@@ -786,7 +786,10 @@ fn a_replica_restored_from_its_state_at_any_step_continues_bit_identically() {
     };
     let bits = |rows: &[StepMetrics]| serde_json::to_string(rows).unwrap();
     assert_eq!(rows.len(), 60);
-    assert!(rows.iter().any(|r| r.eval_loss.is_some() && r.sharpness.is_some()));
+    assert!(
+        rows.iter()
+            .any(|r| r.eval_loss.is_some() && r.sharpness.is_some())
+    );
     assert_eq!(bits(&rows), bits(&want_rows));
     assert_eq!(summary, want);
 

@@ -7,7 +7,7 @@
 //!   worker ──Report────► rows (rank 0) and a summary per rank ──► Coordinator::run returns
 //! ```
 //!
-//! The membership rules are a plain state machine ([`Rendezvous`]); the service wraps it with
+//! The membership rules are a plain state machine ([`Membership`]); the service wraps it with
 //! a mutex and a version channel that wakes the long polls.
 
 use std::collections::BTreeMap;
@@ -20,8 +20,9 @@ use crate::bench::BenchRankResult;
 use crate::worker::{RankResult, RankTiming};
 use batchlab_proto::v1::coordinator_server::{self, CoordinatorServer};
 use batchlab_proto::v1::{
-    BenchSpec, HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, ReportAck, RunReport,
-    RunSpec, Shutdown, TaskAssignment, TaskRequest, run_report, task_assignment,
+    BenchSpec, HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, RegroupNow,
+    RegroupRequest, ReportAck, RunReport, RunSpec, Shutdown, TaskAssignment, TaskRequest,
+    run_report, task_assignment,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -31,7 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Check;
 use crate::refused::{Reason, refuse};
-use crate::{NetError, to_status, transport};
+use crate::{NetError, transport};
 
 /// Settings of a coordinator.
 #[derive(Debug, Clone)]
@@ -50,6 +51,14 @@ pub struct CoordinatorConfig {
     pub unix_sockets: bool,
     /// TLS for the coordinator's service (the workers must speak it too).
     pub tls: Option<crate::tls::Tls>,
+    /// Elastic runs: the fewest workers a generation may have (below it the run pauses);
+    /// `workers` for a fixed cluster.
+    pub min_workers: usize,
+    /// Elastic runs: the most workers a generation may have (late joiners beyond it are
+    /// refused); `workers` for a fixed cluster.
+    pub max_workers: usize,
+    /// How long an elastic run stays paused below `min_workers` before it stops.
+    pub pause_timeout: Duration,
 }
 
 impl CoordinatorConfig {
@@ -64,6 +73,9 @@ impl CoordinatorConfig {
             join_timeout: Duration::from_secs(120),
             unix_sockets: true,
             tls: None,
+            min_workers: workers,
+            max_workers: workers,
+            pause_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -99,53 +111,117 @@ pub struct Member {
     pub requested_rank: Option<u32>,
 }
 
-/// Rendezvous as a state machine: members join until the world is complete, then ranks are
-/// assigned once (requested ranks when they form a permutation, else join order).
+/// Membership as a state machine: members join until the first world is complete (ranks from
+/// the launcher when they form a permutation, else join order); that is generation 1.
+///
+/// An elastic cluster (`min < workers` or `max > workers`) then forms new generations:
+/// a member lost, or a late joiner waiting, starts forming the next one; it forms once every
+/// member of the current generation has asked to regroup or is lost. Its members are the
+/// survivors in their old rank order, then the joiners, up to `max`; with fewer than `min` the
+/// cluster pauses (forming stays open) until joiners make up the number.
 #[derive(Debug, Clone)]
-pub struct Rendezvous {
-    world: usize,
-    joined: Vec<Member>,
-    /// `ranks[i]` = rank of the i-th joiner, once complete.
-    ranks: Option<Vec<usize>>,
+pub struct Membership {
+    target: usize,
+    min: usize,
+    max: usize,
+    /// Every member that ever joined, by worker id (join order).
+    members: Vec<Member>,
+    lost: Vec<bool>,
+    generation: u64,
+    /// Worker ids by rank, in the current generation.
+    current: Vec<usize>,
+    /// Joined after generation 1, not in a generation yet.
+    waiting: Vec<usize>,
+    /// While the next generation forms: the current members that asked to regroup.
+    forming: Option<std::collections::BTreeSet<usize>>,
 }
 
-impl Rendezvous {
-    /// A rendezvous for `world` members.
-    pub fn new(world: usize) -> Self {
+/// What [`Membership::try_form`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forming {
+    /// Nothing is forming.
+    Idle,
+    /// Waiting for current members to ask to regroup (or to be lost).
+    Waiting,
+    /// Every current member answered, but the survivors and joiners number fewer than `min`.
+    Paused {
+        /// How many would form it.
+        have: usize,
+    },
+    /// Generation `0` just formed.
+    Formed(u64),
+}
+
+impl Membership {
+    /// A cluster that starts with `workers` members; a fixed one when `min = max = workers`.
+    pub fn new(workers: usize, min: usize, max: usize) -> Self {
         Self {
-            world,
-            joined: Vec::new(),
-            ranks: None,
+            target: workers,
+            min: min.min(workers),
+            max: max.max(workers),
+            members: Vec::new(),
+            lost: Vec::new(),
+            generation: 0,
+            current: Vec::new(),
+            waiting: Vec::new(),
+            forming: None,
         }
     }
 
-    /// Adds a member; returns its join index. Refused once the world is complete.
+    /// Whether generations may change (members lost or added mid-run).
+    pub fn elastic(&self) -> bool {
+        self.min < self.target || self.max > self.target
+    }
+
+    /// Adds a member; returns its worker id.
     pub fn join(&mut self, m: Member) -> Result<usize, String> {
-        if self.ranks.is_some() {
+        if self.generation == 0 {
+            if let Some(r) = m.requested_rank {
+                if r as usize >= self.target {
+                    return Err(format!(
+                        "requested rank {r} from {} is out of range for {} workers",
+                        m.addr, self.target
+                    ));
+                }
+            }
+        } else if !self.elastic() {
             return Err(format!(
                 "the cluster is complete with {} workers; {} at {} was not expected \
                  (start the coordinator with a larger --workers, or stop the extra worker)",
-                self.world, m.hostname, m.addr
+                self.target, m.hostname, m.addr
+            ));
+        } else if self.live_count() >= self.max {
+            return Err(format!(
+                "the cluster has its --max-workers {} workers; {} at {} was not admitted",
+                self.max, m.hostname, m.addr
             ));
         }
-        if let Some(r) = m.requested_rank {
-            if r as usize >= self.world {
-                return Err(format!(
-                    "requested rank {r} from {} is out of range for {} workers",
-                    m.addr, self.world
-                ));
+        let id = self.members.len();
+        self.members.push(m);
+        self.lost.push(false);
+        if self.generation == 0 {
+            if self.members.len() == self.target {
+                self.current = self.assign();
+                self.generation = 1;
             }
+        } else {
+            self.waiting.push(id);
+            self.forming.get_or_insert_with(Default::default);
         }
-        self.joined.push(m);
-        if self.joined.len() == self.world {
-            self.ranks = Some(self.assign());
-        }
-        Ok(self.joined.len() - 1)
+        Ok(id)
+    }
+
+    fn live_count(&self) -> usize {
+        self.current
+            .iter()
+            .chain(&self.waiting)
+            .filter(|&&id| !self.lost[id])
+            .count()
     }
 
     fn assign(&self) -> Vec<usize> {
-        let requested: Vec<Option<u32>> = self.joined.iter().map(|m| m.requested_rank).collect();
-        let mut seen = vec![false; self.world];
+        let requested: Vec<Option<u32>> = self.members.iter().map(|m| m.requested_rank).collect();
+        let mut seen = vec![false; self.target];
         let permutation = requested.iter().all(|r| {
             r.is_some_and(|r| {
                 let fresh = !seen[r as usize];
@@ -154,38 +230,140 @@ impl Rendezvous {
             })
         });
         if permutation {
-            requested
-                .iter()
-                .map(|r| r.expect("checked") as usize)
-                .collect()
+            let mut by_rank = vec![0; self.target];
+            for (id, r) in requested.iter().enumerate() {
+                by_rank[r.expect("checked") as usize] = id;
+            }
+            by_rank
         } else {
-            (0..self.world).collect()
+            (0..self.target).collect()
         }
     }
 
-    /// The rank of join index `i`, once the world is complete.
-    pub fn rank_of(&self, i: usize) -> Option<usize> {
-        self.ranks.as_ref().map(|r| r[i])
+    /// Marks worker `id` lost; in an elastic cluster the next generation starts forming when
+    /// it was a member of the current one. Returns its rank in the current generation.
+    pub fn lose(&mut self, id: usize) -> Option<usize> {
+        if self.lost.get(id).copied().unwrap_or(true) {
+            return None;
+        }
+        self.lost[id] = true;
+        self.waiting.retain(|&w| w != id);
+        let rank = self.current.iter().position(|&c| c == id);
+        if rank.is_some() && self.elastic() {
+            self.forming.get_or_insert_with(Default::default);
+        }
+        rank
     }
 
-    /// Peer addresses by rank, once complete.
+    /// Worker `id` leaves generation `from` and waits for the next one.
+    pub fn regroup(&mut self, id: usize, from: u64) -> Result<(), String> {
+        if !self.elastic() {
+            return Err(
+                "the cluster is not elastic (--min-workers and --max-workers equal \
+                 --workers): it cannot regroup"
+                    .to_string(),
+            );
+        }
+        if self.lost.get(id).copied().unwrap_or(true) {
+            return Err(format!("worker {id} was declared lost; join again"));
+        }
+        if from == self.generation && self.current.contains(&id) {
+            self.forming.get_or_insert_with(Default::default).insert(id);
+        }
+        Ok(())
+    }
+
+    /// Forms the next generation when it can (see the type's docs).
+    pub fn try_form(&mut self) -> Forming {
+        let Some(ready) = &self.forming else {
+            return Forming::Idle;
+        };
+        if self.generation == 0 {
+            return Forming::Waiting;
+        }
+        if !self
+            .current
+            .iter()
+            .all(|id| ready.contains(id) || self.lost[*id])
+        {
+            return Forming::Waiting;
+        }
+        let mut next: Vec<usize> = self
+            .current
+            .iter()
+            .copied()
+            .filter(|id| !self.lost[*id])
+            .collect();
+        next.extend(self.waiting.iter().copied().filter(|id| !self.lost[*id]));
+        if next.len() < self.min.max(1) {
+            return Forming::Paused { have: next.len() };
+        }
+        next.truncate(self.max);
+        self.waiting.retain(|id| !next.contains(id));
+        self.current = next;
+        self.generation += 1;
+        self.forming = None;
+        Forming::Formed(self.generation)
+    }
+
+    /// The current generation (0 before the first forms).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The newest generation, formed or forming.
+    pub fn newest(&self) -> u64 {
+        self.generation + u64::from(self.forming.is_some() && self.generation > 0)
+    }
+
+    /// Whether the next generation is forming.
+    pub fn is_forming(&self) -> bool {
+        self.forming.is_some() && self.generation > 0
+    }
+
+    /// The rank of worker `id` in the current generation.
+    pub fn rank_of(&self, id: usize) -> Option<usize> {
+        self.current.iter().position(|&c| c == id)
+    }
+
+    /// Worker ids by rank in the current generation.
+    pub fn current(&self) -> &[usize] {
+        &self.current
+    }
+
+    /// Whether worker `id` was lost.
+    pub fn is_lost(&self, id: usize) -> bool {
+        self.lost.get(id).copied().unwrap_or(true)
+    }
+
+    /// Number of members that ever joined.
+    pub fn joined(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The member with worker id `id`.
+    pub fn member(&self, id: usize) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// Peer addresses by rank, once a generation formed.
     pub fn peers(&self) -> Option<Vec<String>> {
         self.by_rank(|m| &m.addr)
     }
 
-    /// A field of every member, by rank, once complete.
+    /// A field of every member, by rank, once a generation formed.
     pub fn by_rank(&self, field: impl Fn(&Member) -> &String) -> Option<Vec<String>> {
-        let ranks = self.ranks.as_ref()?;
-        let mut out = vec![String::new(); self.world];
-        for (i, &r) in ranks.iter().enumerate() {
-            out[r] = field(&self.joined[i]).clone();
-        }
-        Some(out)
+        (self.generation > 0).then(|| {
+            self.current
+                .iter()
+                .map(|&id| field(&self.members[id]).clone())
+                .collect()
+        })
     }
 
-    /// Whether every member has joined.
+    /// Whether the first generation formed.
     pub fn is_complete(&self) -> bool {
-        self.ranks.is_some()
+        self.generation > 0
     }
 }
 
@@ -202,6 +380,7 @@ enum Event {
         bytes: Vec<u8>,
     },
     Summary {
+        worker: usize,
         rank: usize,
         task: u64,
         json: Vec<u8>,
@@ -212,6 +391,7 @@ enum Event {
         bytes: Vec<u8>,
     },
     Error {
+        worker: usize,
         rank: usize,
         task: u64,
         message: String,
@@ -223,12 +403,19 @@ enum Event {
 
 #[derive(Debug)]
 struct State {
-    rendezvous: Rendezvous,
+    members: Membership,
+    /// Last heartbeat by worker id.
     last_seen: Vec<Option<Instant>>,
-    lost: Vec<bool>,
     task: u64,
     /// The current task (a run or a benchmark), handed to every worker that asks.
     spec: Option<task_assignment::Kind>,
+    /// The run in progress (0: none): a new generation takes it up again.
+    open: u64,
+    /// The rows of run `rows_task` received so far: the next step expected of each member.
+    rows_task: u64,
+    rows_through: Vec<u64>,
+    /// Since when an elastic run has been paused below `min_workers`.
+    paused_since: Option<Instant>,
     abort: Option<String>,
     shutdown: Option<String>,
 }
@@ -247,29 +434,148 @@ impl Shared {
         self.version.send_modify(|v| *v += 1);
     }
 
-    fn check_session(&self, session: &str, rank: u32) -> Result<(), Status> {
+    /// Checks that a call belongs to this session and names a worker that joined it.
+    fn check_session(&self, session: &str, worker: u64) -> Result<(), Status> {
         if session != self.session {
             return Err(Status::permission_denied(refuse(
                 Reason::OtherRun,
-                &format!("rank {rank}"),
+                &format!("worker {worker}"),
                 format!(
-                    "rank {rank} belongs to coordinator session {session:?}, this coordinator's session is {:?} \
+                    "worker {worker} belongs to coordinator session {session:?}, this coordinator's session is {:?} \
                      (the worker joined another coordinator)",
                     self.session
                 ),
             )));
         }
-        if rank as usize >= self.cfg.workers {
+        let joined = self.state.lock().expect("poisoned").members.joined();
+        if worker as usize >= joined {
             return Err(Status::invalid_argument(refuse(
                 Reason::OtherRun,
-                &format!("rank {rank}"),
-                format!(
-                    "rank {rank} is out of range for {} workers",
-                    self.cfg.workers
-                ),
+                &format!("worker {worker}"),
+                format!("worker {worker} is unknown: {joined} workers joined this session"),
             )));
         }
         Ok(())
+    }
+
+    /// Forms the next generation if it can, logging what happened.
+    fn try_form(&self, s: &mut State) {
+        match s.members.try_form() {
+            Forming::Formed(g) => {
+                s.paused_since = None;
+                // Every member is watched from the new generation on: one that died before
+                // taking its place is lost by the heartbeat timeout like any other.
+                let now = Instant::now();
+                for id in s.members.current().to_vec() {
+                    if s.last_seen.len() <= id {
+                        s.last_seen.resize(id + 1, None);
+                    }
+                    s.last_seen[id] = Some(now);
+                }
+                let ranks: Vec<String> = s
+                    .members
+                    .current()
+                    .iter()
+                    .map(|&id| {
+                        let m = s.members.member(id).expect("a member");
+                        format!("{}:{}", m.hostname, m.pid)
+                    })
+                    .collect();
+                tracing::warn!(
+                    generation = g,
+                    workers = ranks.len(),
+                    "generation {g} formed with {} workers: {}",
+                    ranks.len(),
+                    ranks.join(", ")
+                );
+                self.bump();
+            }
+            Forming::Paused { have } => {
+                if s.paused_since.is_none() {
+                    s.paused_since = Some(Instant::now());
+                    tracing::warn!(
+                        "paused: {have} workers left, fewer than --min-workers {}; waiting up to \
+                         {:.0} s for workers to join",
+                        self.cfg.min_workers,
+                        self.cfg.pause_timeout.as_secs_f64()
+                    );
+                }
+            }
+            Forming::Idle | Forming::Waiting => {}
+        }
+    }
+
+    /// The reply that tells worker `id` its place in the current generation.
+    fn placement(&self, s: &State, id: usize) -> Option<JoinReply> {
+        let rank = s.members.rank_of(id)?;
+        let z = &s.members;
+        let all = |f: fn(&Member) -> &String| z.by_rank(f).expect("formed");
+        let peers = all(|m| &m.addr);
+        Some(JoinReply {
+            session: self.session.clone(),
+            rank: rank as u32,
+            world_size: peers.len() as u32,
+            generation: z.generation(),
+            peers,
+            heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u64,
+            heartbeat_timeout_ms: self.cfg.heartbeat_timeout.as_millis() as u64,
+            data_peers: all(|m| &m.data_addr),
+            data_unix_peers: all(|m| &m.data_unix),
+            host_ids: all(|m| &m.host_id),
+            unix_sockets: self.cfg.unix_sockets,
+            worker_id: id as u64,
+            task_open: s.open,
+            elastic: z.elastic(),
+        })
+    }
+
+    /// Waits until worker `id` has a place in a generation after `after`, up to `timeout`.
+    async fn wait_placed(
+        &self,
+        id: usize,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<JoinReply, Status> {
+        let mut v = self.version.subscribe();
+        let wait = async {
+            loop {
+                {
+                    let s = self.state.lock().expect("poisoned");
+                    if s.members.is_lost(id) {
+                        return Err(Status::failed_precondition(format!(
+                            "worker {id} was declared lost; join again"
+                        )));
+                    }
+                    if let Some(reason) = &s.shutdown {
+                        return Err(Status::aborted(format!(
+                            "the coordinator stopped: {reason}"
+                        )));
+                    }
+                    if s.members.generation() > after {
+                        if let Some(reply) = self.placement(&s, id) {
+                            return Ok(reply);
+                        }
+                    }
+                }
+                if v.changed().await.is_err() {
+                    return Err(Status::unavailable("the coordinator is shutting down"));
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                let s = self.state.lock().expect("poisoned");
+                Err(Status::deadline_exceeded(format!(
+                    "timed out after {:.0} s waiting for a place in a generation ({} of {} workers \
+                     joined, generation {})",
+                    timeout.as_secs_f64(),
+                    s.members.joined(),
+                    self.cfg.workers,
+                    s.members.generation()
+                )))
+            }
+        }
     }
 }
 
@@ -291,16 +597,18 @@ impl Coordinator {
             std::process::id(),
             now.as_nanos() & 0xffff_ffff_ffff
         );
-        let n = cfg.workers;
         Self {
             shared: Arc::new(Shared {
                 session,
                 state: Mutex::new(State {
-                    rendezvous: Rendezvous::new(n),
-                    last_seen: vec![None; n],
-                    lost: vec![false; n],
+                    members: Membership::new(cfg.workers, cfg.min_workers, cfg.max_workers),
+                    last_seen: Vec::new(),
                     task: 0,
                     spec: None,
+                    open: 0,
+                    rows_task: 0,
+                    rows_through: Vec::new(),
+                    paused_since: None,
                     abort: None,
                     shutdown: None,
                 }),
@@ -352,14 +660,7 @@ impl Coordinator {
         let mut v = self.shared.version.subscribe();
         let wait = async {
             loop {
-                if let Some(peers) = self
-                    .shared
-                    .state
-                    .lock()
-                    .expect("poisoned")
-                    .rendezvous
-                    .peers()
-                {
+                if let Some(peers) = self.shared.state.lock().expect("poisoned").members.peers() {
                     return peers;
                 }
                 if v.changed().await.is_err() {
@@ -368,14 +669,7 @@ impl Coordinator {
             }
         };
         tokio::time::timeout(timeout, wait).await.map_err(|_| {
-            let n = self
-                .shared
-                .state
-                .lock()
-                .expect("poisoned")
-                .rendezvous
-                .joined
-                .len();
+            let n = self.shared.state.lock().expect("poisoned").members.joined();
             NetError::Timeout {
                 what: format!("{} workers to join ({n} joined)", self.shared.cfg.workers),
                 after: timeout,
@@ -386,21 +680,72 @@ impl Coordinator {
     /// Runs `spec` on the workers, handing each metrics row to `on_row` with the member it is
     /// of (0 for a single run; the index into `spec.seeds` for a seed-mean group), and returns
     /// the summary once every rank reported the same final parameters, with each rank's timing.
+    ///
+    /// In an elastic cluster the run survives lost and added workers: each row is taken once
+    /// (a new rank 0 sends again those not yet acknowledged), and the run ends when every
+    /// member of the current generation has reported.
     pub async fn run(
         &self,
         spec: RunSpec,
+        on_row: impl FnMut(usize, StepMetrics),
+    ) -> Result<RunOutcome, NetError> {
+        let members = spec.seeds.len().max(1);
+        let mut inbox = self.shared.inbox.lock().await;
+        let task = self.start(&mut inbox, task_assignment::Kind::Run(spec.clone()))?;
+        {
+            let mut s = self.shared.state.lock().expect("poisoned");
+            s.open = task;
+            s.rows_task = task;
+            s.rows_through = vec![0; members];
+        }
+        let result = self.collect_run(&mut inbox, task, &spec, on_row).await;
+        self.shared.state.lock().expect("poisoned").open = 0;
+        result
+    }
+
+    async fn collect_run(
+        &self,
+        inbox: &mut mpsc::UnboundedReceiver<Event>,
+        task: u64,
+        spec: &RunSpec,
         mut on_row: impl FnMut(usize, StepMetrics),
     ) -> Result<RunOutcome, NetError> {
         let members = spec.seeds.len().max(1);
         let want_params = spec.return_params;
-        let mut inbox = self.shared.inbox.lock().await;
-        let task = self.start(&mut inbox, task_assignment::Kind::Run(spec))?;
-        let world = self.shared.cfg.workers;
+        let elastic = self
+            .shared
+            .state
+            .lock()
+            .expect("poisoned")
+            .members
+            .elastic();
+        // Summaries by worker id.
         let mut summaries: BTreeMap<usize, RankResult> = BTreeMap::new();
         let mut params = None;
         let fail = |message: String| self.fail(message);
-        while summaries.len() < world {
-            let Some(event) = inbox.recv().await else {
+        loop {
+            // Done once every member of the current generation reported (none is forming).
+            let finished = {
+                let s = self.shared.state.lock().expect("poisoned");
+                let current = s.members.current();
+                (!s.members.is_forming()
+                    && !current.is_empty()
+                    && current.iter().all(|id| summaries.contains_key(id)))
+                .then(|| (current.to_vec(), s.rows_through.clone()))
+            };
+            if let Some((current, rows)) = finished {
+                return self.finish_run(&summaries, &current, &rows, want_params, params);
+            }
+            let event = if elastic {
+                // Generations change without an event: look again now and then.
+                match tokio::time::timeout(Duration::from_millis(200), inbox.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => continue,
+                }
+            } else {
+                inbox.recv().await
+            };
+            let Some(event) = event else {
                 return Err(fail("the coordinator is shutting down".to_string()));
             };
             match event {
@@ -421,6 +766,20 @@ impl Coordinator {
                             "rank 0 sent a row of member {member}; the run has {members}"
                         )));
                     }
+                    let mut s = self.shared.state.lock().expect("poisoned");
+                    let next = s.rows_through[member];
+                    if row.step < next {
+                        continue; // sent again by a new rank 0
+                    }
+                    if row.step > next {
+                        drop(s);
+                        return Err(fail(format!(
+                            "rows of member {member} skip from step {next} to {}: rows were lost",
+                            row.step
+                        )));
+                    }
+                    s.rows_through[member] = next + 1;
+                    drop(s);
                     on_row(member, row);
                 }
                 Event::Params { task: t, bytes } if t == task => {
@@ -438,6 +797,7 @@ impl Coordinator {
                     );
                 }
                 Event::Summary {
+                    worker,
                     rank,
                     task: t,
                     json,
@@ -449,27 +809,57 @@ impl Coordinator {
                             format!("rank {rank} sent a malformed summary: {e}"),
                         ))
                     })?;
-                    summaries.insert(rank, s);
+                    summaries.insert(worker, s);
                 }
                 Event::Error {
+                    worker,
                     rank,
                     task: t,
                     message,
                 } if t == task => {
+                    let lost = self
+                        .shared
+                        .state
+                        .lock()
+                        .expect("poisoned")
+                        .members
+                        .is_lost(worker);
+                    if elastic && lost {
+                        // It was declared lost and the others went on without it.
+                        tracing::warn!("worker {worker}, lost earlier, reported: {message}");
+                        continue;
+                    }
                     return Err(fail(format!("rank {rank} failed: {message}")));
                 }
                 Event::Lost { message, .. } => return Err(fail(message)),
                 _ => {} // an earlier task's stragglers
             }
         }
-        let first = summaries.get(&0).cloned().expect("rank 0 reported").summary;
-        if let Some((rank, r)) = summaries
+    }
+
+    /// The outcome of a run whose current members (`current`, worker ids by rank) all reported.
+    fn finish_run(
+        &self,
+        summaries: &BTreeMap<usize, RankResult>,
+        current: &[usize],
+        rows: &[u64],
+        want_params: bool,
+        params: Option<Vec<f64>>,
+    ) -> Result<RunOutcome, NetError> {
+        let first = summaries[&current[0]].summary.clone();
+        if let Some((id, r)) = summaries
             .iter()
             .find(|(_, r)| r.summary.params_digest != first.params_digest)
         {
             return Err(NetError::Peer(format!(
-                "replicas disagree: rank 0 ended with parameters {}, rank {rank} with {}",
-                first.params_digest, r.summary.params_digest
+                "replicas disagree: rank 0 ended with parameters {}, worker {id} (rank {}) with {}",
+                first.params_digest, r.timing.rank, r.summary.params_digest
+            )));
+        }
+        let expected = &summaries[&current[0]].rows;
+        if !expected.is_empty() && expected.as_slice() != rows {
+            return Err(self.fail(format!(
+                "the run ended with rows {rows:?} of each member received; its replicas produced {expected:?}"
             )));
         }
         if want_params && params.is_none() {
@@ -477,9 +867,20 @@ impl Coordinator {
                 "rank 0 finished without sending the final parameters the run asked for".into(),
             ));
         }
+        // Timings of the final members by rank, then of the workers that left.
+        let mut timings: Vec<RankTiming> = current
+            .iter()
+            .map(|id| summaries[id].timing.clone())
+            .collect();
+        timings.extend(
+            summaries
+                .iter()
+                .filter(|(id, _)| !current.contains(id))
+                .map(|(_, r)| r.timing.clone()),
+        );
         Ok(RunOutcome {
             summary: first,
-            timings: summaries.into_values().map(|r| r.timing).collect(),
+            timings,
             params,
         })
     }
@@ -488,7 +889,14 @@ impl Coordinator {
     pub async fn bench(&self, spec: BenchSpec) -> Result<Vec<BenchRankResult>, NetError> {
         let mut inbox = self.shared.inbox.lock().await;
         let task = self.start(&mut inbox, task_assignment::Kind::Bench(spec))?;
-        let world = self.shared.cfg.workers;
+        let world = self
+            .shared
+            .state
+            .lock()
+            .expect("poisoned")
+            .members
+            .current()
+            .len();
         let mut results: BTreeMap<usize, BenchRankResult> = BTreeMap::new();
         while results.len() < world {
             let Some(event) = inbox.recv().await else {
@@ -519,6 +927,7 @@ impl Coordinator {
                     rank,
                     task: t,
                     message,
+                    ..
                 } if t == task => {
                     return Err(self.fail(format!("rank {rank} failed: {message}")));
                 }
@@ -529,8 +938,8 @@ impl Coordinator {
         Ok(results.into_values().collect())
     }
 
-    /// Publishes the next task to the workers and returns its number; refused once a rank was
-    /// lost.
+    /// Publishes the next task to the workers and returns its number; refused once a rank of a
+    /// fixed cluster was lost.
     fn start(
         &self,
         inbox: &mut mpsc::UnboundedReceiver<Event>,
@@ -539,10 +948,19 @@ impl Coordinator {
         while inbox.try_recv().is_ok() {} // leftovers of an earlier task
         let task = {
             let mut s = self.shared.state.lock().expect("poisoned");
-            if let Some(lost) = s.lost.iter().position(|l| *l) {
-                return Err(NetError::Aborted(format!(
-                    "rank {lost} was lost earlier; the cluster cannot run"
-                )));
+            if !s.members.elastic() {
+                if let Some(rank) = (0..s.members.current().len())
+                    .find(|&r| s.members.is_lost(s.members.current()[r]))
+                {
+                    return Err(NetError::Aborted(format!(
+                        "rank {rank} was lost earlier; the cluster cannot run"
+                    )));
+                }
+            }
+            if let Some(reason) = &s.abort {
+                if s.paused_since.is_some() {
+                    return Err(NetError::Aborted(reason.clone()));
+                }
             }
             s.task += 1;
             s.spec = Some(kind);
@@ -587,26 +1005,56 @@ async fn monitor(shared: Arc<Shared>) {
         let mut lost_now = Vec::new();
         {
             let mut s = shared.state.lock().expect("poisoned");
-            let peers = s.rendezvous.peers().unwrap_or_default();
-            for rank in 0..s.last_seen.len() {
-                let Some(seen) = s.last_seen[rank] else {
+            let elastic = s.members.elastic();
+            for id in 0..s.last_seen.len() {
+                let Some(seen) = s.last_seen[id] else {
                     continue;
                 };
-                if !s.lost[rank] && now.duration_since(seen) > shared.cfg.heartbeat_timeout {
-                    s.lost[rank] = true;
-                    let addr = peers.get(rank).cloned().unwrap_or_default();
-                    let msg = format!(
-                        "lost rank {rank} ({addr}): no heartbeat for {:.1}s (timeout {:.1}s)",
-                        now.duration_since(seen).as_secs_f64(),
-                        shared.cfg.heartbeat_timeout.as_secs_f64()
+                if s.members.is_lost(id) || now.duration_since(seen) <= shared.cfg.heartbeat_timeout
+                {
+                    continue;
+                }
+                let addr = s
+                    .members
+                    .member(id)
+                    .map(|m| m.addr.clone())
+                    .unwrap_or_default();
+                let silent = format!(
+                    "no heartbeat for {:.1}s (timeout {:.1}s)",
+                    now.duration_since(seen).as_secs_f64(),
+                    shared.cfg.heartbeat_timeout.as_secs_f64()
+                );
+                let Some(rank) = s.members.lose(id) else {
+                    tracing::warn!("lost worker {id} ({addr}) before it had a rank: {silent}");
+                    continue;
+                };
+                if elastic {
+                    tracing::warn!(
+                        rank,
+                        "lost rank {rank} ({addr}): {silent}; the others form the next generation"
                     );
+                    shared.try_form(&mut s);
+                    shared.bump();
+                } else {
+                    let msg = format!("lost rank {rank} ({addr}): {silent}");
                     s.abort = Some(msg.clone());
                     lost_now.push((rank, msg));
                 }
             }
+            if let Some(since) = s.paused_since {
+                if since.elapsed() > shared.cfg.pause_timeout && s.abort.is_none() {
+                    let msg = format!(
+                        "paused for {:.0} s with fewer than --min-workers {} workers; stopping",
+                        since.elapsed().as_secs_f64(),
+                        shared.cfg.min_workers
+                    );
+                    s.abort = Some(msg.clone());
+                    lost_now.push((usize::MAX, msg));
+                }
+            }
         }
-        for (rank, message) in lost_now {
-            tracing::error!(rank, "{message}");
+        for (_, message) in lost_now {
+            tracing::error!("{message}");
             let _ = shared.events.send(Event::Lost { message });
             shared.bump();
         }
@@ -640,52 +1088,57 @@ impl coordinator_server::Coordinator for Service {
             pid: r.pid,
             requested_rank: u32::try_from(r.requested_rank).ok(),
         };
-        let index = {
+        let (id, after) = {
             let mut s = self.shared.state.lock().expect("poisoned");
-            s.rendezvous
+            let after = s.members.generation();
+            let id = s
+                .members
                 .join(member)
-                .map_err(|why| Status::resource_exhausted(refuse(Reason::OtherRun, &from, why)))?
+                .map_err(|why| Status::resource_exhausted(refuse(Reason::OtherRun, &from, why)))?;
+            if s.last_seen.len() <= id {
+                s.last_seen.resize(id + 1, None);
+            }
+            // Watched once placed (it heartbeats from then on).
+            s.last_seen[id] = None;
+            self.shared.try_form(&mut s);
+            (id, after)
         };
         tracing::info!(
             addr = r.advertise_addr,
             host = r.hostname,
             pid = r.pid,
+            worker = id,
             "worker joined"
         );
         self.shared.bump();
-        let coordinator = Coordinator {
-            shared: self.shared.clone(),
-        };
-        let peers = coordinator
-            .wait_ready(self.shared.cfg.join_timeout)
-            .await
-            .map_err(to_status)?;
-        let (rank, data_peers, data_unix_peers, host_ids) = {
+        let reply = self
+            .shared
+            .wait_placed(id, after, self.shared.cfg.join_timeout)
+            .await?;
+        self.shared.state.lock().expect("poisoned").last_seen[id] = Some(Instant::now());
+        Ok(Response::new(reply))
+    }
+
+    async fn regroup(
+        &self,
+        request: Request<RegroupRequest>,
+    ) -> Result<Response<JoinReply>, Status> {
+        let r = request.into_inner();
+        self.shared.check_session(&r.session, r.worker_id)?;
+        let id = r.worker_id as usize;
+        {
             let mut s = self.shared.state.lock().expect("poisoned");
-            let rank = s.rendezvous.rank_of(index).expect("complete");
-            s.last_seen[rank] = Some(Instant::now());
-            let z = &s.rendezvous;
-            let all = |f: fn(&Member) -> &String| z.by_rank(f).expect("complete");
-            let fields = (
-                all(|m| &m.data_addr),
-                all(|m| &m.data_unix),
-                all(|m| &m.host_id),
-            );
-            (rank, fields.0, fields.1, fields.2)
-        };
-        Ok(Response::new(JoinReply {
-            session: self.shared.session.clone(),
-            rank: rank as u32,
-            world_size: peers.len() as u32,
-            generation: 1,
-            peers,
-            heartbeat_interval_ms: self.shared.cfg.heartbeat_interval.as_millis() as u64,
-            heartbeat_timeout_ms: self.shared.cfg.heartbeat_timeout.as_millis() as u64,
-            data_peers,
-            data_unix_peers,
-            host_ids,
-            unix_sockets: self.shared.cfg.unix_sockets,
-        }))
+            s.members
+                .regroup(id, r.generation)
+                .map_err(Status::failed_precondition)?;
+            s.last_seen[id] = Some(Instant::now());
+            self.shared.try_form(&mut s);
+        }
+        self.shared.bump();
+        // Paused below the minimum, a generation may take up to the pause timeout to form.
+        let limit = self.shared.cfg.join_timeout + self.shared.cfg.pause_timeout;
+        let reply = self.shared.wait_placed(id, r.generation, limit).await?;
+        Ok(Response::new(reply))
     }
 
     async fn heartbeat(
@@ -693,11 +1146,20 @@ impl coordinator_server::Coordinator for Service {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
         let r = request.into_inner();
-        self.shared.check_session(&r.session, r.rank)?;
+        self.shared.check_session(&r.session, r.worker_id)?;
         let mut s = self.shared.state.lock().expect("poisoned");
-        s.last_seen[r.rank as usize] = Some(Instant::now());
+        let id = r.worker_id as usize;
+        if s.members.is_lost(id) {
+            return Err(Status::failed_precondition(format!(
+                "worker {id} was declared lost; join again"
+            )));
+        }
+        s.last_seen[id] = Some(Instant::now());
         Ok(Response::new(HeartbeatReply {
             abort: s.abort.clone().unwrap_or_default(),
+            generation: s.members.newest(),
+            rows_task: s.rows_task,
+            rows_through: s.rows_through.clone(),
         }))
     }
 
@@ -706,7 +1168,8 @@ impl coordinator_server::Coordinator for Service {
         request: Request<TaskRequest>,
     ) -> Result<Response<TaskAssignment>, Status> {
         let r = request.into_inner();
-        self.shared.check_session(&r.session, r.rank)?;
+        self.shared.check_session(&r.session, r.worker_id)?;
+        let id = r.worker_id as usize;
         let mut v = self.shared.version.subscribe();
         loop {
             {
@@ -719,7 +1182,16 @@ impl coordinator_server::Coordinator for Service {
                         })),
                     }));
                 }
-                if s.task > r.done_task {
+                let behind = s.members.generation() > r.generation;
+                if (s.members.is_forming() && r.generation == s.members.generation()) || behind {
+                    return Ok(Response::new(TaskAssignment {
+                        task: s.task,
+                        kind: Some(task_assignment::Kind::Regroup(RegroupNow {
+                            generation: s.members.newest(),
+                        })),
+                    }));
+                }
+                if s.task > r.done_task && s.members.rank_of(id).is_some() {
                     if let Some(kind) = &s.spec {
                         return Ok(Response::new(TaskAssignment {
                             task: s.task,
@@ -741,7 +1213,7 @@ impl coordinator_server::Coordinator for Service {
         let mut stream = request.into_inner();
         while let Some(msg) = stream.next().await {
             let m = msg?;
-            self.shared.check_session(&m.session, m.rank)?;
+            self.shared.check_session(&m.session, m.worker_id)?;
             let rank = m.rank as usize;
             let event = match m.kind {
                 Some(run_report::Kind::Step(json)) => Event::Row {
@@ -754,6 +1226,7 @@ impl coordinator_server::Coordinator for Service {
                     bytes,
                 },
                 Some(run_report::Kind::Summary(json)) => Event::Summary {
+                    worker: m.worker_id as usize,
                     rank,
                     task: m.task,
                     json,
@@ -764,6 +1237,7 @@ impl coordinator_server::Coordinator for Service {
                     bytes,
                 },
                 Some(run_report::Kind::Error(message)) => Event::Error {
+                    worker: m.worker_id as usize,
                     rank,
                     task: m.task,
                     message,
@@ -800,20 +1274,21 @@ mod tests {
 
     #[test]
     fn ranks_follow_join_order_unless_the_launcher_gave_a_permutation() {
-        let mut r = Rendezvous::new(3);
+        let mut r = Membership::new(3, 3, 3);
         for a in ["a", "b", "c"] {
             r.join(member(a, None)).unwrap();
         }
         assert_eq!(r.peers().unwrap(), ["a", "b", "c"]);
 
-        let mut r = Rendezvous::new(3);
+        let mut r = Membership::new(3, 3, 3);
         for (a, k) in [("a", 2), ("b", 0), ("c", 1)] {
             r.join(member(a, Some(k))).unwrap();
         }
         assert_eq!(r.peers().unwrap(), ["b", "c", "a"]);
+        assert_eq!(r.rank_of(0), Some(2));
 
         // A duplicate request is not a permutation: join order wins.
-        let mut r = Rendezvous::new(2);
+        let mut r = Membership::new(2, 2, 2);
         r.join(member("a", Some(1))).unwrap();
         r.join(member("b", Some(1))).unwrap();
         assert_eq!(r.peers().unwrap(), ["a", "b"]);
@@ -821,7 +1296,7 @@ mod tests {
 
     #[test]
     fn an_extra_or_out_of_range_worker_is_refused_with_its_address() {
-        let mut r = Rendezvous::new(1);
+        let mut r = Membership::new(1, 1, 1);
         assert!(!r.is_complete());
         r.join(member("a:1", None)).unwrap();
         assert!(r.is_complete());
@@ -830,7 +1305,63 @@ mod tests {
             e.contains("complete with 1 workers") && e.contains("b:2"),
             "{e}"
         );
-        let e = Rendezvous::new(2).join(member("c:3", Some(5))).unwrap_err();
+        let e = Membership::new(2, 2, 2)
+            .join(member("c:3", Some(5)))
+            .unwrap_err();
         assert!(e.contains("requested rank 5") && e.contains("c:3"), "{e}");
+        // A fixed cluster neither regroups nor goes on without a member.
+        let mut r = Membership::new(2, 2, 2);
+        r.join(member("a", None)).unwrap();
+        r.join(member("b", None)).unwrap();
+        assert!(!r.elastic());
+        assert_eq!(r.lose(1), Some(1));
+        assert!(!r.is_forming());
+        assert!(r.regroup(0, 1).unwrap_err().contains("not elastic"));
+    }
+
+    #[test]
+    fn survivors_form_the_next_generation_once_all_answered_in_their_old_order() {
+        let mut r = Membership::new(3, 2, 3);
+        for a in ["a", "b", "c"] {
+            r.join(member(a, None)).unwrap();
+        }
+        assert_eq!((r.generation(), r.newest()), (1, 1));
+        // Rank 1 is lost: generation 2 forms once ranks 0 and 2 asked to regroup.
+        assert_eq!(r.lose(1), Some(1));
+        assert_eq!(r.newest(), 2);
+        r.regroup(2, 1).unwrap();
+        assert_eq!(r.try_form(), Forming::Waiting);
+        r.regroup(0, 1).unwrap();
+        assert_eq!(r.try_form(), Forming::Formed(2));
+        assert_eq!(r.peers().unwrap(), ["a", "c"]);
+        assert_eq!((r.rank_of(2), r.rank_of(1)), (Some(1), None));
+        // The lost worker cannot come back under its old id; it joins as a new one.
+        assert!(r.regroup(1, 1).unwrap_err().contains("declared lost"));
+        // A late joiner waits for the next generation and goes last.
+        let d = r.join(member("d", None)).unwrap();
+        assert!(r.is_forming());
+        assert_eq!(r.try_form(), Forming::Waiting);
+        r.regroup(0, 2).unwrap();
+        r.regroup(2, 2).unwrap();
+        assert_eq!(r.try_form(), Forming::Formed(3));
+        assert_eq!(r.peers().unwrap(), ["a", "c", "d"]);
+        assert_eq!(r.rank_of(d), Some(2));
+        // At --max-workers a further joiner is refused.
+        let e = r.join(member("e", None)).unwrap_err();
+        assert!(e.contains("--max-workers 3") && e.contains(" e "), "{e}");
+    }
+
+    #[test]
+    fn below_the_minimum_the_cluster_pauses_until_a_joiner_makes_up_the_number() {
+        let mut r = Membership::new(2, 2, 4);
+        r.join(member("a", None)).unwrap();
+        r.join(member("b", None)).unwrap();
+        r.lose(0);
+        r.regroup(1, 1).unwrap();
+        assert_eq!(r.try_form(), Forming::Paused { have: 1 });
+        assert_eq!(r.generation(), 1);
+        r.join(member("c", None)).unwrap();
+        assert_eq!(r.try_form(), Forming::Formed(2));
+        assert_eq!(r.peers().unwrap(), ["b", "c"]);
     }
 }

@@ -16,13 +16,13 @@ use batchlab_core::exact::Packet;
 use batchlab_core::group::SeedMean;
 use batchlab_core::sampler::balanced_range;
 use batchlab_core::train::{
-    Applied, Begin, RunSummary, TrainConfig, WorkerScratch, compute_last_micro_streamed,
-    compute_micros, compute_micros_but_last, compute_micros_fast,
+    Applied, Begin, ReplicaState, RunPlan, RunSummary, StepMetrics, TrainConfig, WorkerScratch,
+    compute_last_micro_streamed, compute_micros, compute_micros_but_last, compute_micros_fast,
 };
 use batchlab_proto::v1::coordinator_client::CoordinatorClient;
 use batchlab_proto::v1::{
-    BenchSpec, HeartbeatRequest, JoinRequest, RunReport, RunSpec, TaskRequest, run_report,
-    task_assignment,
+    BenchSpec, HeartbeatRequest, JoinReply, JoinRequest, RegroupRequest, RunReport, RunSpec,
+    TaskRequest, run_report, task_assignment,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -71,6 +71,9 @@ pub struct RankResult {
     pub summary: RunSummary,
     /// Where the time went.
     pub timing: RankTiming,
+    /// Rows the run produced, per member of a seed-mean group (one entry for a single run).
+    #[serde(default)]
+    pub rows: Vec<u64>,
 }
 
 /// Settings of a worker.
@@ -330,75 +333,76 @@ async fn join_and_work(
         .map_err(|s| NetError::rpc(format!("joining the coordinator at {}", cfg.coordinator), s))?
         .into_inner();
     end.joined = true;
-    let rank = reply.rank as usize;
     tracing::info!(
-        rank,
+        rank = reply.rank,
         world = reply.world_size,
+        generation = reply.generation,
         advertise,
         data_addr,
         "joined"
     );
-    // Peers on this host (same boot id and host name) are reached by Unix socket when the
-    // coordinator allows it.
-    let me = crate::dataplane::host_id();
-    let data_unix: Vec<String> = (0..reply.peers.len())
-        .map(|r| {
-            let same_host = reply.host_ids.get(r) == Some(&me);
-            let path = reply.data_unix_peers.get(r).cloned().unwrap_or_default();
-            if reply.unix_sockets && same_host {
-                path
-            } else {
-                String::new()
-            }
-        })
-        .collect();
-    let world = crate::mesh::World {
-        session: &reply.session,
-        generation: reply.generation,
-        rank,
-        peers: &reply.peers,
-        data_peers: &reply.data_peers,
-        data_unix: &data_unix,
-    };
-    let mut mesh = match endpoint
-        .connect(&world, &cfg.token, cfg.connect_timeout)
-        .await
-    {
-        Ok(m) => m,
-        Err(e) => {
-            end.coordinator_answers =
-                coordinator_answers(&mut client, &reply.session, reply.rank, reply.generation)
-                    .await;
-            return Err(e);
-        }
-    };
-
     let (abort_tx, abort_rx) = watch::channel(None::<String>);
+    let abort_tx = std::sync::Arc::new(abort_tx);
+    let (rows_tx, rows_rx) = watch::channel((0u64, Vec::<u64>::new()));
+    let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(reply.generation));
+    let mut ctx = Ctx {
+        session: reply.session.clone(),
+        worker_id: reply.worker_id,
+        rank: reply.rank as usize,
+        generation: generation.clone(),
+        elastic: reply.elastic,
+        client: client.clone(),
+        inject_delay: cfg.inject_delay,
+        endpoint,
+        token: &cfg.token,
+        connect_timeout: cfg.connect_timeout,
+        abort_tx: abort_tx.clone(),
+        abort: abort_rx.clone(),
+        confirmed: rows_rx,
+    };
     let heartbeat = tokio::spawn(heartbeats(
         client.clone(),
         reply.session.clone(),
-        reply.rank,
-        reply.generation,
+        reply.worker_id,
+        generation,
         Duration::from_millis(reply.heartbeat_interval_ms.max(10)),
         Duration::from_millis(reply.heartbeat_timeout_ms.max(100)),
         abort_tx,
+        rows_tx,
     ));
-    let ctx = Ctx {
-        session: reply.session.clone(),
-        rank,
-        generation: reply.generation,
-        client: client.clone(),
-        inject_delay: cfg.inject_delay,
+    let outcome = work(&mut ctx, &reply).await;
+    heartbeat.abort();
+    if outcome.is_err() {
+        end.coordinator_answers = coordinator_answers(&mut client, &ctx).await;
+    }
+    outcome
+}
+
+/// Connects the mesh of the generation `reply` describes and takes tasks until told to stop.
+async fn work(ctx: &mut Ctx<'_>, reply: &JoinReply) -> Result<(), NetError> {
+    let mut mesh = match ctx.connect(reply).await {
+        Ok(m) => m,
+        Err(e) if ctx.elastic && recoverable(&e) => {
+            tracing::warn!("{e}; regrouping");
+            ctx.regroup().await?.0
+        }
+        Err(e) => return Err(e),
     };
     let mut done = 0;
-    let outcome = loop {
+    // A run this worker finished, kept while the coordinator may still need it: when a new
+    // generation takes that run up again (a peer failed before finishing), this worker's final
+    // state is the freshest.
+    let mut finished: Option<(u64, RunLocal)> = None;
+    loop {
+        let mut client = ctx.client.clone();
         let ask = client.next_task(TaskRequest {
             session: ctx.session.clone(),
-            rank: reply.rank,
-            generation: ctx.generation,
+            rank: ctx.rank as u32,
+            generation: ctx.generation(),
             done_task: done,
+            worker_id: ctx.worker_id,
         });
-        let mut lost = abort_rx.clone();
+        let mut lost = ctx.abort.clone();
         // The long poll has no deadline of its own: it ends when the heartbeats say the
         // coordinator is gone.
         let assignment = tokio::select! {
@@ -407,58 +411,60 @@ async fn join_and_work(
                 Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()))
             }
         };
-        let assignment = match assignment {
-            Ok(a) => a.into_inner(),
-            Err(e) => break Err(e),
-        };
+        let assignment = assignment?.into_inner();
         match assignment.kind {
             Some(task_assignment::Kind::Shutdown(s)) => {
                 tracing::info!(reason = s.reason, "shutting down");
-                break Ok(());
+                return Ok(());
+            }
+            Some(task_assignment::Kind::Regroup(_)) => {
+                let (m, open) = ctx.regroup().await?;
+                mesh = m;
+                if open != 0 && open <= done {
+                    // The run this worker finished is open again: take it up with its state.
+                    done = open - 1;
+                }
             }
             Some(task_assignment::Kind::Bench(spec)) => {
                 if let Err(e) =
-                    bench(&ctx, assignment.task, &spec, &mut mesh, abort_rx.clone()).await
+                    bench(ctx, assignment.task, &spec, &mut mesh, ctx.abort.clone()).await
                 {
-                    tracing::error!(rank, "benchmark failed: {e}");
-                    break Err(e);
+                    tracing::error!(rank = ctx.rank, "benchmark failed: {e}");
+                    return Err(e);
                 }
                 done = assignment.task;
             }
             Some(task_assignment::Kind::Run(spec)) => {
-                let result = train(&ctx, assignment.task, &spec, &mut mesh, abort_rx.clone()).await;
-                if let Err(e) = result {
-                    tracing::error!(rank, "run failed: {e}");
-                    break Err(e);
+                let task = assignment.task;
+                let kept = finished
+                    .take()
+                    .filter(|(t, _)| *t == task)
+                    .map(|(_, run)| run);
+                match train(ctx, task, &spec, &mut mesh, kept).await {
+                    Ok(run) => finished = run.map(|r| (task, r)),
+                    Err(e) => {
+                        tracing::error!(rank = ctx.rank, "run failed: {e}");
+                        return Err(e);
+                    }
                 }
-                done = assignment.task;
+                done = task;
             }
             None => {
-                break Err(NetError::Peer(
+                return Err(NetError::Peer(
                     "the coordinator sent an empty assignment".into(),
                 ));
             }
         }
-    };
-    heartbeat.abort();
-    if outcome.is_err() {
-        end.coordinator_answers =
-            coordinator_answers(&mut client, &ctx.session, reply.rank, ctx.generation).await;
     }
-    outcome
 }
 
 /// Whether the coordinator still answers a heartbeat of this session (within 2 s).
-async fn coordinator_answers(
-    client: &mut Client,
-    session: &str,
-    rank: u32,
-    generation: u64,
-) -> bool {
+async fn coordinator_answers(client: &mut Client, ctx: &Ctx<'_>) -> bool {
     let probe = client.heartbeat(HeartbeatRequest {
-        session: session.to_string(),
-        rank,
-        generation,
+        session: ctx.session.clone(),
+        rank: ctx.rank as u32,
+        generation: ctx.generation(),
+        worker_id: ctx.worker_id,
     });
     matches!(
         tokio::time::timeout(Duration::from_secs(2), probe).await,
@@ -466,33 +472,48 @@ async fn coordinator_answers(
     )
 }
 
+/// How a regroup is asked for through the abort channel.
+const REGROUP: &str = "a new generation is forming";
+
+#[allow(clippy::too_many_arguments)] // the heartbeat's inputs and its three outputs
 async fn heartbeats(
     mut client: Client,
     session: String,
-    rank: u32,
-    generation: u64,
+    worker_id: u64,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     interval: Duration,
     timeout: Duration,
-    abort: watch::Sender<Option<String>>,
+    abort: std::sync::Arc<watch::Sender<Option<String>>>,
+    rows: watch::Sender<(u64, Vec<u64>)>,
 ) {
+    use std::sync::atomic::Ordering;
     let mut last_ok = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(interval).await;
         let req = HeartbeatRequest {
             session: session.clone(),
-            rank,
-            generation,
+            rank: 0,
+            generation: generation.load(Ordering::SeqCst),
+            worker_id,
         };
         match tokio::time::timeout(timeout, client.heartbeat(req)).await {
             Ok(Ok(r)) => {
                 last_ok = tokio::time::Instant::now();
-                let msg = r.into_inner().abort;
-                if !msg.is_empty() {
-                    let _ = abort.send(Some(msg));
+                let r = r.into_inner();
+                if !r.abort.is_empty() {
+                    abort.send_replace(Some(r.abort));
+                } else if r.generation > generation.load(Ordering::SeqCst) {
+                    abort.send_replace(Some(format!("{REGROUP} (generation {})", r.generation)));
                 }
+                rows.send_replace((r.rows_task, r.rows_through));
+            }
+            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                // Declared lost (it was silent too long): its place is gone.
+                abort.send_replace(Some(format!("{LOST_COORDINATOR}: {}", s.message())));
+                return;
             }
             _ if last_ok.elapsed() > timeout => {
-                let _ = abort.send(Some(format!(
+                abort.send_replace(Some(format!(
                     "{LOST_COORDINATOR}: no heartbeat answered for {:.1}s",
                     timeout.as_secs_f64()
                 )));
@@ -503,23 +524,148 @@ async fn heartbeats(
     }
 }
 
-struct Ctx {
+/// Whether an elastic run can go on after `e` by regrouping: a peer or a connection failed,
+/// or the coordinator asked for a new generation.
+fn recoverable(e: &NetError) -> bool {
+    match e {
+        NetError::Peer(_) | NetError::Timeout { .. } | NetError::Unreachable { .. } => true,
+        NetError::Io { .. } | NetError::Rpc { .. } => true,
+        NetError::Aborted(m) => m.starts_with(REGROUP),
+        NetError::Config(_) | NetError::Refused(_) => false,
+    }
+}
+
+/// A worker's session: who it is in the current generation and what it needs to regroup.
+struct Ctx<'a> {
     session: String,
+    worker_id: u64,
     rank: usize,
-    generation: u64,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    elastic: bool,
     client: Client,
     /// A straggler's added time per step.
     inject_delay: Duration,
+    endpoint: &'a PeerEndpoint,
+    token: &'a str,
+    connect_timeout: Duration,
+    abort_tx: std::sync::Arc<watch::Sender<Option<String>>>,
+    abort: watch::Receiver<Option<String>>,
+    /// The rows the coordinator has: (task, next step per member).
+    confirmed: watch::Receiver<(u64, Vec<u64>)>,
 }
 
-/// Runs one training run in lock step with the other ranks.
+impl Ctx<'_> {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connects the mesh of the generation `reply` describes.
+    async fn connect(&mut self, reply: &JoinReply) -> Result<Mesh, NetError> {
+        self.rank = reply.rank as usize;
+        self.generation
+            .store(reply.generation, std::sync::atomic::Ordering::SeqCst);
+        // A regroup asked for before this generation formed is answered by it.
+        if self
+            .abort
+            .borrow()
+            .as_ref()
+            .is_some_and(|m| m.starts_with(REGROUP))
+        {
+            self.abort_tx.send_replace(None);
+        }
+        // Peers on this host (same boot id and host name) are reached by Unix socket when the
+        // coordinator allows it.
+        let me = crate::dataplane::host_id();
+        let data_unix: Vec<String> = (0..reply.peers.len())
+            .map(|r| {
+                let same_host = reply.host_ids.get(r) == Some(&me);
+                let path = reply.data_unix_peers.get(r).cloned().unwrap_or_default();
+                if reply.unix_sockets && same_host {
+                    path
+                } else {
+                    String::new()
+                }
+            })
+            .collect();
+        let world = crate::mesh::World {
+            session: &reply.session,
+            generation: reply.generation,
+            rank: self.rank,
+            peers: &reply.peers,
+            data_peers: &reply.data_peers,
+            data_unix: &data_unix,
+        };
+        unless_aborted(
+            self.endpoint
+                .connect(&world, self.token, self.connect_timeout),
+            &self.abort,
+        )
+        .await
+    }
+
+    /// Leaves the current generation and connects the next one's mesh (again, when a peer
+    /// fails meanwhile); returns it and the run the new generation takes up (0: none).
+    async fn regroup(&mut self) -> Result<(Mesh, u64), NetError> {
+        loop {
+            let from = self.generation();
+            let started = Instant::now();
+            let mut client = self.client.clone();
+            let ask = client.regroup(RegroupRequest {
+                session: self.session.clone(),
+                worker_id: self.worker_id,
+                generation: from,
+            });
+            let mut lost = self.abort.clone();
+            let reply = tokio::select! {
+                r = ask => r.map_err(|s| NetError::rpc("regrouping", s))?.into_inner(),
+                m = lost.wait_for(|a| a.as_ref().is_some_and(|m| !m.starts_with(REGROUP))) => {
+                    return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
+                }
+            };
+            tracing::warn!(
+                rank = reply.rank,
+                world = reply.world_size,
+                generation = reply.generation,
+                "regrouped into generation {} as rank {} of {} after {:.3} s",
+                reply.generation,
+                reply.rank,
+                reply.world_size,
+                started.elapsed().as_secs_f64()
+            );
+            match self.connect(&reply).await {
+                Ok(mesh) => return Ok((mesh, reply.task_open)),
+                Err(e) if recoverable(&e) => {
+                    tracing::warn!(
+                        "connecting generation {}: {e}; regrouping",
+                        reply.generation
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn report(&self, task: u64, kind: run_report::Kind, member: usize) -> RunReport {
+        RunReport {
+            session: self.session.clone(),
+            rank: self.rank as u32,
+            task,
+            kind: Some(kind),
+            member: member as u32,
+            worker_id: self.worker_id,
+        }
+    }
+}
+
+/// Runs one training run in lock step with the other ranks; returns its final state in an
+/// elastic cluster (a later generation may need it).
 async fn train(
-    ctx: &Ctx,
+    ctx: &mut Ctx<'_>,
     task: u64,
     spec: &RunSpec,
     mesh: &mut Mesh,
-    abort: watch::Receiver<Option<String>>,
-) -> Result<(), NetError> {
+    kept: Option<RunLocal>,
+) -> Result<Option<RunLocal>, NetError> {
     let (tx, rx) = mpsc::channel::<RunReport>(1024);
     let mut client = ctx.client.clone();
     let reporter = tokio::spawn(async move {
@@ -527,26 +673,12 @@ async fn train(
             .report(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
     });
-    let report = |kind, member: usize| RunReport {
-        session: ctx.session.clone(),
-        rank: ctx.rank as u32,
-        task,
-        kind: Some(kind),
-        member: member as u32,
-    };
-    let result = train_steps(ctx, spec, mesh, abort, |kind, member| {
-        let tx = tx.clone();
-        let msg = report(kind, member);
-        async move {
-            tx.send(msg)
-                .await
-                .map_err(|_| NetError::Peer("the report stream to the coordinator closed".into()))
-        }
-    })
-    .await;
-    if let Err(e) = &result {
+    let result = train_steps(ctx, task, spec, mesh, kept, &tx).await;
+    // Not when the coordinator is gone or declared this worker lost: it has moved on.
+    let gone = |e: &NetError| matches!(e, NetError::Aborted(m) if m.starts_with(LOST_COORDINATOR));
+    if let Some(e) = result.as_ref().err().filter(|e| !gone(e)) {
         let _ = tx
-            .send(report(run_report::Kind::Error(e.to_string()), 0))
+            .send(ctx.report(task, run_report::Kind::Error(e.to_string()), 0))
             .await;
     }
     drop(tx);
@@ -559,7 +691,7 @@ async fn train(
 
 /// Runs one all-reduce benchmark spec and reports this rank's result (or error).
 async fn bench(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     task: u64,
     spec: &BenchSpec,
     mesh: &mut Mesh,
@@ -570,13 +702,7 @@ async fn bench(
         Ok(r) => run_report::Kind::Bench(crate::encode(r)),
         Err(e) => run_report::Kind::Error(e.to_string()),
     };
-    let msg = RunReport {
-        session: ctx.session.clone(),
-        rank: ctx.rank as u32,
-        task,
-        kind: Some(kind),
-        member: 0,
-    };
+    let msg = ctx.report(task, kind, 0);
     let mut client = ctx.client.clone();
     let sent = client
         .report(tokio_stream::once(msg))
@@ -606,17 +732,239 @@ struct Member {
     sampler: batchlab_core::sampler::Sampler,
 }
 
-async fn train_steps<F, Fut>(
-    ctx: &Ctx,
+/// A run as this worker holds it: its replicas, the seed-mean rule, where the run is.
+struct RunLocal {
+    members: Vec<Member>,
+    group: Option<SeedMean>,
+    /// The member whose step comes next.
+    next: usize,
+    /// Applies so far (steps and redos): two workers at the same count hold the same state.
+    version: u64,
+    /// Rows produced that the coordinator has not acknowledged (a new rank 0 sends them).
+    unconfirmed: std::collections::VecDeque<(usize, StepMetrics)>,
+    /// Rows produced, per member.
+    rows: Vec<u64>,
+    /// The run's summary, once it ended.
+    ended: Option<RunSummary>,
+}
+
+/// [`RunLocal`] as plain data: what a worker hands the others when it holds the freshest state.
+#[derive(Serialize, Deserialize)]
+struct RunWire {
+    members: Vec<ReplicaState>,
+    group: Option<SeedMean>,
+    next: usize,
+    version: u64,
+    unconfirmed: Vec<(usize, StepMetrics)>,
+    rows: Vec<u64>,
+    ended: Option<RunSummary>,
+}
+
+impl RunLocal {
+    /// The run at its start: one replica (or one per seed of a group).
+    fn fresh(cfg: &TrainConfig, plan: &RunPlan, seeds: &[u64]) -> Result<Self, NetError> {
+        let members = Self::plans(cfg, plan, seeds)?
+            .iter()
+            .map(|p| Member {
+                replica: p.replica(),
+                sampler: p.sampler(),
+            })
+            .collect::<Vec<_>>();
+        let n = members.len();
+        Ok(Self {
+            members,
+            group: (!seeds.is_empty()).then(|| SeedMean::new(cfg, plan.micro, seeds.len())),
+            next: 0,
+            version: 0,
+            unconfirmed: Default::default(),
+            rows: vec![0; n],
+            ended: None,
+        })
+    }
+
+    fn plans(cfg: &TrainConfig, plan: &RunPlan, seeds: &[u64]) -> Result<Vec<RunPlan>, NetError> {
+        if seeds.is_empty() {
+            return Ok(vec![plan.clone()]);
+        }
+        seeds
+            .iter()
+            .map(|&seed| {
+                SeedMean::member_config(cfg, seed)
+                    .build()
+                    .map_err(|e| NetError::Config(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn wire(&self) -> RunWire {
+        RunWire {
+            members: self.members.iter().map(|m| m.replica.state()).collect(),
+            group: self.group.clone(),
+            next: self.next,
+            version: self.version,
+            unconfirmed: self.unconfirmed.iter().cloned().collect(),
+            rows: self.rows.clone(),
+            ended: self.ended.clone(),
+        }
+    }
+
+    /// The run a peer handed over, on this worker's plans.
+    fn from_wire(
+        w: RunWire,
+        cfg: &TrainConfig,
+        plan: &RunPlan,
+        seeds: &[u64],
+    ) -> Result<Self, NetError> {
+        let plans = Self::plans(cfg, plan, seeds)?;
+        if w.members.len() != plans.len() || w.next >= plans.len() {
+            return Err(NetError::Peer(format!(
+                "a peer handed over a run of {} members (next {}); this run has {}",
+                w.members.len(),
+                w.next,
+                plans.len()
+            )));
+        }
+        let members = plans
+            .iter()
+            .zip(w.members)
+            .map(|(p, state)| {
+                Ok(Member {
+                    replica: p
+                        .restore(state)
+                        .map_err(|e| NetError::Peer(format!("a peer's run state: {e}")))?,
+                    sampler: p.sampler(),
+                })
+            })
+            .collect::<Result<Vec<_>, NetError>>()?;
+        Ok(Self {
+            members,
+            group: w.group,
+            next: w.next,
+            version: w.version,
+            unconfirmed: w.unconfirmed.into(),
+            rows: w.rows,
+            ended: w.ended,
+        })
+    }
+
+    /// Forgets the rows the coordinator acknowledged for `task`.
+    fn confirmed(&mut self, task: u64, confirmed: &(u64, Vec<u64>)) {
+        if confirmed.0 != task {
+            return;
+        }
+        while let Some((m, row)) = self.unconfirmed.front() {
+            if confirmed.1.get(*m).is_some_and(|&next| row.step < next) {
+                self.unconfirmed.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The run's summary from how it ended.
+    fn conclude(&self, end: Ended) -> RunSummary {
+        let params = || self.members.iter().map(|m| m.replica.params.as_slice());
+        match (end, &self.group) {
+            (Ended::Member(_, s), None) => *s,
+            (Ended::Member(i, s), Some(g)) => g.summary(g.member_ended(i, &s), params()),
+            (Ended::Group(end), Some(g)) => g.summary(end, params()),
+            (Ended::Group(_), None) => unreachable!("only a group ends as a group"),
+        }
+    }
+}
+
+/// Agrees with the other ranks on the freshest run state: every rank offers its apply count,
+/// and the first rank with the highest hands its state to the others (an all-reduce in
+/// which only it contributes: a broadcast on the data plane). Nothing moves when all agree.
+async fn sync_run(
+    ctx: &Ctx<'_>,
+    mesh: &mut Mesh,
+    run: &mut RunLocal,
+    cfg: &TrainConfig,
+    plan: &RunPlan,
+    seeds: &[u64],
+) -> Result<(), NetError> {
+    let (rank, world) = (mesh.rank(), mesh.world());
+    if world == 1 {
+        return Ok(());
+    }
+    let plan_of = |len: usize| {
+        batchlab_collective::plan(
+            &PlanConfig {
+                algorithm: Algorithm::Ring,
+                chunk_elems: 1 << 19,
+            },
+            rank,
+            world,
+            len,
+        )
+    };
+    let mut offers = vec![0i64; world];
+    offers[rank] = run.version as i64 + 1;
+    unless_aborted(
+        mesh.all_reduce(offers.as_mut_slice(), &plan_of(world)),
+        &ctx.abort,
+    )
+    .await?;
+    let best = offers.iter().copied().max().unwrap_or(0);
+    if offers.iter().all(|&o| o == best) {
+        return Ok(());
+    }
+    let src = offers.iter().position(|&o| o == best).expect("a maximum");
+    let blob = if rank == src {
+        crate::encode(&run.wire())
+    } else {
+        Vec::new()
+    };
+    let mut len = [blob.len() as i64];
+    unless_aborted(mesh.all_reduce(len.as_mut_slice(), &plan_of(1)), &ctx.abort).await?;
+    let bytes = usize::try_from(len[0])
+        .ok()
+        .filter(|&b| b <= transport::MAX_MESSAGE * 16)
+        .ok_or_else(|| {
+            NetError::Peer(format!(
+                "rank {src} offered a run state of {} bytes",
+                len[0]
+            ))
+        })?;
+    let mut words = vec![0i64; bytes.div_ceil(8)];
+    for (w, c) in words.iter_mut().zip(blob.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        *w = i64::from_le_bytes(b);
+    }
+    let words_plan = plan_of(words.len());
+    unless_aborted(
+        mesh.all_reduce(words.as_mut_slice(), &words_plan),
+        &ctx.abort,
+    )
+    .await?;
+    if offers[rank] != best {
+        let raw: Vec<u8> = words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .take(bytes)
+            .collect();
+        let w: RunWire = crate::decode(&raw)
+            .map_err(|e| NetError::Peer(format!("rank {src}'s run state: {e}")))?;
+        let behind = best - offers[rank];
+        *run = RunLocal::from_wire(w, cfg, plan, seeds)?;
+        tracing::warn!(
+            rank,
+            "took the run's state from rank {src} ({behind} applies ahead of this worker's, {bytes} bytes)"
+        );
+    }
+    Ok(())
+}
+
+async fn train_steps(
+    ctx: &mut Ctx<'_>,
+    task: u64,
     spec: &RunSpec,
     mesh: &mut Mesh,
-    abort: watch::Receiver<Option<String>>,
-    send: F,
-) -> Result<(), NetError>
-where
-    F: Fn(run_report::Kind, usize) -> Fut,
-    Fut: std::future::Future<Output = Result<(), NetError>>,
-{
+    kept: Option<RunLocal>,
+    tx: &mpsc::Sender<RunReport>,
+) -> Result<Option<RunLocal>, NetError> {
     let cfg: TrainConfig =
         toml::from_str(&spec.config_toml).map_err(|e| NetError::Config(e.to_string()))?;
     let plan = cfg.build().map_err(|e| NetError::Config(e.to_string()))?;
@@ -633,98 +981,126 @@ where
             )));
         }
     };
-    if spec.peer_timeout_ms > 0 {
-        mesh.set_recv_timeout(Duration::from_millis(spec.peer_timeout_ms));
+    if fast && ctx.elastic {
+        return Err(NetError::Config(
+            "reduce = \"fast\" in an elastic cluster: f32 sums depend on the number of workers, \
+             so a run that loses or gains one would change; use \"exact\""
+                .into(),
+        ));
     }
-    mesh.set_transport(spec.transport.parse()?)?;
-    let (rank, world) = (mesh.rank(), mesh.world());
-    let n = plan.num_micro();
-    let mine = balanced_range(n, rank, world);
-    // A seed-mean group runs one member per seed under the group's stopping rule.
-    let mut group =
-        (!spec.seeds.is_empty()).then(|| SeedMean::new(&cfg, plan.micro, spec.seeds.len()));
-    let mut members = Vec::new();
-    if spec.seeds.is_empty() {
-        members.push(Member {
-            replica: plan.replica(),
-            sampler: plan.sampler(),
-        });
-    } else {
-        for &seed in &spec.seeds {
-            let p = SeedMean::member_config(&cfg, seed)
-                .build()
-                .map_err(|e| NetError::Config(e.to_string()))?;
-            members.push(Member {
-                replica: p.replica(),
-                sampler: p.sampler(),
-            });
+    let transport: crate::mesh::Transport = spec.transport.parse()?;
+    let setup = |mesh: &mut Mesh| {
+        if spec.peer_timeout_ms > 0 {
+            mesh.set_recv_timeout(Duration::from_millis(spec.peer_timeout_ms));
         }
-    }
-    let dim = plan.task.num_params();
-    let plan_for = |len: usize, elem: usize| {
-        let chunk_elems = (spec.chunk_bytes as usize / elem).max(1);
-        batchlab_collective::plan(
-            &PlanConfig {
-                algorithm,
-                chunk_elems,
-            },
-            rank,
-            world,
-            len,
-        )
+        mesh.set_transport(transport)
     };
-    let mut reducer = if fast {
-        let stats = Packet::zeroed(0, n);
-        Reducer::Fast {
-            grad_plan: plan_for(dim, 4),
-            stats_plan: plan_for(stats.len(), 8),
-            grad: vec![0.0; dim],
-            stats,
+    setup(mesh)?;
+    let send = |msg: RunReport| async move {
+        tx.send(msg)
+            .await
+            .map_err(|_| NetError::Peer("the report stream to the coordinator closed".into()))
+    };
+    let n = plan.num_micro();
+    let dim = plan.task.num_params();
+    let build_reducer = |rank: usize, world: usize| {
+        let plan_for = |len: usize, elem: usize| {
+            let chunk_elems = (spec.chunk_bytes as usize / elem).max(1);
+            batchlab_collective::plan(
+                &PlanConfig {
+                    algorithm,
+                    chunk_elems,
+                },
+                rank,
+                world,
+                len,
+            )
+        };
+        if fast {
+            let stats = Packet::zeroed(0, n);
+            Reducer::Fast {
+                grad_plan: plan_for(dim, 4),
+                stats_plan: plan_for(stats.len(), 8),
+                grad: vec![0.0; dim],
+                stats,
+            }
+        } else {
+            let packet = Packet::zeroed(dim, n);
+            let buckets = plan.task.buckets();
+            // One rank has nothing to overlap: its all-reduce is a no-op.
+            let overlap = (spec.overlap && buckets.len() > 1 && world > 1).then(|| Overlap {
+                plans: buckets.iter().map(|b| plan_for(b.len(), 8)).collect(),
+                stats_plan: plan_for(packet.len() - dim, 8),
+                buckets,
+            });
+            Reducer::Exact {
+                plan: plan_for(packet.len(), 8),
+                packet,
+                overlap,
+            }
         }
-    } else {
-        let packet = Packet::zeroed(dim, n);
-        let buckets = plan.task.buckets();
-        // One rank has nothing to overlap: its all-reduce is a no-op.
-        let overlap = (spec.overlap && buckets.len() > 1 && world > 1).then(|| Overlap {
-            plans: buckets.iter().map(|b| plan_for(b.len(), 8)).collect(),
-            stats_plan: plan_for(packet.len() - dim, 8),
-            buckets,
-        });
-        Reducer::Exact {
-            plan: plan_for(packet.len(), 8),
-            packet,
-            overlap,
-        }
+    };
+    let mut run = match kept {
+        Some(run) => run,
+        None => RunLocal::fresh(&cfg, &plan, &spec.seeds)?,
     };
     let mut scratch = WorkerScratch::default();
     let mut eval_scratch = batchlab_core::Scratch::new();
-    let mut timing = RankTiming {
-        rank,
-        ..RankTiming::default()
-    };
+    let mut timing = RankTiming::default();
     let started = Instant::now();
-    // The run's end: rank 0 sends the parameters if asked, every rank its summary.
-    let finish = |summary: RunSummary, mut timing: RankTiming, members: &[Member]| {
-        timing.wall_s = started.elapsed().as_secs_f64();
-        timing.refused = crate::refused::counts();
-        let params = (spec.return_params && rank == 0).then(|| {
-            members
-                .iter()
-                .flat_map(|m| m.replica.params.iter().flat_map(|p| p.to_le_bytes()))
-                .collect::<Vec<u8>>()
-        });
-        (params, crate::encode(&RankResult { summary, timing }))
-    };
-    let end = 'run: loop {
-        for (i, m) in members.iter_mut().enumerate() {
-            if let Some(reason) = abort.borrow().clone() {
+    // Elastic: the ranks start from the freshest state among them (a new worker has none; a
+    // worker that finished the run before a peer failed has the last).
+    let mut needs_sync = ctx.elastic;
+    let (mut reducer, mut mine) = (None, 0..0);
+    let members_n = run.members.len();
+    loop {
+        if needs_sync {
+            let synced = sync_run(ctx, mesh, &mut run, &cfg, &plan, &spec.seeds).await;
+            match synced {
+                Ok(()) => {
+                    needs_sync = false;
+                    if ctx.rank == 0 {
+                        run.confirmed(task, &ctx.confirmed.borrow());
+                        for (m, row) in &run.unconfirmed {
+                            let kind = run_report::Kind::Step(crate::encode(row));
+                            send(ctx.report(task, kind, *m)).await?;
+                        }
+                    }
+                }
+                Err(e) if recoverable(&e) => {
+                    tracing::warn!(rank = ctx.rank, "{e}; regrouping");
+                    let (m, open) = ctx.regroup().await?;
+                    *mesh = m;
+                    setup(mesh)?;
+                    reducer = None;
+                    if open != task {
+                        // The coordinator closed the run meanwhile: nothing is left to do.
+                        return Ok(Some(run));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if run.ended.is_some() {
+            break;
+        }
+        if reducer.is_none() {
+            mine = balanced_range(n, mesh.rank(), mesh.world());
+            reducer = Some(build_reducer(mesh.rank(), mesh.world()));
+        }
+        let red = reducer.as_mut().expect("built");
+        let i = run.next;
+        let stepped: Result<Option<Ended>, NetError> = async {
+            if let Some(reason) = ctx.abort.borrow().clone() {
                 return Err(NetError::Aborted(reason));
             }
+            let m = &mut run.members[i];
             let t0 = Instant::now();
             let begun = tokio::task::block_in_place(|| m.replica.begin(&mut eval_scratch));
             timing.eval_s += t0.elapsed().as_secs_f64();
             if let Begin::Finished(summary) = begun {
-                break 'run Ended::Member(i, summary);
+                return Ok(Some(Ended::Member(i, summary)));
             }
             loop {
                 let t0 = Instant::now();
@@ -735,25 +1111,24 @@ where
                             tokio::time::sleep(ctx.inject_delay).await;
                             Ok(())
                         },
-                        &abort,
+                        &ctx.abort,
                     )
                     .await?;
                 }
-                let (t1, busy) = if reducer.overlaps() {
-                    reducer
-                        .compute_and_reduce_overlapped(
-                            &plan,
-                            &m.replica,
-                            &mut m.sampler,
-                            mine.clone(),
-                            &mut scratch,
-                            mesh,
-                            &abort,
-                        )
-                        .await?
+                let (t1, busy) = if red.overlaps() {
+                    red.compute_and_reduce_overlapped(
+                        &plan,
+                        &m.replica,
+                        &mut m.sampler,
+                        mine.clone(),
+                        &mut scratch,
+                        mesh,
+                        &ctx.abort,
+                    )
+                    .await?
                 } else {
                     tokio::task::block_in_place(|| {
-                        reducer.compute(
+                        red.compute(
                             &plan,
                             &m.replica,
                             &mut m.sampler,
@@ -764,11 +1139,12 @@ where
                     let t1 = Instant::now();
                     // A peer that froze keeps its streams open: the coordinator's abort (from
                     // the heartbeats) ends the wait before the receive deadline does.
-                    unless_aborted(reducer.all_reduce(mesh), &abort).await?;
+                    unless_aborted(red.all_reduce(mesh), &ctx.abort).await?;
                     (t1, t1.elapsed().as_secs_f64())
                 };
                 let t2 = Instant::now();
-                let applied = reducer.apply(&mut m.replica);
+                let applied = red.apply(&mut m.replica);
+                run.version += 1;
                 timing.compute_s += (t1 - t0).as_secs_f64();
                 timing.comm_s += (t2 - t1).as_secs_f64();
                 timing.comm_busy_s += busy;
@@ -782,38 +1158,71 @@ where
                     Applied::Finished(row, summary) => (row, Some(summary)),
                 };
                 timing.steps += 1;
-                if let Some(g) = &mut group {
+                if let Some(g) = &mut run.group {
                     g.record(i, &row);
                 }
+                run.rows[i] = row.step + 1;
+                if ctx.elastic {
+                    run.confirmed(task, &ctx.confirmed.borrow());
+                    run.unconfirmed.push_back((i, (*row).clone()));
+                }
                 if ctx.rank == 0 {
-                    send(run_report::Kind::Step(crate::encode(&row)), i).await?;
+                    send(ctx.report(task, run_report::Kind::Step(crate::encode(&row)), i)).await?;
                 }
                 if let Some(summary) = ended {
-                    break 'run Ended::Member(i, summary);
+                    return Ok(Some(Ended::Member(i, summary)));
                 }
                 break;
             }
+            run.next = (i + 1) % members_n;
+            if run.next == 0 {
+                if let Some(end) = run.group.as_mut().and_then(SeedMean::check) {
+                    return Ok(Some(Ended::Group(end)));
+                }
+            }
+            Ok(None)
         }
-        if let Some(end) = group.as_mut().and_then(SeedMean::check) {
-            break 'run Ended::Group(end);
+        .await;
+        match stepped {
+            Ok(Some(end)) => run.ended = Some(run.conclude(end)),
+            Ok(None) => {}
+            Err(e) if ctx.elastic && recoverable(&e) => {
+                tracing::warn!(
+                    rank = ctx.rank,
+                    step = run.members[i].replica.t,
+                    "{e}; regrouping"
+                );
+                let (m, open) = ctx.regroup().await?;
+                *mesh = m;
+                setup(mesh)?;
+                reducer = None;
+                if open != task {
+                    return Ok(Some(run));
+                }
+                needs_sync = true;
+            }
+            Err(e) => return Err(e),
         }
-    };
-    let summary = match (end, &group) {
-        (Ended::Member(_, s), None) => *s,
-        (Ended::Member(i, s), Some(g)) => g.summary(
-            g.member_ended(i, &s),
-            members.iter().map(|m| m.replica.params.as_slice()),
-        ),
-        (Ended::Group(end), Some(g)) => {
-            g.summary(end, members.iter().map(|m| m.replica.params.as_slice()))
-        }
-        (Ended::Group(_), None) => unreachable!("only a group ends as a group"),
-    };
-    let (params, result) = finish(summary, timing, &members);
-    if let Some(bytes) = params {
-        send(run_report::Kind::Params(bytes), 0).await?;
     }
-    send(run_report::Kind::Summary(result), 0).await
+    let summary = run.ended.clone().expect("the loop ends with the run");
+    timing.rank = ctx.rank;
+    timing.wall_s = started.elapsed().as_secs_f64();
+    timing.refused = crate::refused::counts();
+    if spec.return_params && ctx.rank == 0 {
+        let bytes = run
+            .members
+            .iter()
+            .flat_map(|m| m.replica.params.iter().flat_map(|p| p.to_le_bytes()))
+            .collect::<Vec<u8>>();
+        send(ctx.report(task, run_report::Kind::Params(bytes), 0)).await?;
+    }
+    let result = crate::encode(&RankResult {
+        summary,
+        timing,
+        rows: run.rows.clone(),
+    });
+    send(ctx.report(task, run_report::Kind::Summary(result), 0)).await?;
+    Ok(ctx.elastic.then_some(run))
 }
 
 /// How a run's step loop ended.

@@ -102,6 +102,7 @@ async fn a_worker_of_another_coordinator_is_refused_and_changes_nothing() {
             session: reply.session.clone(),
             rank: 0,
             generation: 1,
+            worker_id: 0,
         })
         .await
         .unwrap_err();

@@ -10,4 +10,4 @@ pub mod v1 {
 
 /// The protocol version every RPC announces in the `x-batchlab-protocol` metadata entry.
 /// Version 3 added the all-reduce benchmark task.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
