@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use batchlab_core::train::{StepMetrics, TrainConfig};
 use batchlab_net::bench::BenchRankResult;
-use batchlab_net::{Coordinator, CoordinatorConfig, RankTiming, RunOutcome, WorkerConfig};
+use batchlab_net::{
+    Checkpoint, Coordinator, CoordinatorConfig, RankTiming, RunOutcome, WorkerConfig,
+};
 use batchlab_proto::v1::{BenchSpec, RunSpec};
 use clap::Args;
 use tokio::net::TcpListener;
@@ -196,6 +198,8 @@ impl ReduceArgs {
             return_params,
             transport: self.transport.clone(),
             overlap: self.overlap,
+            checkpoint_every: 0,
+            resume: Vec::new(),
         })
     }
 
@@ -278,6 +282,11 @@ pub struct CoordinatorArgs {
     token: String,
     #[command(flatten)]
     reduce: ReduceArgs,
+    /// Save the run's state in OUT/checkpoint.cbor every this many steps (0: never), after the
+    /// rows it covers; the same command started again resumes from it, with the numbers of an
+    /// uninterrupted run. Removed once the run ends.
+    #[arg(long, default_value_t = 100, value_name = "STEPS")]
+    checkpoint_every: u64,
 }
 
 /// Flags of `batchlab worker`.
@@ -417,7 +426,7 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         None => env_number(&["WORLD_SIZE", "SLURM_NTASKS"])?.map_or(1, |w| w as usize),
     };
     let mut cluster = Cluster::listen(args.listen, workers, &args.token, &args.reduce)?;
-    let result = drive(&mut cluster, &p);
+    let result = drive(&mut cluster, &p, args.checkpoint_every);
     cluster.close(result.as_ref().err());
     result.map(|_| ())
 }
@@ -596,6 +605,29 @@ impl Cluster {
         })
     }
 
+    /// [`Cluster::run`] of one run (no seed-mean group) from `resume` when given, with the
+    /// workers' state handed to `on_checkpoint` every `every` steps (0: never).
+    pub fn run_checkpointed(
+        &mut self,
+        cfg: &TrainConfig,
+        every: u64,
+        resume: Option<&Checkpoint>,
+        on_row: impl FnMut(usize, StepMetrics),
+        on_checkpoint: impl FnMut(Checkpoint),
+    ) -> Result<RunOutcome> {
+        let mut spec = self.reduce.spec(cfg, &[], false)?;
+        spec.checkpoint_every = every;
+        let coordinator = self.coordinator.clone();
+        let children = &mut self.children;
+        self.rt.block_on(async {
+            tokio::select! {
+                r = coordinator.run_checkpointed(spec, resume, on_row, on_checkpoint) => r.map_err(|e| anyhow!(e)),
+                e = dead_child(children) => Err(e),
+                sig = stop_signal() => bail!("interrupted by {sig}"),
+            }
+        })
+    }
+
     /// Runs an all-reduce benchmark spec on the workers; every rank's result, by rank.
     pub fn bench(&mut self, spec: BenchSpec) -> Result<Vec<BenchRankResult>> {
         let coordinator = self.coordinator.clone();
@@ -688,23 +720,92 @@ async fn dead_child(children: &mut [Child]) -> anyhow::Error {
 
 /// Runs the training of `p` on the cluster, writes the results (with each rank's timing) and
 /// prints the outcome.
-fn drive(cluster: &mut Cluster, p: &Prepared) -> Result<RunOutcome> {
-    let mut sink = Sink::create(p)?;
-    let mut write_error = None;
+fn drive(cluster: &mut Cluster, p: &Prepared, every: u64) -> Result<RunOutcome> {
+    // A checkpoint of this very run (same configuration) is resumed from.
+    let path = p.out.join("checkpoint.cbor");
+    let spec_toml = toml::to_string(&p.cfg).context("rendering the config")?;
+    let resume = match std::fs::read(&path) {
+        Ok(bytes) => match Checkpoint::from_bytes(&bytes) {
+            Ok(c) if c.config_toml == spec_toml => Some(c),
+            Ok(_) => {
+                tracing::warn!(
+                    "{} is of another configuration: starting from step 0",
+                    path.display()
+                );
+                None
+            }
+            Err(e) => bail!(
+                "{} is unreadable ({e}); remove it to start the run again from step 0",
+                path.display()
+            ),
+        },
+        Err(_) => None,
+    };
+    let sink = std::cell::RefCell::new(match &resume {
+        Some(c) => {
+            println!(
+                "resuming from the checkpoint at step {} ({})",
+                c.step(),
+                path.display()
+            );
+            Sink::resume(p, c.step())?
+        }
+        None => {
+            let _ = std::fs::remove_file(&path);
+            Sink::create(p)?
+        }
+    });
+    let write_error = std::cell::RefCell::new(None);
     tracing::info!(
         task = p.plan.task.name(),
         params = p.plan.task.num_params(),
         workers = cluster.workers(),
         "training"
     );
-    let outcome = cluster.run(&p.cfg, &[], false, |_, row| {
-        if let Err(e) = sink.row(&row) {
-            write_error.get_or_insert(e);
+    let outcome = cluster.run_checkpointed(
+        &p.cfg,
+        every,
+        resume.as_ref(),
+        |_, row| {
+            if let Err(e) = sink.borrow_mut().row(&row) {
+                write_error.borrow_mut().get_or_insert(e);
+            }
+        },
+        |c| {
+            // The rows it covers reach the disk first: a resumed run finds them all.
+            let saved = sink
+                .borrow_mut()
+                .sync()
+                .and_then(|_| crate::output::write_atomic_bytes(&path, &c.to_bytes()));
+            match saved {
+                Ok(()) => tracing::debug!(step = c.step(), "checkpoint saved"),
+                Err(e) => {
+                    write_error.borrow_mut().get_or_insert(e);
+                }
+            }
+        },
+    );
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // What survives the failure: the last checkpoint, which the same command resumes.
+            let saved = std::fs::read(&path)
+                .ok()
+                .and_then(|b| Checkpoint::from_bytes(&b).ok());
+            return Err(match saved {
+                Some(c) => e.context(format!(
+                    "the run's state at step {} is saved in {}: the same command resumes from it",
+                    c.step(),
+                    path.display()
+                )),
+                None => e,
+            });
         }
-    })?;
-    if let Some(e) = write_error {
+    };
+    if let Some(e) = write_error.into_inner() {
         return Err(e);
     }
+    let sink = sink.into_inner();
     let mut extra = serde_json::Map::new();
     extra.insert(
         "timing".to_string(),
@@ -719,6 +820,8 @@ fn drive(cluster: &mut Cluster, p: &Prepared) -> Result<RunOutcome> {
     }
     extra.insert("refused".to_string(), serde_json::to_value(refused)?);
     sink.finish(&outcome.summary, &p.cfg, extra)?;
+    // The run is whole: its summary replaces the checkpoint.
+    let _ = std::fs::remove_file(&path);
     print_timing(&outcome.timings);
     Ok(outcome)
 }
@@ -793,7 +896,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 /// over loopback; no process outlives the call.
 pub fn run_local(p: &Prepared, workers: usize, reduce: &ReduceArgs) -> Result<RunOutcome> {
     let mut cluster = Cluster::local(workers, reduce)?;
-    let result = drive(&mut cluster, p);
+    let result = drive(&mut cluster, p, 0);
     cluster.close(result.as_ref().err());
     result
 }

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use batchlab_core::train::{RunSummary, StepMetrics, TrainConfig};
 
 /// Streams metrics rows to `metrics.jsonl` and `metrics.csv` in a run folder.
@@ -43,6 +43,59 @@ impl MetricsWriter {
             jsonl: open("metrics.jsonl")?,
             csv: csv::Writer::from_writer(open("metrics.csv")?),
         })
+    }
+
+    /// Opens the metrics of `dir` to go on after its first `rows` rows (a run resumed from a
+    /// checkpoint): rows written after them are dropped from both files.
+    pub fn resume(dir: &Path, config: &TrainConfig, rows: u64) -> Result<Self> {
+        let keep = |name: &str, lines: u64| -> Result<()> {
+            let p = dir.join(name);
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let kept: Vec<&str> = text.lines().take(lines as usize).collect();
+            if (kept.len() as u64) < lines {
+                bail!(
+                    "{} holds {} lines; the checkpoint covers {lines}",
+                    p.display(),
+                    kept.len()
+                );
+            }
+            let mut out = kept.join("\n");
+            if !kept.is_empty() {
+                out.push('\n');
+            }
+            write_atomic(&p, &out)
+        };
+        keep("metrics.jsonl", rows)?;
+        keep("metrics.csv", rows + 1)?;
+        let text = toml::to_string_pretty(config).context("rendering the resolved config")?;
+        std::fs::write(dir.join("config.toml"), text)
+            .with_context(|| format!("writing {}/config.toml", dir.display()))?;
+        let open = |name: &str| -> Result<BufWriter<File>> {
+            let p = dir.join(name);
+            Ok(BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .with_context(|| format!("opening {}", p.display()))?,
+            ))
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            jsonl: open("metrics.jsonl")?,
+            csv: csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(open("metrics.csv")?),
+        })
+    }
+
+    /// Flushes both files to disk (before a checkpoint that covers their rows).
+    pub fn sync(&mut self) -> Result<()> {
+        self.jsonl.flush()?;
+        self.csv.flush()?;
+        self.jsonl.get_ref().sync_data()?;
+        self.csv.get_ref().get_ref().sync_data()?;
+        Ok(())
     }
 
     /// Appends one row to both files.
@@ -80,6 +133,11 @@ impl MetricsWriter {
 /// old file or the whole new one, never a part: a temporary file beside it, flushed to disk,
 /// then renamed over it.
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    write_atomic_bytes(path, text.as_bytes())
+}
+
+/// [`write_atomic`] for bytes.
+pub fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!(
         "{}.tmp",
@@ -87,7 +145,7 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     ));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };

@@ -212,18 +212,33 @@ pub struct Sink {
 impl Sink {
     /// Creates the output folder and the progress bar.
     pub fn create(p: &Prepared) -> Result<Self> {
-        let writer = MetricsWriter::create(&p.out, &p.cfg)?;
+        Ok(Self::create_with(p, MetricsWriter::create(&p.out, &p.cfg)?))
+    }
+
+    fn create_with(p: &Prepared, writer: MetricsWriter) -> Self {
         let bar = ProgressBar::new(p.cfg.steps).with_style(
             ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}")
                 .expect("static template")
                 .progress_chars("=> "),
         );
-        Ok(Self {
+        Self {
             writer,
             bar,
             start: Instant::now(),
             out: p.out.clone(),
-        })
+        }
+    }
+
+    /// [`Sink::create`] for a run resumed after its first `rows` rows.
+    pub fn resume(p: &Prepared, rows: u64) -> Result<Self> {
+        let sink = Self::create_with(p, MetricsWriter::resume(&p.out, &p.cfg, rows)?);
+        sink.bar.set_position(rows);
+        Ok(sink)
+    }
+
+    /// Flushes the rows written so far to disk.
+    pub fn sync(&mut self) -> Result<()> {
+        self.writer.sync()
     }
 
     /// Records one metrics row.

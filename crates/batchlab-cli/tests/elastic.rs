@@ -244,9 +244,11 @@ fn paused_below_the_minimum_past_its_timeout_the_run_stops_saying_why() {
             "3",
             "--pause-timeout",
             "2",
+            "--checkpoint-every",
+            "20",
         ],
     );
-    e.wait_rows(30);
+    e.wait_rows(50);
     e.kill(1);
     let killed = Instant::now();
     let code = e.finish();
@@ -258,4 +260,60 @@ fn paused_below_the_minimum_past_its_timeout_the_run_stops_saying_why() {
     );
     // Lost after the 1 s heartbeat timeout, then 2 s paused.
     assert!(killed.elapsed() < Duration::from_secs(15), "{log}");
+    // It stopped with its state saved, and says where.
+    assert!(e.out().join("checkpoint.cbor").exists());
+    assert!(
+        log.contains("is saved in") && log.contains("checkpoint.cbor"),
+        "{log}"
+    );
+}
+
+/// `batchlab coordinator` saves the run's state every `--checkpoint-every` steps; killed
+/// (SIGKILL) and started again with the same command, it resumes from the checkpoint, its
+/// workers join it by themselves, and the rows and summary equal `batchlab train`'s.
+#[test]
+fn a_coordinator_killed_mid_run_resumes_from_its_checkpoint_with_the_numbers_of_train() {
+    let mut e = Elastic::start(2, &["--checkpoint-every", "40"]);
+    let checkpoint = e.out().join("checkpoint.cbor");
+    e.wait_rows(150);
+    assert!(checkpoint.exists(), "no checkpoint after 150 rows");
+    let _ = e.coordinator.kill();
+    let _ = e.coordinator.wait();
+    let rows_at_kill = std::fs::read_to_string(e.out().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    // The same command again, on the same port and folder.
+    let log = std::fs::File::create(e.dir.path().join("coordinator2.log")).unwrap();
+    e.coordinator = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+        .args(["coordinator", "--listen", &e.addr, "--token", "t"])
+        .args(["--workers", "2", "--heartbeat-timeout-ms", "1000"])
+        .args(["--checkpoint-every", "40"])
+        .args(RUN)
+        .args(["--out", e.out().to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(e.finish(), Some(0), "{}", e.log());
+    let said = std::fs::read_to_string(e.dir.path().join("coordinator2.log")).unwrap();
+    let step: usize = said
+        .split("resuming from the checkpoint at step ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume in: {said}"));
+    assert!(
+        step % 40 == 0 && step > 0 && step <= rows_at_kill,
+        "{step} {rows_at_kill}"
+    );
+    assert_equals_train(&e);
+    assert!(
+        !checkpoint.exists(),
+        "the checkpoint outlived the finished run"
+    );
+    for w in &mut e.workers {
+        assert!(w.wait().unwrap().success());
+    }
 }

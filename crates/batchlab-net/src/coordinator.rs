@@ -92,6 +92,35 @@ pub struct RunOutcome {
     pub params: Option<Vec<f64>>,
 }
 
+/// A run's state at the end of a round of steps, as a coordinator saves it: the run it is of,
+/// the rows it covers (per seed-mean member) and the workers' state (CBOR).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// The run's configuration (TOML), which a resumed run must have.
+    pub config_toml: String,
+    /// Rows produced before it, per member.
+    pub rows: Vec<u64>,
+    /// The workers' run state.
+    pub state: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// The checkpoint as bytes (CBOR).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::encode(self)
+    }
+
+    /// A checkpoint read back.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        crate::decode(bytes)
+    }
+
+    /// The step the run resumes at (of its first member).
+    pub fn step(&self) -> u64 {
+        self.rows.first().copied().unwrap_or(0)
+    }
+}
+
 /// A member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -387,6 +416,10 @@ enum Event {
     },
     Bench {
         rank: usize,
+        task: u64,
+        bytes: Vec<u8>,
+    },
+    Checkpoint {
         task: u64,
         bytes: Vec<u8>,
     },
@@ -689,16 +722,46 @@ impl Coordinator {
         spec: RunSpec,
         on_row: impl FnMut(usize, StepMetrics),
     ) -> Result<RunOutcome, NetError> {
+        self.run_checkpointed(spec, None, on_row, |_| {}).await
+    }
+
+    /// [`Coordinator::run`], from `resume` when given (the run state of a checkpoint, whose
+    /// rows the caller holds already), handing each checkpoint the workers send
+    /// (`spec.checkpoint_every`) to `on_checkpoint` once every row it covers was handed to
+    /// `on_row`.
+    pub async fn run_checkpointed(
+        &self,
+        mut spec: RunSpec,
+        resume: Option<&Checkpoint>,
+        on_row: impl FnMut(usize, StepMetrics),
+        on_checkpoint: impl FnMut(Checkpoint),
+    ) -> Result<RunOutcome, NetError> {
         let members = spec.seeds.len().max(1);
+        let rows = match resume {
+            Some(c) => {
+                if c.rows.len() != members || c.config_toml != spec.config_toml {
+                    return Err(NetError::Config(format!(
+                        "the checkpoint is of another run (rows of {} members, this run has {members}; \
+                         or another configuration)",
+                        c.rows.len()
+                    )));
+                }
+                spec.resume = c.state.clone();
+                c.rows.clone()
+            }
+            None => vec![0; members],
+        };
         let mut inbox = self.shared.inbox.lock().await;
         let task = self.start(&mut inbox, task_assignment::Kind::Run(spec.clone()))?;
         {
             let mut s = self.shared.state.lock().expect("poisoned");
             s.open = task;
             s.rows_task = task;
-            s.rows_through = vec![0; members];
+            s.rows_through = rows;
         }
-        let result = self.collect_run(&mut inbox, task, &spec, on_row).await;
+        let result = self
+            .collect_run(&mut inbox, task, &spec, on_row, on_checkpoint)
+            .await;
         self.shared.state.lock().expect("poisoned").open = 0;
         result
     }
@@ -709,6 +772,7 @@ impl Coordinator {
         task: u64,
         spec: &RunSpec,
         mut on_row: impl FnMut(usize, StepMetrics),
+        mut on_checkpoint: impl FnMut(Checkpoint),
     ) -> Result<RunOutcome, NetError> {
         let members = spec.seeds.len().max(1);
         let want_params = spec.return_params;
@@ -781,6 +845,34 @@ impl Coordinator {
                     s.rows_through[member] = next + 1;
                     drop(s);
                     on_row(member, row);
+                }
+                Event::Checkpoint { task: t, bytes } if t == task => {
+                    let w: crate::worker::RunWire = crate::decode(&bytes).map_err(|e| {
+                        fail(refuse(
+                            Reason::Malformed,
+                            "rank 0",
+                            format!("rank 0 sent a malformed checkpoint: {e}"),
+                        ))
+                    })?;
+                    let held = self
+                        .shared
+                        .state
+                        .lock()
+                        .expect("poisoned")
+                        .rows_through
+                        .clone();
+                    if w.rows == held {
+                        on_checkpoint(Checkpoint {
+                            config_toml: spec.config_toml.clone(),
+                            rows: w.rows,
+                            state: bytes,
+                        });
+                    } else {
+                        tracing::warn!(
+                            "a checkpoint after rows {:?} skipped: the coordinator holds rows {held:?}",
+                            w.rows
+                        );
+                    }
                 }
                 Event::Params { task: t, bytes } if t == task => {
                     if bytes.len() % 8 != 0 {
@@ -1230,6 +1322,10 @@ impl coordinator_server::Coordinator for Service {
                     rank,
                     task: m.task,
                     json,
+                },
+                Some(run_report::Kind::Checkpoint(bytes)) => Event::Checkpoint {
+                    task: m.task,
+                    bytes,
                 },
                 Some(run_report::Kind::Bench(bytes)) => Event::Bench {
                     rank,

@@ -25,7 +25,7 @@ pub mod worker;
 #[cfg(test)]
 mod fuzz_tests;
 
-pub use coordinator::{Coordinator, CoordinatorConfig, RunOutcome};
+pub use coordinator::{Checkpoint, Coordinator, CoordinatorConfig, RunOutcome};
 pub use error::{NetError, to_status};
 pub use worker::{RankResult, RankTiming, WorkerConfig, run_worker};
 

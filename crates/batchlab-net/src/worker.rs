@@ -748,15 +748,17 @@ struct RunLocal {
     ended: Option<RunSummary>,
 }
 
-/// [`RunLocal`] as plain data: what a worker hands the others when it holds the freshest state.
+/// [`RunLocal`] as plain data: what a worker hands the others when it holds the freshest state,
+/// and what the coordinator's checkpoints hold.
 #[derive(Serialize, Deserialize)]
-struct RunWire {
+pub(crate) struct RunWire {
     members: Vec<ReplicaState>,
     group: Option<SeedMean>,
     next: usize,
     version: u64,
     unconfirmed: Vec<(usize, StepMetrics)>,
-    rows: Vec<u64>,
+    /// Rows produced, per member.
+    pub(crate) rows: Vec<u64>,
     ended: Option<RunSummary>,
 }
 
@@ -1042,7 +1044,13 @@ async fn train_steps(
     };
     let mut run = match kept {
         Some(run) => run,
-        None => RunLocal::fresh(&cfg, &plan, &spec.seeds)?,
+        None if spec.resume.is_empty() => RunLocal::fresh(&cfg, &plan, &spec.seeds)?,
+        None => {
+            let w: RunWire = crate::decode(&spec.resume)
+                .map_err(|e| NetError::Config(format!("the checkpoint to resume from: {e}")))?;
+            RunLocal::from_wire(w, &cfg, &plan, &spec.seeds)
+                .map_err(|e| NetError::Config(format!("the checkpoint to resume from: {e}")))?
+        }
     };
     let mut scratch = WorkerScratch::default();
     let mut eval_scratch = batchlab_core::Scratch::new();
@@ -1178,6 +1186,14 @@ async fn train_steps(
             if run.next == 0 {
                 if let Some(end) = run.group.as_mut().and_then(SeedMean::check) {
                     return Ok(Some(Ended::Group(end)));
+                }
+                let every = spec.checkpoint_every;
+                if ctx.rank == 0 && every > 0 && run.rows[0] % every == 0 {
+                    // After the rows it covers, on the same stream: the coordinator holds them.
+                    let mut wire = run.wire();
+                    wire.unconfirmed.clear();
+                    let kind = run_report::Kind::Checkpoint(crate::encode(&wire));
+                    send(ctx.report(task, kind, 0)).await?;
                 }
             }
             Ok(None)

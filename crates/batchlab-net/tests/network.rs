@@ -332,6 +332,8 @@ fn spec(cfg: &batchlab_core::train::TrainConfig, allreduce: &str) -> batchlab_pr
         // The gRPC streams for tree, the TCP data plane otherwise: both must agree exactly.
         transport: if allreduce == "tree" { "grpc" } else { "tcp" }.into(),
         overlap: true,
+        checkpoint_every: 0,
+        resume: Vec::new(),
     }
 }
 
