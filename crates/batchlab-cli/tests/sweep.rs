@@ -264,3 +264,103 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
         "files differ from the local run's: {differing:?}"
     );
 }
+
+/// An elastic sweep (`--min-workers 2 --max-workers 3`: seed-mean groups, many runs on one
+/// cluster) loses one of its three workers after its first trial and takes a new one later:
+/// every number it writes equals the local sweep's.
+#[test]
+fn an_elastic_sweep_that_loses_and_gains_workers_writes_the_numbers_of_a_local_one() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_batchlab");
+    let sweep: Vec<&str> = "--set task.dim=12 --batches 2,32 --seeds 2 --lr-grid 0.3:1.2:3 \
+                            --target-fraction 0.05 --steps 400 --probe-samples 2048"
+        .split_whitespace()
+        .collect();
+    let local = dir.path().join("local");
+    let mut a = vec!["sweep", "--out", local.to_str().unwrap()];
+    a.extend(&sweep);
+    let o = batchlab(&a);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let out = dir.path().join("cluster");
+    let coordinator = Command::new(exe)
+        .args(["sweep", "--listen", &addr, "--workers", "3", "--token", "t"])
+        .args(["--min-workers", "2", "--max-workers", "3"])
+        .args(["--heartbeat-timeout-ms", "1000"])
+        .args(["--out", out.to_str().unwrap()])
+        .args(&sweep)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let worker = || {
+        Command::new(exe)
+            .args(["worker", "--coordinator", &addr, "--token", "t"])
+            .args(["--listen", "127.0.0.1:0", "--connect-timeout", "60"])
+            .args(["--inject-delay", "2"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut workers: Vec<_> = (0..3).map(|_| worker()).collect();
+    let trials = |d: &std::path::Path| {
+        let mut stack = vec![d.to_path_buf()];
+        let mut n = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.file_name().is_some_and(|f| f == "summary.json") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let start = Instant::now();
+    let wait_trials = |n: usize| {
+        while trials(&out) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{n} trials never finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_trials(1);
+    workers[1].kill().unwrap();
+    workers[1].wait().unwrap();
+    wait_trials(3);
+    workers.push(worker());
+    let o = coordinator.wait_with_output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    // The new worker joins the survivors, or takes the lost one's place at once when it comes
+    // before the loss is declared.
+    assert!(t.contains("lost rank") && t.contains("generation 2 formed"), "{t}");
+    for (i, w) in workers.iter_mut().enumerate() {
+        if i != 1 {
+            assert!(w.wait().unwrap().success(), "worker {i}");
+        }
+    }
+    let (want, got) = (study_numbers(&local), study_numbers(&out));
+    let names = |v: &[(String, String)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&want), names(&got), "the same files");
+    let differing: Vec<&String> = want
+        .iter()
+        .zip(&got)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| &a.0)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "files differ from the local run's: {differing:?}"
+    );
+}

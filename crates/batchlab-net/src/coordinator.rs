@@ -146,8 +146,9 @@ pub struct Member {
 /// An elastic cluster (`min < workers` or `max > workers`) then forms new generations:
 /// a member lost, or a late joiner waiting, starts forming the next one; it forms once every
 /// member of the current generation has asked to regroup or is lost. Its members are the
-/// survivors in their old rank order, then the joiners, up to `max`; with fewer than `min` the
-/// cluster pauses (forming stays open) until joiners make up the number.
+/// survivors in their old rank order, then the joiners, up to `max` (a joiner beyond it waits
+/// for a place); with fewer than `min` the cluster pauses (forming stays open) until joiners
+/// make up the number.
 #[derive(Debug, Clone)]
 pub struct Membership {
     target: usize,
@@ -219,11 +220,6 @@ impl Membership {
                  (start the coordinator with a larger --workers, or stop the extra worker)",
                 self.target, m.hostname, m.addr
             ));
-        } else if self.live_count() >= self.max {
-            return Err(format!(
-                "the cluster has its --max-workers {} workers; {} at {} was not admitted",
-                self.max, m.hostname, m.addr
-            ));
         }
         let id = self.members.len();
         self.members.push(m);
@@ -234,18 +230,14 @@ impl Membership {
                 self.generation = 1;
             }
         } else {
+            // At --max-workers it waits for a place (a member lost: a replacement).
             self.waiting.push(id);
-            self.forming.get_or_insert_with(Default::default);
+            let members = self.current.iter().filter(|&&c| !self.lost[c]).count();
+            if members < self.max {
+                self.forming.get_or_insert_with(Default::default);
+            }
         }
         Ok(id)
-    }
-
-    fn live_count(&self) -> usize {
-        self.current
-            .iter()
-            .chain(&self.waiting)
-            .filter(|&&id| !self.lost[id])
-            .count()
     }
 
     fn assign(&self) -> Vec<usize> {
@@ -1442,9 +1434,16 @@ mod tests {
         assert_eq!(r.try_form(), Forming::Formed(3));
         assert_eq!(r.peers().unwrap(), ["a", "c", "d"]);
         assert_eq!(r.rank_of(d), Some(2));
-        // At --max-workers a further joiner is refused.
-        let e = r.join(member("e", None)).unwrap_err();
-        assert!(e.contains("--max-workers 3") && e.contains(" e "), "{e}");
+        // At --max-workers a further joiner waits for a place, and takes the first lost one's.
+        let e = r.join(member("e", None)).unwrap();
+        assert!(!r.is_forming());
+        assert_eq!(r.lose(2), Some(1));
+        for id in [0, d] {
+            r.regroup(id, 3).unwrap();
+        }
+        assert_eq!(r.try_form(), Forming::Formed(4));
+        assert_eq!(r.peers().unwrap(), ["a", "d", "e"]);
+        assert_eq!(r.rank_of(e), Some(2));
     }
 
     #[test]
