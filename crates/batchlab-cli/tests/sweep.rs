@@ -344,7 +344,10 @@ fn an_elastic_sweep_that_loses_and_gains_workers_writes_the_numbers_of_a_local_o
     assert!(o.status.success(), "{t}");
     // The new worker joins the survivors, or takes the lost one's place at once when it comes
     // before the loss is declared.
-    assert!(t.contains("lost rank") && t.contains("generation 2 formed"), "{t}");
+    assert!(
+        t.contains("lost rank") && t.contains("generation 2 formed"),
+        "{t}"
+    );
     for (i, w) in workers.iter_mut().enumerate() {
         if i != 1 {
             assert!(w.wait().unwrap().success(), "worker {i}");

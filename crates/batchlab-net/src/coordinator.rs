@@ -744,13 +744,11 @@ impl Coordinator {
             None => vec![0; members],
         };
         let mut inbox = self.shared.inbox.lock().await;
-        let task = self.start(&mut inbox, task_assignment::Kind::Run(spec.clone()))?;
-        {
-            let mut s = self.shared.state.lock().expect("poisoned");
-            s.open = task;
-            s.rows_task = task;
-            s.rows_through = rows;
-        }
+        let task = self.start(
+            &mut inbox,
+            task_assignment::Kind::Run(spec.clone()),
+            Some(rows),
+        )?;
         let result = self
             .collect_run(&mut inbox, task, &spec, on_row, on_checkpoint)
             .await;
@@ -791,6 +789,14 @@ impl Coordinator {
             };
             if let Some((current, rows)) = finished {
                 return self.finish_run(&summaries, &current, &rows, want_params, params);
+            }
+            let paused = self.shared.state.lock().expect("poisoned").paused_since;
+            if let Some(since) = paused.filter(|p| p.elapsed() > self.shared.cfg.pause_timeout) {
+                return Err(fail(format!(
+                    "paused for {:.0} s with fewer than --min-workers {} workers; stopping",
+                    since.elapsed().as_secs_f64(),
+                    self.shared.cfg.min_workers
+                )));
             }
             let event = if elastic {
                 // Generations change without an event: look again now and then.
@@ -972,7 +978,7 @@ impl Coordinator {
     /// Runs an all-reduce benchmark on the workers and returns every rank's result, by rank.
     pub async fn bench(&self, spec: BenchSpec) -> Result<Vec<BenchRankResult>, NetError> {
         let mut inbox = self.shared.inbox.lock().await;
-        let task = self.start(&mut inbox, task_assignment::Kind::Bench(spec))?;
+        let task = self.start(&mut inbox, task_assignment::Kind::Bench(spec), None)?;
         let world = self
             .shared
             .state
@@ -1024,10 +1030,13 @@ impl Coordinator {
 
     /// Publishes the next task to the workers and returns its number; refused once a rank of a
     /// fixed cluster was lost.
+    /// A run (`rows`: the rows its members start after) is open until it returns: a new
+    /// generation takes it up again, and only an open run is handed to a worker.
     fn start(
         &self,
         inbox: &mut mpsc::UnboundedReceiver<Event>,
         kind: task_assignment::Kind,
+        rows: Option<Vec<u64>>,
     ) -> Result<u64, NetError> {
         while inbox.try_recv().is_ok() {} // leftovers of an earlier task
         let task = {
@@ -1049,6 +1058,11 @@ impl Coordinator {
             s.task += 1;
             s.spec = Some(kind);
             s.abort = None;
+            if let Some(rows) = rows {
+                s.open = s.task;
+                s.rows_task = s.task;
+                s.rows_through = rows;
+            }
             s.task
         };
         self.shared.bump();
@@ -1277,10 +1291,15 @@ impl coordinator_server::Coordinator for Service {
                 }
                 if s.task > r.done_task && s.members.rank_of(id).is_some() {
                     if let Some(kind) = &s.spec {
-                        return Ok(Response::new(TaskAssignment {
-                            task: s.task,
-                            kind: Some(kind.clone()),
-                        }));
+                        // A run that ended is not handed to a worker that joined after it.
+                        let ended =
+                            matches!(kind, task_assignment::Kind::Run(_)) && s.open != s.task;
+                        if !ended {
+                            return Ok(Response::new(TaskAssignment {
+                                task: s.task,
+                                kind: Some(kind.clone()),
+                            }));
+                        }
                     }
                 }
             }

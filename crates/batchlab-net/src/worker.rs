@@ -682,7 +682,21 @@ async fn train(
             .await;
     }
     drop(tx);
-    match reporter.await {
+    // After a failure the report stream may hang on a dead connection (a network cut is
+    // noticed only by HTTP/2 keepalive, tens of seconds): the failure is what counts.
+    let mut reporter = reporter;
+    let reported = if result.is_err() {
+        match tokio::time::timeout(Duration::from_secs(2), &mut reporter).await {
+            Ok(r) => r,
+            Err(_) => {
+                reporter.abort();
+                return result;
+            }
+        }
+    } else {
+        reporter.await
+    };
+    match reported {
         Ok(Ok(_)) => result,
         Ok(Err(s)) => result.and(Err(NetError::rpc("reporting to the coordinator", s))),
         Err(_) => result,
