@@ -22,11 +22,46 @@ pub fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_timeout(Duration::from_secs(20)))
 }
 
-/// A server builder with batchlab's transport settings.
-pub fn server() -> Server {
+/// What a server's responses go through: [`count_oversized`].
+type Counted = tower::layer::util::Stack<
+    tower::util::MapResponseLayer<fn(GrpcResponse) -> GrpcResponse>,
+    tower::layer::util::Identity,
+>;
+type GrpcResponse = http::Response<tonic::body::Body>;
+
+/// A server builder with batchlab's transport settings; a call gRPC itself refuses for a
+/// message above [`MAX_MESSAGE`] is counted with the other refusals.
+pub fn server() -> Server<Counted> {
     Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(Some(1 << 20))
         .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(
+            count_oversized as fn(GrpcResponse) -> GrpcResponse,
+        ))
+}
+
+/// Counts (and logs) a response that refuses a request whose message was too large: tonic
+/// answers those itself, OUT_OF_RANGE with "message length too large", before any handler
+/// sees them.
+fn count_oversized(response: GrpcResponse) -> GrpcResponse {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    if header("grpc-status") == "11" && header("grpc-message").contains("too%20large")
+        || header("grpc-status") == "11" && header("grpc-message").contains("too large")
+    {
+        let why = header("grpc-message").replace("%20", " ");
+        crate::refused::refuse(
+            crate::refused::Reason::Oversized,
+            "a gRPC client",
+            format!("a call was refused: {why}"),
+        );
+    }
+    response
 }

@@ -461,3 +461,30 @@ async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
             .unwrap();
     }
 }
+
+/// A message above the transport's limit is refused by gRPC itself, before any handler: the
+/// caller hears why, the refusal is counted as oversized, and the coordinator goes on serving.
+#[tokio::test]
+async fn an_oversized_message_is_refused_counted_and_changes_nothing() {
+    let (c, addr) = start_coordinator(1).await;
+    let ch = transport::endpoint(&format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = CoordinatorClient::with_interceptor(ch, Stamp::new(TOKEN).unwrap());
+    let before = batchlab_net::refused::counts().oversized;
+    let huge = "x".repeat(transport::MAX_MESSAGE + 1);
+    let status = client.join(join(&huge)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
+    assert!(batchlab_net::refused::counts().oversized > before);
+    // Nobody joined; a proper join is still served.
+    assert!(c.wait_ready(Duration::from_millis(10)).await.is_err());
+    let reply = client.join(join("127.0.0.1:9")).await.unwrap().into_inner();
+    assert_eq!((reply.rank, reply.world_size), (0, 1));
+}
