@@ -201,5 +201,5 @@ grep -q "took the run's state from rank" "$tmp/compose3.log" || { echo "no worke
 awk -v k="$killed_at" -v f2="$formed2_at" -v c="$cut_at" -v p="$paused_at" -v f3="$formed3_at" \
   'BEGIN { printf "killed worker: generation 2 formed %.2f s after the kill (heartbeat timeout 1.5 s); cut-off worker: paused %.2f s after the cut, generation 3 formed %.2f s after the network came back\n", f2 - k, p - c, f3 - p }'
 # What each worker did: regroups and state handed over (steps redone are the applies behind).
-grep -h -e "regrouped into" -e "took the run's state" "$tmp/compose3.log" | sed 's/^/  /' || true
+grep -h -e "regrouped into" -e "took the run's state" -e "resuming at step" "$tmp/compose3.log" | sed 's/^/  /' || true
 echo "elastic test passed: $(rows) rows and the final parameters equal train's after a kill -9 and a network cut"

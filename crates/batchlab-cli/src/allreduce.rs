@@ -109,6 +109,13 @@ pub struct AllreduceArgs {
     /// the workers, every result checked, for this many seconds.
     #[arg(long)]
     stress: Option<f64>,
+    /// Stress mode with --listen: workers may leave down to this many (a lost worker's round
+    /// is run again on the next generation).
+    #[arg(long, value_name = "N")]
+    min_workers: Option<usize>,
+    /// Stress mode with --listen: workers may join up to this many, between rounds.
+    #[arg(long, value_name = "N")]
+    max_workers: Option<usize>,
     /// Seed of the inputs and of the stress mode's choices.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -399,7 +406,16 @@ pub fn run(args: AllreduceArgs) -> Result<()> {
         args.peer_timeout_ms,
         args.heartbeat_timeout_ms,
         args.tls.clone(),
+        (args.min_workers, args.max_workers),
     );
+    if (args.min_workers.is_some() || args.max_workers.is_some())
+        && (args.listen.is_none() || args.stress.is_none())
+    {
+        bail!(
+            "--min-workers/--max-workers: membership changes need --stress and --listen (workers \
+             started on their own)"
+        );
+    }
     let mut cluster = match args.listen {
         None => Cluster::local(args.workers, &reduce)?,
         Some(addr) => Cluster::listen(addr, args.workers, &args.token, &reduce)?,
@@ -617,6 +633,10 @@ struct StressReport {
     largest_bytes: u64,
     wrong: u64,
     lost: u64,
+    /// Generations the cluster went through, with their sizes.
+    generations: BTreeMap<u64, usize>,
+    /// Rounds interrupted by a membership change and run again.
+    interrupted: u64,
 }
 
 /// All-reduces per stress round.
@@ -651,6 +671,8 @@ fn stress(
     };
     let mut trace = Vec::new();
     let mut last_print = Instant::now();
+    let (mut generation, mut world) = cluster.membership();
+    report.generations.insert(generation, world);
     while started.elapsed() < Duration::from_secs_f64(seconds) {
         let mut g = rng(args.seed, Stream::Aux, report.rounds);
         // Members: a random subset of at least min(2, world) ranks, in random plan order.
@@ -676,7 +698,31 @@ fn stress(
             .collect();
         let mut s = spec(args, ops.clone(), ranks.clone(), true);
         s.seed = args.seed.wrapping_add(report.rounds);
-        let results = cluster.bench(s)?;
+        let results = match cluster.bench(s) {
+            Ok(r) => r,
+            // A worker lost or added mid-round: the round runs again on the next generation.
+            Err(e) => match cluster.membership_changed(generation)? {
+                Some((g, w)) => {
+                    println!(
+                        "  {:>6.1} s: round {} interrupted ({e:#}); generation {g} has {w} workers; running it again",
+                        started.elapsed().as_secs_f64(),
+                        report.rounds
+                    );
+                    report.interrupted += 1;
+                    (generation, world) = (g, w);
+                    report.generations.insert(g, w);
+                    continue;
+                }
+                None => return Err(e),
+            },
+        };
+        if cluster.membership().0 != generation {
+            // A generation forms between rounds (a worker joined or left): the next round runs
+            // on it.
+            let (g, w) = cluster.settle()?;
+            (generation, world) = (g, w);
+            report.generations.insert(g, w);
+        }
         for r in &results {
             let expected_member = ranks.contains(&(r.rank as u32));
             if r.member != expected_member {
@@ -694,7 +740,7 @@ fn stress(
             }
         }
         if results.len() != world {
-            report.lost += (world - results.len()) as u64 * ops.len() as u64;
+            report.lost += world.abs_diff(results.len()) as u64 * ops.len() as u64;
         }
         for op in &ops {
             report.all_reduces += 1;
@@ -753,13 +799,20 @@ fn stress(
         report.largest_bytes
     );
     println!(
-        "# membership: rounds on {}",
+        "# membership: rounds on {}; generations {} ; {} rounds interrupted by a change and run again",
         report
             .by_members
             .iter()
             .map(|(m, n)| format!("{m} ranks: {n}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        report
+            .generations
+            .iter()
+            .map(|(g, w)| format!("{g} ({w} workers)"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        report.interrupted
     );
     println!(
         "# wrong elements: {}; lost results: {} {}",

@@ -211,6 +211,7 @@ impl ReduceArgs {
         peer_timeout_ms: u64,
         heartbeat_timeout_ms: u64,
         tls: TlsArgs,
+        membership: (Option<usize>, Option<usize>),
     ) -> Self {
         Self {
             tls,
@@ -221,8 +222,8 @@ impl ReduceArgs {
             chunk_bytes,
             peer_timeout_ms,
             heartbeat_timeout_ms,
-            min_workers: None,
-            max_workers: None,
+            min_workers: membership.0,
+            max_workers: membership.1,
             pause_timeout: 300,
         }
     }
@@ -636,6 +637,47 @@ impl Cluster {
             tokio::select! {
                 r = coordinator.bench(spec) => r.map_err(|e| anyhow!(e)),
                 e = dead_child(children) => Err(e),
+                sig = stop_signal() => bail!("interrupted by {sig}"),
+            }
+        })
+    }
+
+    /// The newest generation (formed or forming) and the current one's size.
+    pub fn membership(&self) -> (u64, usize) {
+        self.coordinator.membership()
+    }
+
+    /// Waits until no generation is forming; returns the current one and its size.
+    pub fn settle(&mut self) -> Result<(u64, usize)> {
+        let pause = Duration::from_secs(self.reduce.pause_timeout)
+            + Duration::from_millis(self.reduce.heartbeat_timeout_ms);
+        let coordinator = self.coordinator.clone();
+        self.rt.block_on(async {
+            tokio::select! {
+                r = coordinator.settled(pause) => r.map_err(|e| anyhow!(e)),
+                sig = stop_signal() => bail!("interrupted by {sig}"),
+            }
+        })
+    }
+
+    /// After a failed task of an elastic cluster: whether the membership changed since
+    /// generation `from` (waiting up to the heartbeat timeout and a second for a loss to be
+    /// declared); if so, waits for the next generation and returns its number and size.
+    pub fn membership_changed(&mut self, from: u64) -> Result<Option<(u64, usize)>> {
+        let limit =
+            Duration::from_millis(self.reduce.heartbeat_timeout_ms) + Duration::from_secs(1);
+        let pause = Duration::from_secs(self.reduce.pause_timeout) + limit;
+        let coordinator = self.coordinator.clone();
+        self.rt.block_on(async {
+            let start = std::time::Instant::now();
+            while coordinator.membership().0 == from {
+                if start.elapsed() > limit {
+                    return Ok(None);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::select! {
+                r = coordinator.settled(pause) => r.map(Some).map_err(|e| anyhow!(e)),
                 sig = stop_signal() => bail!("interrupted by {sig}"),
             }
         })

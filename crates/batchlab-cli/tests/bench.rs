@@ -371,3 +371,65 @@ fn check_zero_checks_nothing_and_says_so() {
         "{rows:?}"
     );
 }
+
+/// Stress mode on an elastic cluster: a worker is killed mid-stress and another joins later;
+/// the interrupted round runs again on the next generation, and nothing is wrong or lost.
+#[test]
+fn stress_mode_survives_workers_leaving_and_joining_and_loses_nothing() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_batchlab");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let coordinator = Command::new(exe)
+        .args(["bench", "allreduce", "--listen", &addr, "--token", "t"])
+        .args(["--workers", "3", "--min-workers", "2", "--max-workers", "3"])
+        .args(["--heartbeat-timeout-ms", "1000", "--stress", "7"])
+        .args(["-b", "8", "-e", "64K", "--chunk-bytes", "16K"])
+        .args(["--out", dir.path().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let worker = || {
+        Command::new(exe)
+            .args(["worker", "--coordinator", &addr, "--token", "t"])
+            .args(["--listen", "127.0.0.1:0", "--connect-timeout", "30"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut workers: Vec<_> = (0..3).map(|_| worker()).collect();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(2000));
+    workers[0].kill().unwrap();
+    workers[0].wait().unwrap();
+    // After the loss is declared (1 s) and the survivors regrouped, a new worker comes.
+    std::thread::sleep(Duration::from_millis(2000));
+    workers.push(worker());
+    let o = coordinator.wait_with_output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(start.elapsed() < Duration::from_secs(40), "{t}");
+    assert!(t.contains("wrong elements: 0; lost results: 0 OK"), "{t}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("stress.json")).unwrap())
+            .unwrap();
+    // Three generations: 3 workers, 2 after the loss, 3 again with the new one.
+    let sizes: Vec<u64> = report["generations"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [3, 2, 3], "{report}");
+    assert!(
+        report["by_members"].as_object().unwrap().len() >= 2,
+        "{report}"
+    );
+    for (i, w) in workers.iter_mut().enumerate().skip(1) {
+        assert!(w.wait().unwrap().success(), "worker {i}");
+    }
+}

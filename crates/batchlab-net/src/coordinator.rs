@@ -436,6 +436,8 @@ struct State {
     spec: Option<task_assignment::Kind>,
     /// The run in progress (0: none): a new generation takes it up again.
     open: u64,
+    /// The generation the current task started in (a benchmark runs on that one only).
+    task_generation: u64,
     /// The rows of run `rows_task` received so far: the next step expected of each member.
     rows_task: u64,
     rows_through: Vec<u64>,
@@ -631,6 +633,7 @@ impl Coordinator {
                     task: 0,
                     spec: None,
                     open: 0,
+                    task_generation: 0,
                     rows_task: 0,
                     rows_through: Vec::new(),
                     paused_since: None,
@@ -648,6 +651,36 @@ impl Coordinator {
     /// This coordinator's session id.
     pub fn session(&self) -> &str {
         &self.shared.session
+    }
+
+    /// The newest generation (formed, or forming) and the size of the current one.
+    pub fn membership(&self) -> (u64, usize) {
+        let s = self.shared.state.lock().expect("poisoned");
+        (s.members.newest(), s.members.current().len())
+    }
+
+    /// Waits until no generation is forming, up to `timeout` (paused below the minimum, it
+    /// may take until the pause timeout); returns the generation and its size.
+    pub async fn settled(&self, timeout: Duration) -> Result<(u64, usize), NetError> {
+        let start = Instant::now();
+        loop {
+            {
+                let s = self.shared.state.lock().expect("poisoned");
+                if let Some(reason) = s.abort.clone().filter(|_| s.paused_since.is_some()) {
+                    return Err(NetError::Aborted(reason));
+                }
+                if !s.members.is_forming() {
+                    return Ok((s.members.generation(), s.members.current().len()));
+                }
+            }
+            if start.elapsed() > timeout {
+                return Err(NetError::Timeout {
+                    what: "the next generation to form".into(),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Serves on `listener` until `shutdown` resolves, with the liveness monitor running.
@@ -979,17 +1012,35 @@ impl Coordinator {
     pub async fn bench(&self, spec: BenchSpec) -> Result<Vec<BenchRankResult>, NetError> {
         let mut inbox = self.shared.inbox.lock().await;
         let task = self.start(&mut inbox, task_assignment::Kind::Bench(spec), None)?;
-        let world = self
-            .shared
-            .state
-            .lock()
-            .expect("poisoned")
-            .members
-            .current()
-            .len();
+        let (generation, world, elastic) = {
+            let s = self.shared.state.lock().expect("poisoned");
+            (
+                s.members.generation(),
+                s.members.current().len(),
+                s.members.elastic(),
+            )
+        };
         let mut results: BTreeMap<usize, BenchRankResult> = BTreeMap::new();
         while results.len() < world {
-            let Some(event) = inbox.recv().await else {
+            let event = if elastic {
+                // A member lost or added ends the benchmark (its caller may run it again on
+                // the next generation): a lost member would never report.
+                let now = self.membership().0;
+                if now != generation {
+                    // Not an abort: the workers go on to the next generation and task.
+                    return Err(NetError::Aborted(format!(
+                        "the cluster's membership changed during the benchmark (generation \
+                         {generation} → {now})"
+                    )));
+                }
+                match tokio::time::timeout(Duration::from_millis(50), inbox.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => continue,
+                }
+            } else {
+                inbox.recv().await
+            };
+            let Some(event) = event else {
                 return Err(self.fail("the coordinator is shutting down".to_string()));
             };
             match event {
@@ -1019,7 +1070,13 @@ impl Coordinator {
                     message,
                     ..
                 } if t == task => {
-                    return Err(self.fail(format!("rank {rank} failed: {message}")));
+                    let message = format!("rank {rank} failed: {message}");
+                    if elastic {
+                        // A member lost mid-benchmark: the others leave it by themselves and
+                        // regroup; an abort would follow them into the next task.
+                        return Err(NetError::Aborted(message));
+                    }
+                    return Err(self.fail(message));
                 }
                 Event::Lost { message, .. } => return Err(self.fail(message)),
                 _ => {} // an earlier task's stragglers
@@ -1058,6 +1115,7 @@ impl Coordinator {
             s.task += 1;
             s.spec = Some(kind);
             s.abort = None;
+            s.task_generation = s.members.generation();
             if let Some(rows) = rows {
                 s.open = s.task;
                 s.rows_task = s.task;
@@ -1291,10 +1349,14 @@ impl coordinator_server::Coordinator for Service {
                 }
                 if s.task > r.done_task && s.members.rank_of(id).is_some() {
                     if let Some(kind) = &s.spec {
-                        // A run that ended is not handed to a worker that joined after it.
-                        let ended =
-                            matches!(kind, task_assignment::Kind::Run(_)) && s.open != s.task;
-                        if !ended {
+                        // A run that ended is not handed to a worker that joined after it, nor
+                        // a benchmark to a worker of another generation (its collectives are
+                        // numbered within one).
+                        let stale = match kind {
+                            task_assignment::Kind::Run(_) => s.open != s.task,
+                            _ => s.task_generation != r.generation,
+                        };
+                        if !stale {
                             return Ok(Response::new(TaskAssignment {
                                 task: s.task,
                                 kind: Some(kind.clone()),

@@ -426,13 +426,19 @@ async fn work(ctx: &mut Ctx<'_>, reply: &JoinReply) -> Result<(), NetError> {
                 }
             }
             Some(task_assignment::Kind::Bench(spec)) => {
-                if let Err(e) =
-                    bench(ctx, assignment.task, &spec, &mut mesh, ctx.abort.clone()).await
-                {
-                    tracing::error!(rank = ctx.rank, "benchmark failed: {e}");
-                    return Err(e);
-                }
+                let result = bench(ctx, assignment.task, &spec, &mut mesh, ctx.abort.clone()).await;
                 done = assignment.task;
+                match result {
+                    Ok(()) => {}
+                    // The membership changed under it: the next generation runs what comes next.
+                    Err(e) if ctx.elastic && recoverable(&e) => {
+                        tracing::warn!(rank = ctx.rank, "benchmark interrupted: {e}");
+                    }
+                    Err(e) => {
+                        tracing::error!(rank = ctx.rank, "benchmark failed: {e}");
+                        return Err(e);
+                    }
+                }
             }
             Some(task_assignment::Kind::Run(spec)) => {
                 let task = assignment.task;
@@ -618,7 +624,7 @@ impl Ctx<'_> {
             let mut lost = self.abort.clone();
             let reply = tokio::select! {
                 r = ask => r.map_err(|s| NetError::rpc("regrouping", s))?.into_inner(),
-                m = lost.wait_for(|a| a.as_ref().is_some_and(|m| !m.starts_with(REGROUP))) => {
+                m = lost.wait_for(|a| a.as_ref().is_some_and(|m| m.starts_with(LOST_COORDINATOR))) => {
                     return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
                 }
             };
@@ -1081,6 +1087,19 @@ async fn train_steps(
             match synced {
                 Ok(()) => {
                     needs_sync = false;
+                    if ctx.generation() > 1 {
+                        // The step in flight when the generation changed is redone from here.
+                        let m = &run.members[run.next].replica;
+                        tracing::warn!(
+                            rank = ctx.rank,
+                            generation = ctx.generation(),
+                            "generation {}: resuming at step {} of member {} (apply {})",
+                            ctx.generation(),
+                            m.t,
+                            run.next,
+                            run.version
+                        );
+                    }
                     if ctx.rank == 0 {
                         run.confirmed(task, &ctx.confirmed.borrow());
                         for (m, row) in &run.unconfirmed {
