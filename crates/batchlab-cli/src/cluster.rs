@@ -853,13 +853,8 @@ fn drive(cluster: &mut Cluster, p: &Prepared, every: u64) -> Result<RunOutcome> 
         "timing".to_string(),
         serde_json::to_value(&outcome.timings)?,
     );
+    // Logged once, when the cluster closes; written here.
     let refused = batchlab_net::refused::counts();
-    if refused.total() > 0 {
-        println!(
-            "the coordinator refused {} calls or messages: {refused:?}",
-            refused.total()
-        );
-    }
     extra.insert("refused".to_string(), serde_json::to_value(refused)?);
     sink.finish(&outcome.summary, &p.cfg, extra)?;
     // The run is whole: its summary replaces the checkpoint.
@@ -953,6 +948,10 @@ pub struct BenchStepArgs {
     /// Worker counts to time, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<usize>,
+    /// Time every worker count twice, without and with --overlap, side by side (the numbers
+    /// must be the same; the time is what changes).
+    #[arg(long)]
+    compare_overlap: bool,
     #[command(flatten)]
     reduce: ReduceArgs,
 }
@@ -971,19 +970,31 @@ pub fn bench_step(args: BenchStepArgs) -> Result<()> {
         return Ok(());
     };
     let mut rows = Vec::new();
+    let overlaps = if args.compare_overlap {
+        vec![false, true]
+    } else {
+        vec![args.reduce.overlap]
+    };
     for &w in &args.workers {
-        let mut pw = Prepared {
-            cfg: p.cfg.clone(),
-            plan: p.plan.clone(),
-            out: p.out.join(format!("w{w}")),
-        };
-        pw.out = p.out.join(format!("w{w}"));
-        let outcome = run_local(&pw, w, &args.reduce)?;
-        rows.push((
-            w,
-            step_breakdown(&outcome.timings),
-            outcome.summary.params_digest,
-        ));
+        for &overlap in &overlaps {
+            let reduce = ReduceArgs {
+                overlap,
+                ..args.reduce.clone()
+            };
+            let suffix = if overlap { "-overlap" } else { "" };
+            let pw = Prepared {
+                cfg: p.cfg.clone(),
+                plan: p.plan.clone(),
+                out: p.out.join(format!("w{w}{suffix}")),
+            };
+            let outcome = run_local(&pw, w, &reduce)?;
+            rows.push((
+                w,
+                overlap,
+                step_breakdown(&outcome.timings),
+                outcome.summary.params_digest,
+            ));
+        }
     }
     println!();
     println!(
@@ -998,8 +1009,9 @@ pub fn bench_step(args: BenchStepArgs) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:>7}  {:>8}  {:>10}  {:>13}  {:>10}  {:>9}  {:>16}  params",
+        "{:>7}  {:>7}  {:>8}  {:>10}  {:>13}  {:>10}  {:>9}  {:>16}  params",
         "workers",
+        "overlap",
         "step ms",
         "compute ms",
         "all-reduce ms",
@@ -1007,13 +1019,22 @@ pub fn bench_step(args: BenchStepArgs) -> Result<()> {
         "update ms",
         "÷ max(comp,comm)"
     );
-    for (w, t, digest) in &rows {
+    for (w, overlap, t, digest) in &rows {
         // The goal of overlap: compute and communication cost their larger, not their sum.
         let ratio = (t.compute + t.exposed) / t.compute.max(t.comm).max(1e-12);
+        let on = if *overlap { "on" } else { "off" };
         println!(
-            "{w:>7}  {:>8.3}  {:>10.3}  {:>13.3}  {:>10.3}  {:>9.3}  {ratio:>16.2}  {digest}",
+            "{w:>7}  {on:>7}  {:>8.3}  {:>10.3}  {:>13.3}  {:>10.3}  {:>9.3}  {ratio:>16.2}  {digest}",
             t.step, t.compute, t.comm, t.exposed, t.apply
         );
+    }
+    if let Some((_, _, _, first)) = rows.first() {
+        if let Some((w, o, _, d)) = rows.iter().find(|r| &r.3 != first) {
+            bail!(
+                "the runs disagree: {w} workers with overlap {o} ended with parameters {d}, the \
+                 first with {first}"
+            );
+        }
     }
     println!(
         "(÷ max: (compute + exposed all-reduce) / max(compute, all-reduce); 1.00 is perfect overlap, \

@@ -698,3 +698,37 @@ fn runs_under_mutual_tls_equal_train_and_workers_without_the_ca_s_certificate_ar
     assert!(coordinator.wait().unwrap().success());
     assert_eq!(summary(&out)["steps"], 5);
 }
+
+/// `bench step --compare-overlap` times each worker count without and with overlap, side by
+/// side, and the two runs end with the same parameters (it fails otherwise).
+#[test]
+fn bench_step_compares_overlap_off_and_on_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("step");
+    let o = batchlab(&[
+        "bench",
+        "step",
+        "--workers",
+        "2",
+        "--compare-overlap",
+        "--steps",
+        "4",
+        "--set",
+        "task.hidden=[32]",
+        "--set",
+        "task.data.input_dim=32",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let rows: Vec<&str> = t
+        .lines()
+        .filter(|l| l.trim_start().starts_with("2 "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{t}");
+    assert!(rows[0].split_whitespace().nth(1) == Some("off"), "{t}");
+    assert!(rows[1].split_whitespace().nth(1) == Some("on"), "{t}");
+    let digest = |r: &str| r.split_whitespace().last().unwrap().to_string();
+    assert_eq!(digest(rows[0]), digest(rows[1]));
+}
