@@ -5,6 +5,7 @@
 //! success alike).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -139,6 +140,11 @@ pub struct ReduceArgs {
     /// before the run stops.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pause_timeout: u64,
+    /// Save each run's state in its folder (checkpoint.cbor) every this many steps (0: never),
+    /// after the rows it covers; the same command started again resumes an unfinished run from
+    /// it, with the numbers of an uninterrupted run. Removed once the run ends.
+    #[arg(long, default_value_t = 100, value_name = "STEPS")]
+    checkpoint_every: u64,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -225,6 +231,7 @@ impl ReduceArgs {
             min_workers: membership.0,
             max_workers: membership.1,
             pause_timeout: 300,
+            checkpoint_every: 0,
         }
     }
 
@@ -283,11 +290,6 @@ pub struct CoordinatorArgs {
     token: String,
     #[command(flatten)]
     reduce: ReduceArgs,
-    /// Save the run's state in OUT/checkpoint.cbor every this many steps (0: never), after the
-    /// rows it covers; the same command started again resumes from it, with the numbers of an
-    /// uninterrupted run. Removed once the run ends.
-    #[arg(long, default_value_t = 100, value_name = "STEPS")]
-    checkpoint_every: u64,
 }
 
 /// Flags of `batchlab worker`.
@@ -427,7 +429,7 @@ pub fn coordinator(args: CoordinatorArgs) -> Result<()> {
         None => env_number(&["WORLD_SIZE", "SLURM_NTASKS"])?.map_or(1, |w| w as usize),
     };
     let mut cluster = Cluster::listen(args.listen, workers, &args.token, &args.reduce)?;
-    let result = drive(&mut cluster, &p, args.checkpoint_every);
+    let result = drive(&mut cluster, &p);
     cluster.close(result.as_ref().err());
     result.map(|_| ())
 }
@@ -584,40 +586,21 @@ impl Cluster {
         })
     }
 
-    /// Runs `cfg` on the workers (a seed-mean group over `seeds` when not empty), handing each
-    /// metrics row to `on_row` with its member; the final parameters come back when
-    /// `return_params`. A dead local worker or Ctrl-C ends it with an error.
-    pub fn run(
+    /// Runs `cfg` on the workers (a seed-mean group over `seeds` when not empty), from
+    /// `resume` when given, handing each metrics row to `on_row` with its member and the
+    /// workers' state to `on_checkpoint` every --checkpoint-every steps; the final parameters
+    /// come back when `return_params`. A dead local worker or Ctrl-C ends it with an error.
+    pub fn run_checkpointed(
         &mut self,
         cfg: &TrainConfig,
         seeds: &[u64],
         return_params: bool,
-        on_row: impl FnMut(usize, StepMetrics),
-    ) -> Result<RunOutcome> {
-        let spec = self.reduce.spec(cfg, seeds, return_params)?;
-        let coordinator = self.coordinator.clone();
-        let children = &mut self.children;
-        self.rt.block_on(async {
-            tokio::select! {
-                r = coordinator.run(spec, on_row) => r.map_err(|e| anyhow!(e)),
-                e = dead_child(children) => Err(e),
-                sig = stop_signal() => bail!("interrupted by {sig}"),
-            }
-        })
-    }
-
-    /// [`Cluster::run`] of one run (no seed-mean group) from `resume` when given, with the
-    /// workers' state handed to `on_checkpoint` every `every` steps (0: never).
-    pub fn run_checkpointed(
-        &mut self,
-        cfg: &TrainConfig,
-        every: u64,
         resume: Option<&Checkpoint>,
         on_row: impl FnMut(usize, StepMetrics),
         on_checkpoint: impl FnMut(Checkpoint),
     ) -> Result<RunOutcome> {
-        let mut spec = self.reduce.spec(cfg, &[], false)?;
-        spec.checkpoint_every = every;
+        let mut spec = self.reduce.spec(cfg, seeds, return_params)?;
+        spec.checkpoint_every = self.reduce.checkpoint_every;
         let coordinator = self.coordinator.clone();
         let children = &mut self.children;
         self.rt.block_on(async {
@@ -760,29 +743,39 @@ async fn dead_child(children: &mut [Child]) -> anyhow::Error {
     }
 }
 
+/// The name of a run's checkpoint in its folder.
+pub(crate) const CHECKPOINT: &str = "checkpoint.cbor";
+
+/// The checkpoint saved in `dir` by an unfinished run of `cfg` (one of another configuration
+/// is ignored, and removed; an unreadable one is an error that says what to do).
+pub(crate) fn load_checkpoint(dir: &Path, cfg: &TrainConfig) -> Result<Option<Checkpoint>> {
+    let path = dir.join(CHECKPOINT);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(None);
+    };
+    let c = Checkpoint::from_bytes(&bytes).map_err(|e| {
+        anyhow!(
+            "{} is unreadable ({e}); remove it to start the run again from step 0",
+            path.display()
+        )
+    })?;
+    if c.config_toml != toml::to_string(cfg).context("rendering the config")? {
+        tracing::warn!(
+            "{} is of another configuration: starting from step 0",
+            path.display()
+        );
+        let _ = std::fs::remove_file(&path);
+        return Ok(None);
+    }
+    Ok(Some(c))
+}
+
 /// Runs the training of `p` on the cluster, writes the results (with each rank's timing) and
 /// prints the outcome.
-fn drive(cluster: &mut Cluster, p: &Prepared, every: u64) -> Result<RunOutcome> {
+fn drive(cluster: &mut Cluster, p: &Prepared) -> Result<RunOutcome> {
     // A checkpoint of this very run (same configuration) is resumed from.
-    let path = p.out.join("checkpoint.cbor");
-    let spec_toml = toml::to_string(&p.cfg).context("rendering the config")?;
-    let resume = match std::fs::read(&path) {
-        Ok(bytes) => match Checkpoint::from_bytes(&bytes) {
-            Ok(c) if c.config_toml == spec_toml => Some(c),
-            Ok(_) => {
-                tracing::warn!(
-                    "{} is of another configuration: starting from step 0",
-                    path.display()
-                );
-                None
-            }
-            Err(e) => bail!(
-                "{} is unreadable ({e}); remove it to start the run again from step 0",
-                path.display()
-            ),
-        },
-        Err(_) => None,
-    };
+    let path = p.out.join(CHECKPOINT);
+    let resume = load_checkpoint(&p.out, &p.cfg)?;
     let sink = std::cell::RefCell::new(match &resume {
         Some(c) => {
             println!(
@@ -792,10 +785,7 @@ fn drive(cluster: &mut Cluster, p: &Prepared, every: u64) -> Result<RunOutcome> 
             );
             Sink::resume(p, c.step())?
         }
-        None => {
-            let _ = std::fs::remove_file(&path);
-            Sink::create(p)?
-        }
+        None => Sink::create(p)?,
     });
     let write_error = std::cell::RefCell::new(None);
     tracing::info!(
@@ -806,7 +796,8 @@ fn drive(cluster: &mut Cluster, p: &Prepared, every: u64) -> Result<RunOutcome> 
     );
     let outcome = cluster.run_checkpointed(
         &p.cfg,
-        every,
+        &[],
+        false,
         resume.as_ref(),
         |_, row| {
             if let Err(e) = sink.borrow_mut().row(&row) {
@@ -933,7 +924,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 /// over loopback; no process outlives the call.
 pub fn run_local(p: &Prepared, workers: usize, reduce: &ReduceArgs) -> Result<RunOutcome> {
     let mut cluster = Cluster::local(workers, reduce)?;
-    let result = drive(&mut cluster, p, 0);
+    let result = drive(&mut cluster, p);
     cluster.close(result.as_ref().err());
     result
 }
@@ -979,6 +970,8 @@ pub fn bench_step(args: BenchStepArgs) -> Result<()> {
         for &overlap in &overlaps {
             let reduce = ReduceArgs {
                 overlap,
+                // Nothing written to disk while timing.
+                checkpoint_every: 0,
                 ..args.reduce.clone()
             };
             let suffix = if overlap { "-overlap" } else { "" };

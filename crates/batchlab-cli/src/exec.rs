@@ -10,6 +10,7 @@
 //!                                                   rows ─► dir/metrics.*, summary.json
 //! ```
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
@@ -20,8 +21,9 @@ use batchlab_core::group::SeedMean;
 use batchlab_core::train::{Progress, RunSummary, StepMetrics, TrainConfig, Trainer};
 use clap::Args;
 
-use crate::cluster::{Cluster, ReduceArgs};
+use crate::cluster::{CHECKPOINT, Cluster, ReduceArgs, load_checkpoint};
 use crate::output::MetricsWriter;
+use batchlab_net::Checkpoint;
 
 /// Where an experiment's runs execute.
 #[derive(Args, Debug, Clone)]
@@ -119,19 +121,34 @@ impl Executor {
         tick: &dyn Fn(&StepMetrics),
     ) -> Result<Finished> {
         let start = Instant::now();
-        let mut writer = MetricsWriter::create(dir, cfg)?;
-        let mut err = None;
-        let mut write = |row: &StepMetrics| {
+        // On a cluster, an unfinished run's checkpoint in `dir` is resumed from.
+        let resume = match self {
+            Self::InProcess => None,
+            Self::Cluster(_) => load_checkpoint(dir, cfg)?,
+        };
+        let writer = RefCell::new(match &resume {
+            Some(c) => {
+                tracing::warn!(
+                    "{}: resuming from its checkpoint at step {}",
+                    dir.display(),
+                    c.step()
+                );
+                MetricsWriter::resume(dir, cfg, c.step())?
+            }
+            None => MetricsWriter::create(dir, cfg)?,
+        });
+        let err = RefCell::new(None);
+        let write = |row: &StepMetrics| {
             tick(row);
-            if let Err(e) = writer.write(row) {
-                err.get_or_insert(e);
+            if let Err(e) = writer.borrow_mut().write(row) {
+                err.borrow_mut().get_or_insert(e);
             }
         };
         let (summary, params, extra) = match self {
             Self::InProcess => {
                 let plan = cfg.build().context("invalid trial config")?;
                 let mut trainer = Trainer::new(&plan);
-                let summary = trainer.run(&mut write);
+                let summary = trainer.run(write);
                 let params = if want_params {
                     vec![trainer.replica().params.clone()]
                 } else {
@@ -143,15 +160,32 @@ impl Executor {
                 let mut c = c
                     .lock()
                     .map_err(|_| anyhow!("the cluster's lock is poisoned"))?;
-                let outcome = c.run(cfg, &[], want_params, |_, row| write(&row))?;
+                let outcome = c.run_checkpointed(
+                    cfg,
+                    &[],
+                    want_params,
+                    resume.as_ref(),
+                    |_, row| write(&row),
+                    |ck| {
+                        save(
+                            dir,
+                            std::slice::from_mut(&mut *writer.borrow_mut()),
+                            &ck,
+                            &err,
+                        )
+                    },
+                )?;
                 let params = outcome.params.clone().map(|p| vec![p]).unwrap_or_default();
                 (outcome.summary.clone(), params, timing(&outcome)?)
             }
         };
-        if let Some(e) = err {
+        if let Some(e) = err.into_inner() {
             return Err(e);
         }
-        writer.finish(&summary, cfg, start.elapsed().as_secs_f64(), extra)?;
+        writer
+            .into_inner()
+            .finish(&summary, cfg, start.elapsed().as_secs_f64(), extra)?;
+        let _ = std::fs::remove_file(dir.join(CHECKPOINT));
         Ok(Finished { summary, params })
     }
 
@@ -171,10 +205,29 @@ impl Executor {
             .iter()
             .map(|&s| SeedMean::member_config(cfg, s))
             .collect();
+        // On a cluster, an unfinished group's checkpoint in `dir` is resumed from.
+        let resume = match self {
+            Self::InProcess => None,
+            Self::Cluster(_) => load_checkpoint(dir, cfg)?,
+        };
+        if let Some(c) = &resume {
+            tracing::warn!(
+                "{}: resuming from its checkpoint at step {}",
+                dir.display(),
+                c.step()
+            );
+        }
         let mut writers = seeds
             .iter()
             .zip(&configs)
-            .map(|(s, c)| MetricsWriter::create(&dir.join(format!("seed{s}")), c))
+            .enumerate()
+            .map(|(m, (s, c))| {
+                let d = dir.join(format!("seed{s}"));
+                match resume.as_ref().and_then(|r| r.rows.get(m)) {
+                    Some(&rows) => MetricsWriter::resume(&d, c, rows),
+                    None => MetricsWriter::create(&d, c),
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         let (summary, params, extra) = match self {
             Self::InProcess => {
@@ -186,16 +239,24 @@ impl Executor {
                 let mut c = c
                     .lock()
                     .map_err(|_| anyhow!("the cluster's lock is poisoned"))?;
-                let mut err = None;
-                let outcome = c.run(cfg, seeds, want_params, |member, row| {
-                    if member == 0 {
-                        tick(&row);
-                    }
-                    if let Err(e) = writers[member].write(&row) {
-                        err.get_or_insert(e);
-                    }
-                })?;
-                if let Some(e) = err {
+                let err = RefCell::new(None);
+                let shared = RefCell::new(&mut writers);
+                let outcome = c.run_checkpointed(
+                    cfg,
+                    seeds,
+                    want_params,
+                    resume.as_ref(),
+                    |member, row| {
+                        if member == 0 {
+                            tick(&row);
+                        }
+                        if let Err(e) = shared.borrow_mut()[member].write(&row) {
+                            err.borrow_mut().get_or_insert(e);
+                        }
+                    },
+                    |ck| save(dir, &mut shared.borrow_mut()[..], &ck, &err),
+                )?;
+                if let Some(e) = err.into_inner() {
                     return Err(e);
                 }
                 let params = match &outcome.params {
@@ -211,7 +272,25 @@ impl Executor {
         for (w, c) in writers.into_iter().zip(&configs) {
             w.finish(&summary, c, start.elapsed().as_secs_f64(), extra.clone())?;
         }
+        let _ = std::fs::remove_file(dir.join(CHECKPOINT));
         Ok(Finished { summary, params })
+    }
+}
+
+/// Saves checkpoint `c` in `dir` once `writers` hold every row it covers on disk; an error is
+/// kept in `err` (the run goes on; the experiment reports it at the end).
+fn save(
+    dir: &Path,
+    writers: &mut [MetricsWriter],
+    c: &Checkpoint,
+    err: &RefCell<Option<anyhow::Error>>,
+) {
+    let saved = writers
+        .iter_mut()
+        .try_for_each(MetricsWriter::sync)
+        .and_then(|_| crate::output::write_atomic_bytes(&dir.join(CHECKPOINT), &c.to_bytes()));
+    if let Err(e) = saved {
+        err.borrow_mut().get_or_insert(e);
     }
 }
 

@@ -182,7 +182,7 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
     let coordinator = || {
         Command::new(exe)
             .args(["sweep", "--listen", &addr, "--workers", "2", "--token", "t"])
-            .args(["--out", out.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap(), "--checkpoint-every", "10"])
             .args(&sweep)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -204,7 +204,6 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
                 .unwrap()
         })
         .collect();
-    // Kill it once a trial has finished.
     let start = Instant::now();
     let finished = |d: &std::path::Path| {
         let mut stack = vec![d.to_path_buf()];
@@ -221,10 +220,25 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
         }
         n
     };
-    while finished(&out) == 0 {
+    // Kill it once a trial has finished and another has saved a checkpoint mid-way.
+    let checkpointed = |d: &std::path::Path| {
+        let mut stack = vec![d.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.file_name().is_some_and(|f| f == "checkpoint.cbor") {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    while finished(&out) == 0 || !checkpointed(&out) {
         assert!(
             start.elapsed() < Duration::from_secs(120),
-            "no trial finished"
+            "no trial finished, or none saved a checkpoint"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -240,6 +254,16 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
     // The same command again: it resumes, and the same worker processes come back to it.
     let second = coordinator().wait_with_output().unwrap();
     assert!(second.status.success(), "{}", text(&second));
+    // The trial in progress went on from its checkpoint, not from step 0.
+    assert!(
+        text(&second).contains("resuming from its checkpoint at step"),
+        "{}",
+        text(&second)
+    );
+    assert!(
+        !checkpointed(&out),
+        "a checkpoint outlived its finished trial"
+    );
     for w in workers {
         let o = w.wait_with_output().unwrap();
         let t = text(&o);

@@ -2,9 +2,11 @@
 //!
 //! ```text
 //!   worker ──Join──────► wait until N joined ──► rank, world, peers, session, generation
-//!   worker ──Heartbeat─► last seen[rank] = now   ◄── monitor: silent > timeout ⇒ run aborted
-//!   worker ──NextTask──► (long poll) the current run, or Shutdown
-//!   worker ──Report────► rows (rank 0) and a summary per rank ──► Coordinator::run returns
+//!   worker ──Heartbeat─► last seen[worker] = now ◄── monitor: silent > timeout ⇒ run aborted
+//!                        (elastic: the next generation forms without it)
+//!   worker ──NextTask──► (long poll) the current run, Regroup, or Shutdown
+//!   worker ──Regroup───► (elastic, long poll) its place in the next generation
+//!   worker ──Report────► rows (rank 0), checkpoints, a summary per rank ──► run returns
 //! ```
 //!
 //! The membership rules are a plain state machine ([`Membership`]); the service wraps it with
@@ -54,8 +56,8 @@ pub struct CoordinatorConfig {
     /// Elastic runs: the fewest workers a generation may have (below it the run pauses);
     /// `workers` for a fixed cluster.
     pub min_workers: usize,
-    /// Elastic runs: the most workers a generation may have (late joiners beyond it are
-    /// refused); `workers` for a fixed cluster.
+    /// Elastic runs: the most workers a generation may have (a joiner beyond it waits for a
+    /// place); `workers` for a fixed cluster.
     pub max_workers: usize,
     /// How long an elastic run stays paused below `min_workers` before it stops.
     pub pause_timeout: Duration,
