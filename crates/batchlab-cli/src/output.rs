@@ -29,9 +29,7 @@ impl MetricsWriter {
     pub fn create(dir: &Path, config: &TrainConfig) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating output folder {}", dir.display()))?;
-        let text = toml::to_string_pretty(config).context("rendering the resolved config")?;
-        std::fs::write(dir.join("config.toml"), text)
-            .with_context(|| format!("writing {}/config.toml", dir.display()))?;
+        write_config(dir, config)?;
         let open = |name: &str| -> Result<BufWriter<File>> {
             let p = dir.join(name);
             Ok(BufWriter::new(
@@ -68,9 +66,7 @@ impl MetricsWriter {
         };
         keep("metrics.jsonl", rows)?;
         keep("metrics.csv", rows + 1)?;
-        let text = toml::to_string_pretty(config).context("rendering the resolved config")?;
-        std::fs::write(dir.join("config.toml"), text)
-            .with_context(|| format!("writing {}/config.toml", dir.display()))?;
+        write_config(dir, config)?;
         let open = |name: &str| -> Result<BufWriter<File>> {
             let p = dir.join(name);
             Ok(BufWriter::new(
@@ -134,6 +130,13 @@ impl MetricsWriter {
 /// then renamed over it.
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     write_atomic_bytes(path, text.as_bytes())
+}
+
+/// Writes the resolved config of a run into its folder.
+fn write_config(dir: &Path, config: &TrainConfig) -> Result<()> {
+    let text = toml::to_string_pretty(config).context("rendering the resolved config")?;
+    std::fs::write(dir.join("config.toml"), text)
+        .with_context(|| format!("writing {}/config.toml", dir.display()))
 }
 
 /// [`write_atomic`] for bytes.

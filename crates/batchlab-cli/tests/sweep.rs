@@ -5,6 +5,40 @@ mod common;
 
 use common::{batchlab, study_numbers, text};
 
+/// How many files named `name` lie under `dir`, at any depth.
+fn count_named(dir: &std::path::Path, name: &str) -> usize {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut n = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|f| f == name) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Every number the study in `got` wrote equals the one in `want`, file for file.
+fn assert_same_numbers(want: &std::path::Path, got: &std::path::Path) {
+    let (want, got) = (study_numbers(want), study_numbers(got));
+    let names = |v: &[(String, String)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&want), names(&got), "the same files");
+    let differing: Vec<&String> = want
+        .iter()
+        .zip(&got)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| &a.0)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "files differ from the local run's: {differing:?}"
+    );
+}
+
 #[test]
 fn a_sweep_measures_the_closed_form_critical_batch_and_resumes_without_rerunning() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,36 +239,9 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
         })
         .collect();
     let start = Instant::now();
-    let finished = |d: &std::path::Path| {
-        let mut stack = vec![d.to_path_buf()];
-        let mut n = 0;
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.file_name().is_some_and(|f| f == "summary.json") {
-                    n += 1;
-                }
-            }
-        }
-        n
-    };
+    let finished = |d: &std::path::Path| count_named(d, "summary.json");
     // Kill it once a trial has finished and another has saved a checkpoint mid-way.
-    let checkpointed = |d: &std::path::Path| {
-        let mut stack = vec![d.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.file_name().is_some_and(|f| f == "checkpoint.cbor") {
-                    return true;
-                }
-            }
-        }
-        false
-    };
+    let checkpointed = |d: &std::path::Path| count_named(d, "checkpoint.cbor") > 0;
     while finished(&out) == 0 || !checkpointed(&out) {
         assert!(
             start.elapsed() < Duration::from_secs(120),
@@ -274,19 +281,7 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
         finished(&out) > done_before,
         "the restarted sweep ran the rest"
     );
-    let (want, got) = (study_numbers(&local), study_numbers(&out));
-    let names = |v: &[(String, String)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&want), names(&got), "the same files");
-    let differing: Vec<&String> = want
-        .iter()
-        .zip(&got)
-        .filter(|(a, b)| a.1 != b.1)
-        .map(|(a, _)| &a.0)
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "files differ from the local run's: {differing:?}"
-    );
+    assert_same_numbers(&local, &out);
 }
 
 /// An elastic sweep (`--min-workers 2 --max-workers 3`: seed-mean groups, many runs on one
@@ -333,21 +328,7 @@ fn an_elastic_sweep_that_loses_and_gains_workers_writes_the_numbers_of_a_local_o
             .unwrap()
     };
     let mut workers: Vec<_> = (0..3).map(|_| worker()).collect();
-    let trials = |d: &std::path::Path| {
-        let mut stack = vec![d.to_path_buf()];
-        let mut n = 0;
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.file_name().is_some_and(|f| f == "summary.json") {
-                    n += 1;
-                }
-            }
-        }
-        n
-    };
+    let trials = |d: &std::path::Path| count_named(d, "summary.json");
     let start = Instant::now();
     let wait_trials = |n: usize| {
         while trials(&out) < n {
@@ -377,17 +358,5 @@ fn an_elastic_sweep_that_loses_and_gains_workers_writes_the_numbers_of_a_local_o
             assert!(w.wait().unwrap().success(), "worker {i}");
         }
     }
-    let (want, got) = (study_numbers(&local), study_numbers(&out));
-    let names = |v: &[(String, String)]| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&want), names(&got), "the same files");
-    let differing: Vec<&String> = want
-        .iter()
-        .zip(&got)
-        .filter(|(a, b)| a.1 != b.1)
-        .map(|(a, _)| &a.0)
-        .collect();
-    assert!(
-        differing.is_empty(),
-        "files differ from the local run's: {differing:?}"
-    );
+    assert_same_numbers(&local, &out);
 }
