@@ -5,6 +5,21 @@ mod common;
 
 use common::{batchlab, study_numbers, text};
 
+/// A short sweep's flags, run in one process into `dir/local`: the reference for the cluster
+/// tests below.
+fn local_sweep(dir: &std::path::Path) -> (Vec<&'static str>, std::path::PathBuf) {
+    let sweep: Vec<&str> = "--set task.dim=12 --batches 2,32 --seeds 2 --lr-grid 0.3:1.2:3 \
+                            --target-fraction 0.05 --steps 400 --probe-samples 2048"
+        .split_whitespace()
+        .collect();
+    let local = dir.join("local");
+    let mut a = vec!["sweep", "--out", local.to_str().unwrap()];
+    a.extend(&sweep);
+    let o = batchlab(&a);
+    assert!(o.status.success(), "{}", text(&o));
+    (sweep, local)
+}
+
 /// How many files named `name` lie under `dir`, at any depth.
 fn count_named(dir: &std::path::Path, name: &str) -> usize {
     let mut stack = vec![dir.to_path_buf()];
@@ -201,15 +216,7 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let exe = env!("CARGO_BIN_EXE_batchlab");
-    let sweep: Vec<&str> = "--set task.dim=12 --batches 2,32 --seeds 2 --lr-grid 0.3:1.2:3 \
-                            --target-fraction 0.05 --steps 400 --probe-samples 2048"
-        .split_whitespace()
-        .collect();
-    let local = dir.path().join("local");
-    let mut a = vec!["sweep", "--out", local.to_str().unwrap()];
-    a.extend(&sweep);
-    let o = batchlab(&a);
-    assert!(o.status.success(), "{}", text(&o));
+    let (sweep, local) = local_sweep(dir.path());
 
     let addr = format!("127.0.0.1:{}", common::free_port());
     let out = dir.path().join("cluster");
@@ -293,15 +300,7 @@ fn an_elastic_sweep_that_loses_and_gains_workers_writes_the_numbers_of_a_local_o
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let exe = env!("CARGO_BIN_EXE_batchlab");
-    let sweep: Vec<&str> = "--set task.dim=12 --batches 2,32 --seeds 2 --lr-grid 0.3:1.2:3 \
-                            --target-fraction 0.05 --steps 400 --probe-samples 2048"
-        .split_whitespace()
-        .collect();
-    let local = dir.path().join("local");
-    let mut a = vec!["sweep", "--out", local.to_str().unwrap()];
-    a.extend(&sweep);
-    let o = batchlab(&a);
-    assert!(o.status.success(), "{}", text(&o));
+    let (sweep, local) = local_sweep(dir.path());
 
     let addr = format!("127.0.0.1:{}", common::free_port());
     let out = dir.path().join("cluster");
