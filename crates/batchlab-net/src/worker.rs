@@ -1087,8 +1087,9 @@ async fn train_steps(
             match synced {
                 Ok(()) => {
                     needs_sync = false;
-                    if ctx.generation() > 1 {
-                        // The step in flight when the generation changed is redone from here.
+                    if ctx.generation() > 1 && run.version > 0 {
+                        // The step in flight when the generation changed is redone from here
+                        // (a run that starts in a later generation has nothing to say).
                         let m = &run.members[run.next].replica;
                         tracing::warn!(
                             rank = ctx.rank,
