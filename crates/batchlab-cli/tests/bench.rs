@@ -392,11 +392,7 @@ fn stress_mode_survives_workers_leaving_and_joining_and_loses_nothing() {
         .spawn()
         .unwrap();
     let worker = || {
-        Command::new(exe)
-            .args(["worker", "--coordinator", &addr, "--token", "t"])
-            .args(["--listen", "127.0.0.1:0", "--connect-timeout", "30"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+        common::worker(&addr, 30, &[])
             .stderr(Stdio::null())
             .spawn()
             .unwrap()

@@ -85,12 +85,7 @@ impl Elastic {
     fn add_worker(&mut self) {
         let n = self.workers.len();
         let log = std::fs::File::create(self.dir.path().join(format!("worker{n}.log"))).unwrap();
-        let w = Command::new(env!("CARGO_BIN_EXE_batchlab"))
-            .args(["worker", "--coordinator", &self.addr, "--token", "t"])
-            .args(["--listen", "127.0.0.1:0", "--inject-delay", DELAY])
-            .args(["--connect-timeout", "20"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+        let w = common::worker(&self.addr, 20, &["--inject-delay", DELAY])
             .stderr(log)
             .spawn()
             .unwrap();

@@ -234,12 +234,7 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
     // Slowed a little (2 ms a step) so that the kill lands between the first and last trial.
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            Command::new(exe)
-                .args(["worker", "--coordinator", &addr, "--token", "t"])
-                .args(["--listen", "127.0.0.1:0", "--connect-timeout", "60"])
-                .args(["--inject-delay", "2"])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
+            common::worker(&addr, 60, &["--inject-delay", "2"])
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -316,12 +311,7 @@ fn an_elastic_sweep_that_loses_and_gains_workers_writes_the_numbers_of_a_local_o
         .spawn()
         .unwrap();
     let worker = || {
-        Command::new(exe)
-            .args(["worker", "--coordinator", &addr, "--token", "t"])
-            .args(["--listen", "127.0.0.1:0", "--connect-timeout", "60"])
-            .args(["--inject-delay", "2"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+        common::worker(&addr, 60, &["--inject-delay", "2"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap()

@@ -56,3 +56,18 @@ pub fn study_numbers(dir: &std::path::Path) -> Vec<(String, String)> {
     files.sort();
     files
 }
+
+/// A `batchlab worker` command for the coordinator at `addr` with token `t`, listening on
+/// loopback, logging warnings, keeping to `connect_timeout` seconds, with `extra` flags; the
+/// caller sets its output and spawns it.
+#[allow(dead_code)]
+pub fn worker(addr: &str, connect_timeout: u64, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_batchlab"));
+    c.args(["worker", "--coordinator", addr, "--token", "t"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--connect-timeout", &connect_timeout.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    c
+}
