@@ -53,15 +53,17 @@ fn count_oversized(response: GrpcResponse) -> GrpcResponse {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    if header("grpc-status") == "11" && header("grpc-message").contains("too%20large")
-        || header("grpc-status") == "11" && header("grpc-message").contains("too large")
-    {
+    // Every response passes here: only an OUT_OF_RANGE one is looked at further (its message
+    // is percent-encoded).
+    if header("grpc-status") == "11" {
         let why = header("grpc-message").replace("%20", " ");
-        crate::refused::refuse(
-            crate::refused::Reason::Oversized,
-            "a gRPC client",
-            format!("a call was refused: {why}"),
-        );
+        if why.contains("too large") {
+            crate::refused::refuse(
+                crate::refused::Reason::Oversized,
+                "a gRPC client",
+                format!("a call was refused: {why}"),
+            );
+        }
     }
     response
 }
