@@ -731,4 +731,27 @@ fn bench_step_compares_overlap_off_and_on_side_by_side() {
     assert!(rows[1].split_whitespace().nth(1) == Some("on"), "{t}");
     let digest = |r: &str| r.split_whitespace().last().unwrap().to_string();
     assert_eq!(digest(rows[0]), digest(rows[1]));
+    // The goal line: the overlapped step over the larger of the computation (gradients and
+    // update) and the all-reduce of the run without overlap, from the table's own columns.
+    let col = |r: &str, i: usize| -> f64 { r.split_whitespace().nth(i).unwrap().parse().unwrap() };
+    let (off, on) = (rows[0], rows[1]);
+    let goal = (col(off, 3) + col(off, 6)).max(col(off, 4));
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("overlap goal, 2 workers:"))
+        .unwrap_or_else(|| panic!("no goal line: {t}"));
+    let printed: f64 = line
+        .split("= ")
+        .last()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expected = col(on, 2) / goal;
+    assert!(
+        (printed - expected).abs() <= 0.01 + 0.002 * expected,
+        "{printed} against {expected}: {t}"
+    );
 }

@@ -269,29 +269,49 @@ fn quantize(y: f64) -> i64 {
 /// Accumulators per lane: independent chains that the compiler keeps in vector registers.
 const LANES: usize = 8;
 
+/// Lane accumulators of `(Σ x², max |x|)`: independent chains that the compiler keeps in
+/// vector registers. Both passes below fold through them in the same order, so a gradient's
+/// stats have the same bits whether it was quantized or only measured.
+#[derive(Default)]
+struct NormMax {
+    sq: [f64; LANES],
+    mx: [f64; LANES],
+}
+
+impl NormMax {
+    #[inline(always)]
+    fn add(&mut self, lane: usize, x: f64) {
+        self.sq[lane] += x * x;
+        let a = x.abs();
+        // A select: a NaN leaves the max alone (it shows in `Σ x²` instead).
+        self.mx[lane] = if a > self.mx[lane] { a } else { self.mx[lane] };
+    }
+
+    /// `(Σ x², max |x|)`, NaN as the max when any `x` was NaN.
+    fn finish(&self) -> (f64, f64) {
+        let total: f64 = self.sq.iter().sum();
+        let max_abs = self.mx.iter().fold(0.0f64, |a, &b| a.max(b));
+        (total, if total.is_nan() { f64::NAN } else { max_abs })
+    }
+}
+
 /// One pass over a micro's gradient: `words += quantize(x·s)`, and `(Σ x², max |x|)` with NaN as
 /// the max when any `x` is NaN (a NaN makes `Σ x²` NaN, squares being non-negative otherwise).
 fn fused_pass(words: &mut [i64], xs: &[f64], s: f64) -> (f64, f64) {
-    let mut sq = [0.0f64; LANES];
-    let mut mx = [0.0f64; LANES];
+    let mut acc = NormMax::default();
     let mut wc = words.chunks_exact_mut(LANES);
     let mut xc = xs.chunks_exact(LANES);
     for (w, x) in (&mut wc).zip(&mut xc) {
         for k in 0..LANES {
-            sq[k] += x[k] * x[k];
-            let a = x[k].abs();
-            mx[k] = if a > mx[k] { a } else { mx[k] };
+            acc.add(k, x[k]);
             w[k] = w[k].wrapping_add(quantize(x[k] * s));
         }
     }
     for (w, &x) in wc.into_remainder().iter_mut().zip(xc.remainder()) {
-        sq[0] += x * x;
-        mx[0] = mx[0].max(x.abs());
+        acc.add(0, x);
         *w = w.wrapping_add(quantize(x * s));
     }
-    let total: f64 = sq.iter().sum();
-    let max_abs = mx.iter().fold(0.0f64, |a, &b| a.max(b));
-    (total, if total.is_nan() { f64::NAN } else { max_abs })
+    acc.finish()
 }
 
 /// `words[i] += round(xs[i] · 2^f)` (wrapping) at `scale`: the quantization of
@@ -305,10 +325,21 @@ pub fn add_quantized(words: &mut [i64], xs: &[f64], scale: FixedScale) {
     }
 }
 
-/// `(Σ x², max |x|)`, with NaN as the max when any `x` is NaN.
+/// `(Σ x², max |x|)`, with NaN as the max when any `x` is NaN: [`fused_pass`]'s stats without
+/// its words (and without a buffer for them: a multi-MiB zeroed allocation per step was a
+/// tenth of an overlapped step's computation).
 fn norm_and_max(xs: &[f64]) -> (f64, f64) {
-    let mut scratch = vec![0; xs.len()];
-    fused_pass(&mut scratch, xs, 0.0)
+    let mut acc = NormMax::default();
+    let mut xc = xs.chunks_exact(LANES);
+    for x in &mut xc {
+        for (k, &v) in x.iter().enumerate() {
+            acc.add(k, v);
+        }
+    }
+    for &x in xc.remainder() {
+        acc.add(0, x);
+    }
+    acc.finish()
 }
 
 /// `acc[i] ← acc[i] + x[i]` with wrapping: the one reduction operator of exact mode.
@@ -458,5 +489,30 @@ mod tests {
         let s = p.add_micro(0, &[f64::NAN, 1.0], stats(0.0), FixedScale::INITIAL);
         assert!(s.max_abs.is_nan());
         assert_eq!(MicroStats::measure(stats(0.0), &[-3.0, 2.0]).max_abs, 3.0);
+    }
+
+    #[test]
+    fn measuring_a_gradient_gives_the_stats_of_quantizing_it_bit_for_bit() {
+        // Lengths around the lane width (remainders included); values of mixed sign and
+        // magnitude, so the order of the sums shows in the last bits.
+        let mut r = rng(7, Stream::TrainSample, 0);
+        for len in [0, 1, 7, 8, 9, 63, 1001] {
+            let xs: Vec<f64> = (0..len)
+                .map(|_| r.random_range(-1.0..1.0) * 10f64.powi(r.random_range(-6..6)))
+                .collect();
+            let naive_sq: f64 = xs.iter().map(|x| x * x).sum();
+            let naive_max = xs.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+            let mut p = Packet::zeroed(len, 1);
+            let q = p.add_micro(0, &xs, stats(0.0), FixedScale::INITIAL);
+            let m = MicroStats::measure(stats(0.0), &xs);
+            assert_eq!(
+                q.grad_sum_sq.to_bits(),
+                m.grad_sum_sq.to_bits(),
+                "len {len}"
+            );
+            assert_eq!(q.max_abs.to_bits(), m.max_abs.to_bits(), "len {len}");
+            approx::assert_relative_eq!(m.grad_sum_sq, naive_sq, max_relative = 1e-12);
+            assert_eq!(m.max_abs, naive_max, "len {len}");
+        }
     }
 }
