@@ -269,8 +269,7 @@ fn quantize(y: f64) -> i64 {
 /// Accumulators per lane: independent chains that the compiler keeps in vector registers.
 const LANES: usize = 8;
 
-/// Lane accumulators of `(Σ x², max |x|)`: independent chains that the compiler keeps in
-/// vector registers. Both passes below fold through them in the same order, so a gradient's
+/// Lane accumulators of `(Σ x², max |x|)`. Both passes below fold through them in the same order, so a gradient's
 /// stats have the same bits whether it was quantized or only measured.
 #[derive(Default)]
 struct NormMax {
@@ -326,8 +325,8 @@ pub fn add_quantized(words: &mut [i64], xs: &[f64], scale: FixedScale) {
 }
 
 /// `(Σ x², max |x|)`, with NaN as the max when any `x` is NaN: [`fused_pass`]'s stats without
-/// its words (and without a buffer for them: a multi-MiB zeroed allocation per step was a
-/// tenth of an overlapped step's computation).
+/// its words, and without a buffer for them (it was a zeroed allocation of the gradient's size,
+/// page-faulted in on every overlapped step).
 fn norm_and_max(xs: &[f64]) -> (f64, f64) {
     let mut acc = NormMax::default();
     let mut xc = xs.chunks_exact(LANES);
