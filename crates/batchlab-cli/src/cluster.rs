@@ -259,6 +259,7 @@ impl ReduceArgs {
 
 /// Flags of `batchlab run`.
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| a.help("Output folder for config.toml, metrics.jsonl, metrics.csv, summary.json (and checkpoint.cbor while it runs). Default: runs/run-{task}-B{batch}-lr{lr}-s{seed}")))]
 pub struct RunArgs {
     #[command(flatten)]
     train: TrainArgs,
@@ -271,6 +272,7 @@ pub struct RunArgs {
 
 /// Flags of `batchlab coordinator`.
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| a.help("Output folder for the cluster's run: config.toml, metrics.jsonl, metrics.csv, summary.json (and checkpoint.cbor while it runs). Default: runs/run-{task}-B{batch}-lr{lr}-s{seed}")))]
 pub struct CoordinatorArgs {
     #[command(flatten)]
     train: TrainArgs,
@@ -944,6 +946,7 @@ pub fn run_local(p: &Prepared, workers: usize, reduce: &ReduceArgs) -> Result<Ru
 
 /// Flags of `batchlab bench step`.
 #[derive(Args, Debug)]
+#[command(mut_arg("out", |a| a.help("Output folder: one run folder per worker count (w{N}/, w{N}-overlap/). Default: runs/bench-step-{task}-B{batch}-lr{lr}-s{seed}")))]
 pub struct BenchStepArgs {
     /// The run to time; defaults to a 784-256-256-10 MLP on teacher data, B = 256 in 8
     /// microbatches, 30 steps, no evaluation. Any train flag overrides it.

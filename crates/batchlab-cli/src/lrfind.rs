@@ -1,13 +1,13 @@
 //! `batchlab lr-find`: the learning-rate finder. The rate rises exponentially every step; `α*`
 //! is the largest rate before the loss blows up, and `2/α*` (for SGD) estimates the sharpness
-//! `λ_max`, printed beside the power iteration's `λ_max` at `θ₀`. The rule and its lag are in
+//! `λ_max`, printed beside the Lanczos `λ_max` (and `λ_min`) at `θ₀`. The rule and its lag are in
 //! `batchlab_lab::lrfind`.
 //!
 //! ```text
 //!   OUT/seed{s}/      the ramp run of sampler seed s: config.toml, metrics.*, summary.json
 //!   OUT/lr_find.csv   seed, step, lr, loss, smoothed_loss: the loss after the step at lr
 //!   OUT/lr_find.json  α*, the suggested rate, the λ_max estimates, per-seed results, settings
-//!   OUT/report.html   loss against the rate, α*, the edge from the power iteration, suggestion
+//!   OUT/report.html   loss against the rate, α*, the edge from the Lanczos λ_max, suggestion
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ use crate::train::TrainArgs;
 /// Flags of `batchlab lr-find`.
 #[derive(Args, Debug)]
 #[command(after_long_help = LR_FIND_HELP)]
+#[command(mut_arg("out", |a| a.help("Output folder: lr_find.csv, lr_find.json, report.html and each ramp's metrics (seed{s}/). Default: runs/lr-find-{task}")))]
 pub struct LrFindArgs {
     /// The run (task, optimizer, batch): every train flag applies, but the ramp replaces
     /// --lr, --lr-scaling, --steps, --target-loss and the whole schedule.
@@ -65,8 +66,8 @@ of the step before. Suggested rate: α*/10.
 
 Outputs (in --out, default runs/lr-find-{task}):
   lr_find.csv    seed, step, lr, loss, smoothed_loss
-  lr_find.json   α*, suggestion, 2/α*, power-iteration λ_max, per-seed results, settings
-  report.html    loss vs rate (log-log) with α*, the power iteration's edge and the suggestion
+  lr_find.json   α*, suggestion, 2/α*, λ_max and λ_min at θ₀ (Lanczos), per-seed results, settings
+  report.html    loss vs rate (log-log) with α*, the Lanczos λ_max's edge and the suggestion
   seed{s}/       each ramp's config.toml, metrics.csv, metrics.jsonl, summary.json
 
 Examples:
@@ -125,8 +126,12 @@ struct LrFindDoc {
     /// The optimizer's stability edge solved for `λ_max` (`2/α*` for SGD).
     edge_formula: String,
     edge_lambda_max: Option<f64>,
-    /// `λ_max` at `θ₀` by power iteration.
+    /// `λ_max` at `θ₀`, the largest algebraic Hessian eigenvalue, by the Lanczos method (the
+    /// key keeps its name from when power iteration measured it).
     lambda_max_power: Option<f64>,
+    /// `λ_min` at `θ₀`, the most negative Hessian eigenvalue, by the same Lanczos run.
+    #[serde(default)]
+    lambda_min: Option<f64>,
     /// The rate at which the optimizer's edge lies for `lambda_max_power`.
     edge_rate_power: Option<f64>,
     /// `edge_lambda_max / lambda_max_power`.
@@ -227,8 +232,9 @@ pub fn run(args: LrFindArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("runs/lr-find-{task}")));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let power = plan.replica().sharpness(&mut Scratch::new());
-    let lambda_power = power.is_finite().then_some(power);
+    let ends = plan.replica().spectrum_ends(&mut Scratch::new());
+    let lambda_power = ends.top.is_finite().then_some(ends.top);
+    let lambda_min = ends.bottom.is_finite().then_some(ends.bottom);
     let rule = Rule::for_ramp(
         ramp.config().steps,
         lrfind::optimizer_memory(&cfg.optimizer),
@@ -311,8 +317,16 @@ pub fn run(args: LrFindArgs) -> Result<()> {
         edge_formula: edge_formula.to_string(),
         edge_lambda_max: edge_lambda,
         lambda_max_power: lambda_power,
-        // The edge formulas are C/x both ways: the rate for a sharpness is the same formula.
-        edge_rate_power: lambda_power.map(|l| lrfind::edge_sharpness(l, &cfg.optimizer).1),
+        lambda_min,
+        // The optimizer's own edge for that sharpness (coupled weight decay included); Adam's
+        // depends on its preconditioner: plain GD's 2/λ as a reference.
+        edge_rate_power: lambda_power.map(|l| {
+            cfg.optimizer
+                .build(0)
+                .ok()
+                .and_then(|o| o.stable_lr(l))
+                .unwrap_or(2.0 / l)
+        }),
         ratio: edge_lambda.zip(lambda_power).map(|(e, p)| e / p),
         quadratic_lag: lrfind::quadratic_lag(ramp.ratio(), rule.factor(), 0.5),
         loss_source: source,
@@ -423,7 +437,11 @@ fn summary_lines(doc: &LrFindDoc) -> Vec<String> {
             )
         });
         if let Some(p) = doc.lambda_max_power {
-            lines.push(format!("power iteration at θ₀: λ_max = {}", num(p)));
+            lines.push(format!(
+                "Lanczos at θ₀: λ_max = {}, λ_min = {}",
+                num(p),
+                opt_num(doc.lambda_min)
+            ));
         }
         return lines;
     };
@@ -439,16 +457,17 @@ fn summary_lines(doc: &LrFindDoc) -> Vec<String> {
         est += &format!(", {} = {}", doc.edge_formula, opt_num(doc.edge_lambda_max));
     }
     est += &format!(
-        "; power iteration at θ₀: λ_max = {}",
-        opt_num(doc.lambda_max_power)
+        "; Lanczos at θ₀: λ_max = {} (λ_min = {})",
+        opt_num(doc.lambda_max_power),
+        opt_num(doc.lambda_min)
     );
     if let Some(r) = doc.ratio {
-        est += &format!("; ratio {} / power = {r:.3}", doc.edge_formula);
+        est += &format!("; ratio {} / Lanczos = {r:.3}", doc.edge_formula);
     }
     lines.push(est);
     if let Some(first) = doc.seeds.iter().find_map(|r| r.sharpness_near_alpha) {
         lines.push(format!(
-            "power iteration during the ramp (sharpness_every), seed {}: λ_max = {} at step {} \
+            "Lanczos during the ramp (sharpness_every), seed {}: λ_max = {} at step {} \
              (η = {}, 2/η = {}), the last measurement up to α*",
             doc.seeds
                 .iter()
@@ -497,8 +516,12 @@ fn render(dir: &Path, doc: &LrFindDoc, rows: &[CsvRow]) -> Result<PathBuf> {
         marks.push((a, format!("α* = {}", num(a))));
     }
     if let Some(rate) = doc.edge_rate_power {
-        // λ_p: the power iteration's λ_max at θ₀ (legend entries are short).
-        let formula = doc.edge_formula.replace("α*", "λ_p");
+        // λ_p: the Lanczos λ_max at θ₀ (legend entries are short).
+        // The edge's rate for λ_p: with coupled weight decay the optimizer sees λ_p + wd.
+        let formula = match doc.edge_formula.strip_suffix(" − wd") {
+            Some(f) => f.replace("α*", "(λ_p + wd)"),
+            None => doc.edge_formula.replace("α*", "λ_p"),
+        };
         marks.push((rate, format!("{formula} = {}", num(rate))));
     }
     if let Some(s) = doc.suggestion {
@@ -506,8 +529,8 @@ fn render(dir: &Path, doc: &LrFindDoc, rows: &[CsvRow]) -> Result<PathBuf> {
     }
     let plot = report::loss_vs_rate(&curves, &marks);
     let text = summary_lines(doc).join("\n\n")
-        + "\n\nThe loss after each step is plotted against that step's rate; λ_p is the power \
-           iteration's λ_max at θ₀, and the line it marks is where the edge would lie if the \
+        + "\n\nThe loss after each step is plotted against that step's rate; λ_p is the Lanczos \
+           λ_max at θ₀, and the line it marks is where the edge would lie if the \
            sharpness stayed λ_p (on a quadratic α* lies one ramp lag above it). Blow-up: the \
            running median of the loss exceeds 4× its smallest value at rates at least half the \
            current one (or a loss is not finite, or the run stopped on its own divergence \

@@ -40,7 +40,7 @@ enum Command {
     /// Batch-size sweep: steps and samples to a target, the critical batch size, the noise scale.
     Sweep(sweep::SweepArgs),
     /// Learning-rate finder: ramp the rate exponentially, find α* (the largest rate before the
-    /// loss blows up), and report λ_max ≈ 2/α* beside the power iteration's λ_max.
+    /// loss blows up), and report λ_max ≈ 2/α* beside the Lanczos λ_max at θ₀.
     LrFind(lrfind::LrFindArgs),
     /// Warmup stability grid: peak rate (× 2/λ_max at θ₀) × warmup length × shape × momentum.
     Warmup(warmup::WarmupArgs),

@@ -30,6 +30,7 @@ use crate::train::{Prepared, TrainArgs};
 /// Flags of `batchlab sweep`.
 #[derive(Args, Debug)]
 #[command(after_long_help = SWEEP_HELP)]
+#[command(mut_arg("out", |a| a.help("The study's folder: study.json, one folder per batch size and trial, trials.csv, trials.json, analysis.json, report.html. Default: runs/sweep-{task}-{lr-policy}")))]
 pub struct SweepArgs {
     /// The base run (task, optimizer, schedule, step budget): every train flag applies.
     #[command(flatten)]
@@ -69,7 +70,8 @@ pub struct SweepArgs {
     #[arg(long, default_value = "mean")]
     target_on: String,
     /// Samples of the noise probe at the end of every trial that reaches the target (64
-    /// microbatches × 16 batches; 0 = no probe, B_simple from the training-time EMA).
+    /// microbatches × 16 batches; 0 = no probe, B_simple from the training-time EMA, which
+    /// lags and reads low on short runs: a warning says so).
     #[arg(long, default_value_t = 65536)]
     probe_samples: u64,
     /// Parallel trials in this process (default: the number of cores).
@@ -326,8 +328,13 @@ fn probe(
     let (reps, num_micro) = (16usize, 64usize);
     let micro = (sweep.probe_samples / (reps * num_micro) as u64).max(1);
     let p = batchlab_core::train::noise_probe(task, params, seed, micro, num_micro, reps);
-    let exact = task.closed_form().map(|c| c.b_simple(params));
-    let doc = serde_json::json!({ "probe": p, "b_simple_exact": exact });
+    // The closed form, or on a finite training set one pass of per-sample gradients.
+    let exact = batchlab_core::train::exact_noise(task, params);
+    let doc = serde_json::json!({
+        "probe": p,
+        "b_simple_exact": exact.map(|e| e.b_simple),
+        "exact": exact,
+    });
     crate::output::write_atomic(
         &dir.join("probe.json"),
         &(serde_json::to_string_pretty(&doc)? + "\n"),
@@ -474,6 +481,13 @@ pub fn run(args: SweepArgs) -> Result<()> {
         out = %sweep.out.display(),
         "sweep"
     );
+    if sweep.probe_samples == 0 {
+        tracing::warn!(
+            "--probe-samples 0: B_simple near the target is the training-time EMA, which lags \
+             (on a short run it still averages in early steps of larger |G|², so it reads low); \
+             a probe at each trial's final parameters measures it there"
+        );
+    }
     let exec = Executor::start(&args.exec)?;
     let result = run_searches(&args, &sweep, &exec);
     exec.close(result.as_ref().err());

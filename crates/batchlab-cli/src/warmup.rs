@@ -2,7 +2,7 @@
 //! momentum), planned and analysed by `batchlab_lab::warmup`, executed here.
 //!
 //! ```text
-//!   base config ──► λ_max(θ₀) by power iteration ──► unit 2/λ_max(θ₀) (or --lr), target
+//!   base config ──► λ_max(θ₀) by Lanczos ──► unit 2/λ_max(θ₀) (or --lr), target
 //!        │
 //!   Grid::cells ──► queue ──► --jobs threads: cached? else the executor ──► run folder
 //!                                             read back summary + metrics.csv ──► CellRecord
@@ -46,6 +46,7 @@ use crate::train::{Prepared, TrainArgs};
 /// Flags of `batchlab warmup`.
 #[derive(Args, Debug)]
 #[command(after_long_help = WARMUP_HELP)]
+#[command(mut_arg("out", |a| a.help("The study's folder: study.json, runs/ (one folder per run), cells.csv, cells.json, analysis.json, report.html. Default: runs/warmup-{task}")))]
 pub struct WarmupArgs {
     /// The base run (task, batch, step budget, schedule decay): every train flag applies.
     #[command(flatten)]
@@ -392,7 +393,7 @@ pub fn run(args: WarmupArgs) -> Result<()> {
 
 fn print_reference(s: &Study) {
     let r = &s.reference;
-    print!("λ_max(θ₀) = {:.4e} (power iteration)", r.lambda_max);
+    print!("λ_max(θ₀) = {:.4e} (Lanczos)", r.lambda_max);
     if r.lambda_max > 0.0 {
         print!(": 2/λ_max = {:.4e}", 2.0 / r.lambda_max);
         for &mu in s.grid.momenta.iter().filter(|&&m| m > 0.0) {

@@ -1,5 +1,5 @@
 //! Experiments other than the batch-size sweep, as a user runs them, checked against closed
-//! forms from science.md: `batchlab warmup`.
+//! forms from docs/science.md: `batchlab warmup`.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The α-β cost model of `shared/science.md` and the byte counts of plans.
+//! The α-β cost model of `docs/science.md#alpha-beta-model` and the byte counts of plans.
 
 use crate::algorithms::ceil_log2;
 use crate::{Algorithm, Op, Plan};

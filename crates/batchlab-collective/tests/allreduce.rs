@@ -1,5 +1,5 @@
 //! Every algorithm against the naive sum, the plan contract, and the closed forms of
-//! `shared/science.md` (step counts, bytes per rank, α-β times).
+//! `docs/science.md#all-reduce` (step counts, bytes per rank, α-β times).
 
 use std::ops::Range;
 

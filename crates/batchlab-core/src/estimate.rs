@@ -1,14 +1,16 @@
 //! Estimators: gradient noise scale and sharpness.
 //!
-//! All formulas are those of `science.md`; symbols: `b` a small batch (a microbatch, a worker's
-//! shard), `B` the global batch, `|g_b|²` the squared norm of a `b`-sample mean gradient,
-//! `E|g_b|² = |G|² + tr Σ / b`.
+//! All formulas are those of `docs/science.md`; symbols: `b` a small batch (a microbatch, a
+//! worker's shard), `B` the global batch, `|g_b|²` the squared norm of a `b`-sample mean
+//! gradient, `E|g_b|² = |G|² + tr Σ · κ(b)` with `κ(b) = 1/b` on an infinite stream and
+//! `(N − b)/(b(N − 1))` without replacement from `N` samples ([`kappa`]).
 //!
 //! - [`two_batch`]: the unbiased two-size estimates of `|G|²` and `tr Σ` at one step.
 //! - [`NoiseScaleEma`]: `B_simple` as a ratio of two bias-corrected EMAs.
 //! - [`regress_noise`]: least squares of `|g_j|²` on `1/b_j` for groups of several sizes, and
 //!   [`PrefixNorms`], which records the nested prefix norms of one global batch for it.
-//! - [`power_iteration`] / [`top_eigenvalue`]: sharpness from Hessian-vector products.
+//! - [`lanczos_extremes`]: sharpness `λ_max` and the most negative eigenvalue `λ_min` from
+//!   Hessian-vector products; [`power_iteration`] / [`top_eigenvalue`], the simpler methods.
 //!
 //! ```text
 //!   |g_b|²  ^
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vec::{dot, norm_sq, scale};
 
-/// Two-batch estimates at one step (science.md, McCandlish et al. 2018 appendix A).
+/// Two-batch estimates at one step (docs/science.md#two-batch-estimator, McCandlish et al. 2018 appendix A).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TwoBatch {
     /// Unbiased estimate of `|G|²`.
@@ -39,31 +41,81 @@ impl TwoBatch {
     }
 }
 
-/// `|G|²_est` and `S_est` from the small-batch mean squared norm `small_sq` at size `b` and the
-/// big-batch squared norm `big_sq` at size `big_b`:
+/// `κ(b)`, the factor of `tr Σ` in `E|g_b|² = |G|² + tr Σ · κ(b)` for a `b`-sample mean
+/// gradient (`docs/science.md#finite-data`):
 ///
 /// ```text
-///   |G|²_est = (B |g_B|² − b |g_b|²) / (B − b)
-///   S_est    = (|g_b|² − |g_B|²) / (1/b − 1/B)
+///   infinite stream (population None):            κ(b) = 1/b
+///   without replacement from N samples (Some(N)):  κ(b) = (N − b) / (b (N − 1))
 /// ```
 ///
-/// Both are unbiased (for any `0 < b < B`); their single-step ratio is very noisy, so feed them
-/// to a [`NoiseScaleEma`] rather than dividing them.
+/// with `Σ` the population covariance (divisor `N`) of the per-sample gradients. `κ(N) = 0`:
+/// a batch of the whole training set is its exact gradient. NaN for `b ≤ 0` or `b > N` (a
+/// batch larger than the training set repeats samples; no estimate is made from it).
+pub fn kappa(b: f64, population: Option<u64>) -> f64 {
+    match population {
+        None => 1.0 / b,
+        Some(n) => {
+            let n = n as f64;
+            if !(b > 0.0 && b <= n) {
+                f64::NAN
+            } else if n <= 1.0 {
+                0.0
+            } else {
+                (n - b) / (b * (n - 1.0))
+            }
+        }
+    }
+}
+
+/// `|G|²_est` and `S_est` from the small-batch mean squared norm `small_sq` at size `b` and the
+/// big-batch squared norm `big_sq` at size `big_b`, samples drawn from `population`
+/// (`None`: an infinite stream; `Some(N)`: without replacement from `N` samples):
 ///
-/// Requires `0 < b < big_b`. When that does not hold (for instance a global batch of a single
-/// microbatch, where no two sizes exist) both fields are NaN. This is deliberately not a panic:
-/// such a configuration is legitimate, it just has no noise estimate, and
-/// [`NoiseScaleEma::update`] skips non-finite estimates.
-pub fn two_batch(b: f64, small_sq: f64, big_b: f64, big_sq: f64) -> TwoBatch {
+/// ```text
+///   |G|²_est = (κ(b) |g_B|² − κ(B) |g_b|²) / (κ(b) − κ(B))
+///   S_est    = (|g_b|² − |g_B|²) / (κ(b) − κ(B))
+/// ```
+///
+/// with [`kappa`]; on a stream `κ(b) = 1/b` and these are McCandlish et al.'s
+/// `(B|g_B|² − b|g_b|²)/(B − b)` and `(|g_b|² − |g_B|²)/(1/b − 1/B)`. Both are unbiased (for any
+/// `0 < b < B`, `B ≤ N`; `docs/science.md#finite-data`); their single-step ratio is very noisy,
+/// so feed them to a [`NoiseScaleEma`] rather than dividing them.
+///
+/// Requires `0 < b < big_b` (and `big_b ≤ N`). When that does not hold (for instance a global
+/// batch of a single microbatch, where no two sizes exist, or a batch larger than the training
+/// set) both fields are NaN. This is deliberately not a panic: such a configuration is
+/// legitimate, it just has no noise estimate, and [`NoiseScaleEma::update`] skips non-finite
+/// estimates.
+pub fn two_batch(
+    b: f64,
+    small_sq: f64,
+    big_b: f64,
+    big_sq: f64,
+    population: Option<u64>,
+) -> TwoBatch {
+    let nan = TwoBatch {
+        g2: f64::NAN,
+        trace_sigma: f64::NAN,
+    };
     if !(b > 0.0 && b < big_b) {
+        return nan;
+    }
+    let Some(n) = population else {
+        // The stream's formulas in McCandlish et al.'s arithmetic.
         return TwoBatch {
-            g2: f64::NAN,
-            trace_sigma: f64::NAN,
+            g2: (big_b * big_sq - b * small_sq) / (big_b - b),
+            trace_sigma: (small_sq - big_sq) / (1.0 / b - 1.0 / big_b),
         };
+    };
+    let (k_small, k_big) = (kappa(b, Some(n)), kappa(big_b, Some(n)));
+    let d = k_small - k_big;
+    if !(d > 0.0 && d.is_finite()) {
+        return nan;
     }
     TwoBatch {
-        g2: (big_b * big_sq - b * small_sq) / (big_b - b),
-        trace_sigma: (small_sq - big_sq) / (1.0 / b - 1.0 / big_b),
+        g2: (k_small * big_sq - k_big * small_sq) / d,
+        trace_sigma: (small_sq - big_sq) / d,
     }
 }
 
@@ -182,7 +234,7 @@ pub struct NoiseRegression {
 }
 
 /// Least squares of `|g_j|²` (`sq_norms`) on `1/b_j` (`inv_sizes`), weighted by `b_j`:
-/// intercept `|G|²`, slope `tr Σ` (science.md, groups of unequal sizes).
+/// intercept `|G|²`, slope `tr Σ` (docs/science.md#regression).
 ///
 /// **Weights.** For Gaussian gradient noise
 /// `Var |g_b|² = 4 GᵀΣG / b + 2 tr(Σ²) / b²`: smaller groups are noisier. The weight `w_j = b_j`
@@ -302,6 +354,7 @@ pub fn nested_prefix_sizes(num_micro: usize) -> Vec<usize> {
 pub struct PrefixNorms {
     sum: Vec<f64>,
     micro_size: usize,
+    population: Option<u64>,
     sizes: Vec<usize>,
     norms: Vec<f64>,
     fed: usize,
@@ -319,10 +372,19 @@ impl PrefixNorms {
         Self {
             sum: vec![0.0; dim],
             micro_size,
+            population: None,
             norms: Vec::with_capacity(sizes.len()),
             sizes,
             fed: 0,
         }
+    }
+
+    /// The same accumulator for samples drawn without replacement from `population` samples
+    /// (`None`: an infinite stream): [`regression`](Self::regression) then regresses on
+    /// [`kappa`] instead of `1/b`.
+    pub fn with_population(mut self, population: Option<u64>) -> Self {
+        self.population = population;
+        self
     }
 
     /// Adds the next microbatch's gradient sum.
@@ -366,14 +428,24 @@ impl PrefixNorms {
         &self.sum
     }
 
-    /// [`regress_noise`] over the recorded points (sizes in samples). Its standard errors are
-    /// only indicative: nested prefixes share samples, so the points are correlated.
+    /// [`regress_noise`] over the recorded points (sizes in samples): `|g_b|²` on `κ(b)`
+    /// ([`kappa`]: `1/b` on a stream), weighted by `b`. Its standard errors are only
+    /// indicative: nested prefixes share samples, so the points are correlated.
     pub fn regression(&self) -> NoiseRegression {
-        let inv: Vec<f64> = self.sizes[..self.norms.len()]
+        let sizes = &self.sizes[..self.norms.len()];
+        let Some(n) = self.population else {
+            let inv: Vec<f64> = sizes
+                .iter()
+                .map(|&k| 1.0 / (k * self.micro_size) as f64)
+                .collect();
+            return regress_noise(&inv, &self.norms);
+        };
+        let b: Vec<f64> = sizes
             .iter()
-            .map(|&k| 1.0 / (k * self.micro_size) as f64)
+            .map(|&k| (k * self.micro_size) as f64)
             .collect();
-        regress_noise(&inv, &self.norms)
+        let x: Vec<f64> = b.iter().map(|&b| kappa(b, Some(n))).collect();
+        regress_noise_weighted(&x, &self.norms, &b)
     }
 
     /// Clears the accumulator for the next step (keeps the allocation).
@@ -487,6 +559,143 @@ pub fn top_eigenvalue(
     }
 }
 
+/// The two ends of a symmetric operator's spectrum, from [`lanczos_extremes`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpectrumEnds {
+    /// The largest algebraic eigenvalue `λ_max` (the sharpness).
+    pub top: f64,
+    /// The smallest algebraic eigenvalue `λ_min` (negative where the loss is not convex).
+    pub bottom: f64,
+    /// Operator products used.
+    pub iterations: usize,
+    /// Whether both ends settled to the tolerance (or the Krylov space closed exactly).
+    pub converged: bool,
+}
+
+/// Largest and smallest eigenvalues of a symmetric `n × n` tridiagonal matrix (`diag` of
+/// length `k`, `off` of length `k − 1`), by bisection on Sturm counts to full precision.
+fn tridiagonal_extremes(diag: &[f64], off: &[f64]) -> (f64, f64) {
+    // Gershgorin bounds hold every eigenvalue.
+    let k = diag.len();
+    let radius = |i: usize| {
+        let l = if i > 0 { off[i - 1].abs() } else { 0.0 };
+        let r = if i + 1 < k { off[i].abs() } else { 0.0 };
+        l + r
+    };
+    let lo = (0..k)
+        .map(|i| diag[i] - radius(i))
+        .fold(f64::INFINITY, f64::min);
+    let hi = (0..k)
+        .map(|i| diag[i] + radius(i))
+        .fold(f64::NEG_INFINITY, f64::max);
+    // Number of eigenvalues below `x`: the negative pivots of the LDLᵀ factorisation of T − xI.
+    let below = |x: f64| {
+        let mut count = 0;
+        let mut d = 1.0;
+        for i in 0..k {
+            let b2 = if i > 0 { off[i - 1] * off[i - 1] } else { 0.0 };
+            d = diag[i] - x - if i > 0 { b2 / d } else { 0.0 };
+            if d == 0.0 {
+                d = -f64::EPSILON * (hi - lo).abs().max(f64::MIN_POSITIVE);
+            }
+            if d < 0.0 {
+                count += 1;
+            }
+        }
+        count
+    };
+    // The `j`-th smallest eigenvalue (0-based): the smallest x with more than j below it.
+    let nth = |j: usize| {
+        let (mut a, mut b) = (lo, hi);
+        for _ in 0..200 {
+            let m = 0.5 * (a + b);
+            if m <= a || m >= b {
+                break;
+            }
+            if below(m) > j { b = m } else { a = m }
+        }
+        0.5 * (a + b)
+    };
+    (nth(k - 1), nth(0))
+}
+
+/// Both ends of the spectrum of a symmetric operator `hvp(v, out)` by the Lanczos method from
+/// `v0` (see `docs/science.md#sharpness`).
+///
+/// Step `j` extends the Krylov basis by one product, `w = A v_j − β_{j−1} v_{j−1} − α_j v_j`,
+/// and the extreme eigenvalues of the tridiagonal `T_j` (the Ritz values) approach `λ_max`
+/// and `λ_min` from inside, both at once, far faster than power iteration (whose error shrinks
+/// like `(λ₂/λ₁)^{2k}` and which finds the eigenvalue of largest **magnitude**, a negative one
+/// on a non-convex loss). No reorthogonalisation is done: in floating point the basis loses
+/// orthogonality and copies of converged Ritz values appear, which leaves the extremes right.
+/// It stops when both ends changed by at most `rel_tol` times the spectrum's width in one
+/// step, when the Krylov space closes (`β_j = 0`: the ends are exact), or after `max_iter`
+/// products. A zero or non-finite `v0` (or `max_iter = 0`) gives NaN ends.
+pub fn lanczos_extremes(
+    mut hvp: impl FnMut(&[f64], &mut [f64]),
+    v0: Vec<f64>,
+    max_iter: usize,
+    rel_tol: f64,
+) -> SpectrumEnds {
+    let nan = SpectrumEnds {
+        top: f64::NAN,
+        bottom: f64::NAN,
+        iterations: 0,
+        converged: false,
+    };
+    let n = v0.len();
+    let mut v = v0;
+    let norm = norm_sq(&v).sqrt();
+    if !(norm > 0.0 && norm.is_finite()) || max_iter == 0 {
+        return nan;
+    }
+    scale(1.0 / norm, &mut v);
+    let mut prev = vec![0.0; n];
+    let mut w = vec![0.0; n];
+    let (mut diag, mut off) = (Vec::new(), Vec::new());
+    let mut beta_prev = 0.0;
+    let mut ends = (f64::NAN, f64::NAN);
+    for it in 1..=max_iter.min(n.max(1)) {
+        hvp(&v, &mut w);
+        crate::vec::axpy(-beta_prev, &prev, &mut w);
+        let alpha = dot(&v, &w);
+        crate::vec::axpy(-alpha, &v, &mut w);
+        let beta = norm_sq(&w).sqrt();
+        if !(alpha.is_finite() && beta.is_finite()) {
+            return SpectrumEnds {
+                iterations: it,
+                ..nan
+            };
+        }
+        diag.push(alpha);
+        let next = tridiagonal_extremes(&diag, &off);
+        let width = (next.0 - next.1).abs().max(next.0.abs()).max(next.1.abs());
+        let settled =
+            it > 1 && (next.0 - ends.0).abs().max((next.1 - ends.1).abs()) <= rel_tol * width;
+        ends = next;
+        let closed = beta <= 1e-14 * width.max(f64::MIN_POSITIVE);
+        if settled || closed || it == n {
+            return SpectrumEnds {
+                top: ends.0,
+                bottom: ends.1,
+                iterations: it,
+                converged: true,
+            };
+        }
+        off.push(beta);
+        std::mem::swap(&mut prev, &mut v);
+        std::mem::swap(&mut v, &mut w);
+        scale(1.0 / beta, &mut v);
+        beta_prev = beta;
+    }
+    SpectrumEnds {
+        top: ends.0,
+        bottom: ends.1,
+        iterations: max_iter,
+        converged: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,24 +753,49 @@ mod tests {
     fn two_batch_inverts_exact_expectations() {
         let (g2, tr) = (3.0, 50.0);
         let (b, big) = (4.0, 64.0);
-        let est = two_batch(b, g2 + tr / b, big, g2 + tr / big);
+        let est = two_batch(b, g2 + tr / b, big, g2 + tr / big, None);
         assert_relative_eq!(est.g2, g2, max_relative = 1e-12);
         assert_relative_eq!(est.trace_sigma, tr, max_relative = 1e-12);
     }
 
+    /// Without replacement from `N = 64`: the estimators invert `|G|² + tr Σ·κ(b)` exactly,
+    /// `κ(N) = 0`, and the stream's formulas applied to the same norms are off by the factor.
+    #[test]
+    fn two_batch_on_finite_data_inverts_the_finite_population_expectations() {
+        let (g2, tr, n) = (3.0, 50.0, 64u64);
+        assert_eq!(kappa(64.0, Some(n)), 0.0);
+        assert_relative_eq!(
+            kappa(4.0, Some(n)),
+            60.0 / (4.0 * 63.0),
+            max_relative = 1e-15
+        );
+        assert_eq!(kappa(4.0, None), 0.25);
+        assert!(kappa(65.0, Some(n)).is_nan() && kappa(0.0, Some(n)).is_nan());
+        for (b, big) in [(4.0, 64.0), (1.0, 16.0), (8.0, 32.0)] {
+            let e = |x: f64| g2 + tr * kappa(x, Some(n));
+            let est = two_batch(b, e(b), big, e(big), Some(n));
+            assert_relative_eq!(est.g2, g2, max_relative = 1e-12);
+            assert_relative_eq!(est.trace_sigma, tr, max_relative = 1e-12);
+            let naive = two_batch(b, e(b), big, e(big), None);
+            assert!((naive.g2 - g2).abs() > 0.1, "{naive:?}");
+        }
+        // A batch larger than the training set gives no estimate.
+        assert!(!two_batch(4.0, 1.0, 128.0, 1.0, Some(n)).is_finite());
+    }
+
     #[test]
     fn two_batch_without_two_sizes_is_nan_and_the_ema_skips_it() {
-        assert!(!two_batch(8.0, 1.0, 8.0, 1.0).is_finite());
-        assert!(!two_batch(0.0, 1.0, 8.0, 1.0).is_finite());
+        assert!(!two_batch(8.0, 1.0, 8.0, 1.0, None).is_finite());
+        assert!(!two_batch(0.0, 1.0, 8.0, 1.0, None).is_finite());
         let mut ema = NoiseScaleEma::new(0.9);
-        assert!(ema.update(two_batch(8.0, 1.0, 8.0, 1.0)).is_nan());
+        assert!(ema.update(two_batch(8.0, 1.0, 8.0, 1.0, None)).is_nan());
         assert_eq!(ema.updates(), 0);
         ema.update(TwoBatch {
             g2: 2.0,
             trace_sigma: 6.0,
         });
         assert_relative_eq!(
-            ema.update(two_batch(8.0, 1.0, 8.0, 1.0)),
+            ema.update(two_batch(8.0, 1.0, 8.0, 1.0, None)),
             3.0,
             max_relative = 1e-12
         );
@@ -597,7 +831,7 @@ mod tests {
             }
             small_sq /= groups as f64;
             let big_sq = norm_sq(&total) / (big * big) as f64;
-            let est = two_batch(b as f64, small_sq, big as f64, big_sq);
+            let est = two_batch(b as f64, small_sq, big as f64, big_sq, None);
             g2s.push(est.g2);
             trs.push(est.trace_sigma);
         }
@@ -852,5 +1086,61 @@ mod tests {
             1e-9,
         );
         assert!(null.converged && null.lambda == 0.0);
+    }
+
+    /// An indefinite operator whose largest-magnitude eigenvalue is negative: power iteration
+    /// returns it, Lanczos returns both ends, each to 1e-9, in far fewer products than the
+    /// shifted power iteration needs for the top one.
+    #[test]
+    fn lanczos_finds_both_ends_of_an_indefinite_spectrum() {
+        let spectrum: Vec<f64> = (0..60)
+            .map(|i| if i == 0 { -9.0 } else { 4.0 - 0.1 * i as f64 })
+            .collect(); // −9, then 3.9 … −1.9
+        let a = dense_symmetric(&spectrum, 31);
+        let v0 = normals(&mut rng(31, Stream::Aux, 1), spectrum.len());
+        let power = power_iteration(matvec(&a), v0.clone(), 5000, 1e-13);
+        assert_relative_eq!(power.lambda, -9.0, max_relative = 1e-9);
+        let ends = lanczos_extremes(matvec(&a), v0, 60, 1e-13);
+        assert!(ends.converged, "{ends:?}");
+        assert_relative_eq!(ends.top, 3.9, max_relative = 1e-9);
+        assert_relative_eq!(ends.bottom, -9.0, max_relative = 1e-9);
+        // The shifted power iteration reaches the same top only after many more products.
+        let shifted = top_eigenvalue(
+            matvec(&a),
+            normals(&mut rng(31, Stream::Aux, 1), 60),
+            20_000,
+            1e-13,
+        );
+        assert_relative_eq!(shifted.lambda, 3.9, max_relative = 1e-6);
+        assert!(
+            5 * ends.iterations < shifted.iterations,
+            "{ends:?} {shifted:?}"
+        );
+        // A diagonal operator with a closed Krylov space (3 distinct values): exact at once.
+        let diag = [2.0, 2.0, -1.0, 5.0, -1.0];
+        let d = |v: &[f64], out: &mut [f64]| {
+            for ((o, x), h) in out.iter_mut().zip(v).zip(&diag) {
+                *o = h * x;
+            }
+        };
+        let exact = lanczos_extremes(d, vec![1.0; 5], 50, 0.0);
+        assert!(exact.converged && exact.iterations <= 3, "{exact:?}");
+        assert_relative_eq!(exact.top, 5.0, max_relative = 1e-12);
+        assert_relative_eq!(exact.bottom, -1.0, max_relative = 1e-12);
+        // Degenerate starts.
+        assert!(lanczos_extremes(d, vec![0.0; 5], 10, 1e-9).top.is_nan());
+        assert!(lanczos_extremes(d, vec![1.0; 5], 0, 1e-9).top.is_nan());
+    }
+
+    /// The Sturm-count bisection against a tridiagonal matrix with a known spectrum: the
+    /// `k × k` matrix with 2 on the diagonal and −1 beside it has `2 − 2cos(jπ/(k+1))`.
+    #[test]
+    fn tridiagonal_extremes_match_the_closed_form() {
+        let k = 30;
+        let (top, bottom) = tridiagonal_extremes(&vec![2.0; k], &vec![-1.0; k - 1]);
+        let eig = |j: usize| 2.0 - 2.0 * (j as f64 * std::f64::consts::PI / (k + 1) as f64).cos();
+        assert_relative_eq!(top, eig(k), max_relative = 1e-12);
+        assert_relative_eq!(bottom, eig(1), max_relative = 1e-10);
+        assert_eq!(tridiagonal_extremes(&[3.0], &[]), (3.0, 3.0));
     }
 }

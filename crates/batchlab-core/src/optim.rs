@@ -360,10 +360,18 @@ impl Optimizer {
         }
     }
 
-    /// Squared norm of the velocity `θ_t − θ_{t−1}` of the last update (for the momentum
-    /// energy `L + ½|v|²`); `None` before the first step.
+    /// Squared norm of the displacement `θ_t − θ_{t−1}` of the last update; `None` before the
+    /// first step. (For heavy ball this is `η²|b|²`, not the buffer's `|b|²`: see
+    /// [`Optimizer::buffer_norm_sq`].)
     pub fn velocity_norm_sq(&self) -> Option<f64> {
         self.last_velocity_norm_sq
+    }
+
+    /// `|b|²` of the momentum buffer `b` (momentum, nesterov: `b ← μb + (1−τ)g`) or of Adam's
+    /// first moment; 0 for plain SGD, which keeps none. The kinetic term of the momentum
+    /// energy `V = L + ½|b|²` (`docs/science.md#momentum-energy`).
+    pub fn buffer_norm_sq(&self) -> f64 {
+        crate::vec::norm_sq(&self.first)
     }
 
     /// The largest stable rate on a quadratic with top curvature `lambda_max`:

@@ -82,13 +82,13 @@ pub trait ClosedForm {
     /// The largest Hessian eigenvalue, where the task knows it exactly.
     fn lambda_max(&self, params: &[f64]) -> Option<f64>;
 
-    /// `B_simple = tr Σ / |G|²` at `params` (science.md).
+    /// `B_simple = tr Σ / |G|²` at `params` (docs/science.md#noise-scale).
     fn b_simple(&self, params: &[f64]) -> f64 {
         let g = self.true_gradient(params);
         self.trace_sigma(params) / crate::vec::norm_sq(&g)
     }
 
-    /// `B_noise = tr(HΣ) / (GᵀHG)` at `params` (science.md).
+    /// `B_noise = tr(HΣ) / (GᵀHG)` at `params` (docs/science.md#optimal-step).
     fn b_noise(&self, params: &[f64]) -> f64 {
         let g = self.true_gradient(params);
         let mut hg = vec![0.0; g.len()];

@@ -1,4 +1,4 @@
-//! Closed forms of the noisy quadratic model (science.md, Zhang et al. 2019).
+//! Closed forms of the noisy quadratic model (docs/science.md#noisy-quadratic-model, Zhang et al. 2019).
 //!
 //! `L(θ) = ½ Σ h_i θ_i²`; a mini-batch gradient of `B` samples is `Hθ + ξ̄`, `ξ̄ ~ N(0, C/B)`,
 //! `C = diag(c_i)`. Every dimension evolves on its own, so the expected loss

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ensure;
-use crate::estimate::{NoiseScaleEma, PrefixNorms, power_iteration, two_batch};
+use crate::estimate::{NoiseScaleEma, PrefixNorms, lanczos_extremes, two_batch};
 use crate::exact::{FixedScale, MicroStats, Packet};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::{Stream, rng};
@@ -88,7 +88,7 @@ pub struct TrainConfig {
     pub eval_every: u64,
     /// Measure sharpness `λ_max` every this many steps; 0 = never.
     pub sharpness_every: u64,
-    /// Power-iteration steps per sharpness measurement.
+    /// Hessian-vector products (Lanczos steps) per sharpness measurement, at most.
     pub sharpness_iters: usize,
     /// Decay of the EMAs in the noise-scale estimate `B_simple = EMA(tr Σ)/EMA(|G|²)`.
     pub noise_ema: f64,
@@ -197,7 +197,7 @@ impl TrainConfig {
             c.sharpness_iters >= 2,
             "sharpness_iters",
             c.sharpness_iters,
-            "at least 2 power-iteration steps",
+            "at least 2 Lanczos steps",
         )?;
         ensure(
             c.noise_ema >= 0.0 && c.noise_ema < 1.0,
@@ -336,7 +336,10 @@ pub struct StepMetrics {
     pub grad_cosine: Option<f64>,
     /// `|θ_t|`.
     pub param_norm: f64,
-    /// Momentum energy `L + ½|v|²`, with `v = θ_{t+1} − θ_t` the update just applied.
+    /// Momentum energy `V_t = L_t + ½|b_{t−1}|²`: this step's training loss at `θ_t` and the
+    /// optimizer's momentum buffer `b` as it carried `θ_{t−1}` to `θ_t` (Adam's first moment;
+    /// 0 for plain SGD, where `V = L`); see `docs/science.md#momentum-energy`. (Before this
+    /// release the column held `L_t + ½|θ_{t+1} − θ_t|²`, `η²` times smaller in its kinetic term.)
     pub momentum_energy: f64,
     /// `L + (η/4)|g_B|²`: the loss the step follows to first order (implicit regularisation).
     pub modified_loss: f64,
@@ -603,8 +606,19 @@ impl Replica {
         Begin::Compute
     }
 
-    /// `λ_max` at the current parameters, by power iteration on [`curvature_hvp`].
+    /// `λ_max` at the current parameters: the largest **algebraic** eigenvalue of
+    /// [`curvature_hvp`]'s operator (see [`Replica::spectrum_ends`]).
     pub fn sharpness(&self, scratch: &mut Scratch) -> f64 {
+        self.spectrum_ends(scratch).top
+    }
+
+    /// Both ends of the curvature spectrum at the current parameters, `λ_max` and `λ_min`, by
+    /// the Lanczos method on [`curvature_hvp`] (`sharpness_iters` products at most, from a
+    /// start vector drawn from `(seed, Stream::Sharpness, t)`); see
+    /// `docs/science.md#sharpness`. Plain power iteration would return the eigenvalue of
+    /// largest magnitude, which is `λ_min` wherever a negative one dominates (the plateau task
+    /// past `|x| = 1`, networks early in training).
+    pub fn spectrum_ends(&self, scratch: &mut Scratch) -> crate::estimate::SpectrumEnds {
         use rand_distr::{Distribution, StandardNormal};
         let task = self.plan.task.as_ref();
         let samples = task.curvature_samples();
@@ -613,13 +627,12 @@ impl Replica {
             .map(|_| StandardNormal.sample(&mut r))
             .collect();
         let params = &self.params;
-        power_iteration(
+        lanczos_extremes(
             |v, out| curvature_hvp(task, params, &samples, v, out, scratch),
             v0,
             self.plan.config.sharpness_iters,
-            1e-4,
+            1e-6,
         )
-        .lambda
     }
 
     /// Consumes the fully reduced packet of the current step and applies the update.
@@ -664,7 +677,15 @@ impl Replica {
         let micro_norm_sq =
             micros.iter().map(|s| s.grad_sum_sq / (m * m)).sum::<f64>() / num_micro as f64;
         let (g2_est, trace_sigma_est, b_simple) = if num_micro > 1 {
-            let est = two_batch(m, micro_norm_sq, batch, grad_norm_sq);
+            // A batch drawn from a finite training set is drawn without replacement (within
+            // an epoch): the finite-population factor, docs/science.md#finite-data.
+            let est = two_batch(
+                m,
+                micro_norm_sq,
+                batch,
+                grad_norm_sq,
+                self.plan.task.train_size(),
+            );
             let b = self.ema.update(est);
             (est.g2, est.trace_sigma, b)
         } else {
@@ -729,12 +750,14 @@ impl Replica {
             let summary = self.summary(Status::Infeasible, message);
             return Applied::Finished(Box::new(row), Box::new(summary));
         }
+        // The energy of the state θ_t: its loss and the buffer that carried it there (before
+        // this step's gradient enters the buffer).
+        row.momentum_energy = train_loss + 0.5 * self.optimizer.buffer_norm_sq();
         let prev = std::mem::take(&mut self.prev_grad);
         let mut keep = prev.unwrap_or_else(|| vec![0.0; self.grad.len()]);
         keep.copy_from_slice(&self.grad);
         self.optimizer.step(&mut self.params, &mut self.grad, lr);
         self.prev_grad = Some(keep);
-        row.momentum_energy = train_loss + 0.5 * self.optimizer.velocity_norm_sq().unwrap_or(0.0);
         self.pending.last_train_loss = Some(train_loss);
         self.pending.last_b_simple = Some(b_simple).filter(|b| b.is_finite());
         if cfg.target_metric == TargetMetric::Train
@@ -1119,7 +1142,7 @@ pub struct NoiseProbe {
 }
 
 /// The gradient noise at many batch sizes at once, from the nested prefixes `m, 2m, 4m, …, B`
-/// of each batch (science.md): the mean `|g_b|²` per size over the repetitions, and the line
+/// of each batch (docs/science.md#nested-prefixes): the mean `|g_b|²` per size over the repetitions, and the line
 /// `E|g_b|² = |G|² + tr Σ/b` fitted to each repetition's prefixes, averaged over repetitions.
 /// Repetitions are independent batches, so the standard error of their mean is honest (the
 /// prefixes within one batch are not independent).
@@ -1179,9 +1202,14 @@ impl RatioOfMeans {
 const PROBE_SEED_OFFSET: u64 = 1 << 20;
 
 /// Measures `B_simple` at `params` with `reps` independent batches of `num_micro` microbatches
-/// of `micro` samples: the two-batch estimates (science.md) of each batch, averaged, then
-/// divided — a ratio of means, like the training-time EMAs, but at one state and as precise as
-/// the sample count makes it.
+/// of `micro` samples: the two-batch estimates (`docs/science.md#noise-scale`) of each batch,
+/// averaged, then divided — a ratio of means, like the training-time EMAs, but at one state
+/// and as precise as the sample count makes it.
+///
+/// On a finite training set of `N` samples each batch is the start of its own seeded
+/// permutation (drawn without replacement, never straddling an epoch), the estimators carry
+/// the finite-population factor ([`crate::estimate::kappa`]), and a batch is at most `N`
+/// samples: `micro` (then `num_micro`) shrink to fit.
 pub fn noise_probe(
     task: &dyn Task,
     params: &[f64],
@@ -1190,31 +1218,56 @@ pub fn noise_probe(
     num_micro: usize,
     reps: usize,
 ) -> NoiseProbe {
-    let batch = micro * num_micro as u64;
-    let source = match task.train_size() {
-        Some(n) => Source::Epochs { n },
-        None => Source::Stream,
+    let population = task.train_size();
+    let (micro, num_micro) = match population {
+        Some(n) if micro * num_micro as u64 > n => {
+            let num_micro = num_micro.min(n as usize).max(1);
+            ((n / num_micro as u64).max(1), num_micro)
+        }
+        _ => (micro, num_micro),
     };
-    let mut sampler = Sampler::new(seed.wrapping_add(PROBE_SEED_OFFSET), batch, micro, source)
-        .expect("probe sizes are at least 1");
+    let batch = micro * num_micro as u64;
+    let probe_seed = seed.wrapping_add(PROBE_SEED_OFFSET);
+    let sampler_of = |s: u64| {
+        let source = match population {
+            Some(n) => Source::Epochs { n },
+            None => Source::Stream,
+        };
+        Sampler::new(s, batch, micro, source).expect("probe sizes are at least 1")
+    };
+    let mut sampler = sampler_of(probe_seed);
     let mut scratch = Scratch::new();
     let mut grad = vec![0.0; params.len()];
-    let mut prefixes = PrefixNorms::new(params.len(), num_micro, micro as usize);
+    let mut prefixes =
+        PrefixNorms::new(params.len(), num_micro, micro as usize).with_population(population);
     let mut norm_sums = vec![0.0; prefixes.sizes().len()];
     let mut samples = Vec::new();
     let (mut two, mut nested) = (RatioOfMeans::default(), RatioOfMeans::default());
     for r in 0..reps {
         prefixes.reset();
+        // A stream's batches follow each other; a finite set's each open a permutation.
+        let step = if population.is_some() {
+            sampler = sampler_of(probe_seed.wrapping_add(r as u64));
+            0
+        } else {
+            r as u64
+        };
         let mut small = 0.0;
         for j in 0..num_micro {
             samples.clear();
-            sampler.samples_into(r as u64, j..j + 1, &mut samples);
+            sampler.samples_into(step, j..j + 1, &mut samples);
             task.loss_grad(params, &samples, &mut grad, &mut scratch);
             small += vec::norm_sq(&grad) / (micro * micro) as f64;
             prefixes.push(&grad);
         }
         let big = vec::norm_sq(prefixes.sum()) / (batch * batch) as f64;
-        let est = two_batch(micro as f64, small / num_micro as f64, batch as f64, big);
+        let est = two_batch(
+            micro as f64,
+            small / num_micro as f64,
+            batch as f64,
+            big,
+            population,
+        );
         two.push(est.g2, est.trace_sigma);
         let fit = prefixes.regression();
         nested.push(fit.g2, fit.trace_sigma);
@@ -1239,4 +1292,68 @@ pub fn noise_probe(
             b_simple_se: nse,
         },
     }
+}
+
+/// The exact gradient noise of a task at `params`: `|G|²`, `tr Σ` and `B_simple = tr Σ/|G|²`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ExactNoise {
+    /// `|G|²`, the squared norm of the true (full-batch) gradient.
+    pub g2: f64,
+    /// `tr Σ`, the trace of the per-sample gradient covariance (divisor `N` on a finite set).
+    pub trace_sigma: f64,
+    /// `tr Σ / |G|²`.
+    pub b_simple: f64,
+    /// Where the numbers come from.
+    pub source: ExactSource,
+}
+
+/// How an [`ExactNoise`] was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExactSource {
+    /// The task's closed form (the NQM, linear regression on a stream).
+    ClosedForm,
+    /// One pass of per-sample gradients over the whole finite training set.
+    FullPass,
+}
+
+/// [`ExactNoise`] at `params`: the closed form where the task has one, else, on a finite
+/// training set of `N` samples, one pass of per-sample gradients over all of them
+/// (`docs/science.md#finite-data`): `G = (1/N) Σ g_i` and `tr Σ = (1/N) Σ |g_i − G|²`,
+/// accumulated by Welford's update (no cancellation when `|G|² ≫ tr Σ`). `None` for a stream
+/// without a closed form. Costs `N` gradient evaluations of one sample each.
+pub fn exact_noise(task: &dyn Task, params: &[f64]) -> Option<ExactNoise> {
+    if let Some(c) = task.closed_form() {
+        let g = c.true_gradient(params);
+        let (g2, trace_sigma) = (vec::norm_sq(&g), c.trace_sigma(params));
+        return Some(ExactNoise {
+            g2,
+            trace_sigma,
+            b_simple: trace_sigma / g2,
+            source: ExactSource::ClosedForm,
+        });
+    }
+    let n = task.train_size()?;
+    let mut scratch = Scratch::new();
+    let mut grad = vec![0.0; params.len()];
+    let mut mean = vec![0.0; params.len()];
+    let mut m2 = 0.0;
+    for i in 0..n {
+        task.loss_grad(params, &[i], &mut grad, &mut scratch);
+        let k = (i + 1) as f64;
+        // m2 += (g − mean_old)·(g − mean_new), summed over coordinates.
+        for (m, &g) in mean.iter_mut().zip(&grad) {
+            let d = g - *m;
+            *m += d / k;
+            m2 += d * (g - *m);
+        }
+    }
+    let g2 = vec::norm_sq(&mean);
+    let trace_sigma = m2 / n as f64;
+    Some(ExactNoise {
+        g2,
+        trace_sigma,
+        b_simple: trace_sigma / g2,
+        source: ExactSource::FullPass,
+    })
 }

@@ -1,4 +1,4 @@
-//! Whole training runs against closed forms (science.md), stability edges, and the
+//! Whole training runs against closed forms (docs/science.md), stability edges, and the
 //! independence of the result from how the work is split.
 
 use batchlab_core::exact::Packet;
@@ -198,10 +198,10 @@ fn gradient_descent_is_stable_just_below_two_over_lambda_max_and_diverges_just_a
     }
 }
 
-/// The largest eigenvalue of the training loss's Hessian, from the dense matrix built column by
-/// column from `curvature_hvp` and a symmetric eigensolver (faer): an independent
-/// reference for power iteration.
-fn dense_lambda_max(plan: &batchlab_core::train::RunPlan, params: &[f64]) -> f64 {
+/// The smallest and largest eigenvalues of the training loss's Hessian, from the dense matrix
+/// built column by column from `curvature_hvp` and a symmetric eigensolver (faer): an
+/// independent reference for the Lanczos sharpness.
+fn dense_extremes(plan: &batchlab_core::train::RunPlan, params: &[f64]) -> (f64, f64) {
     let n = params.len();
     let samples = plan.task.curvature_samples();
     let mut scratch = batchlab_core::Scratch::new();
@@ -226,11 +226,61 @@ fn dense_lambda_max(plan: &batchlab_core::train::RunPlan, params: &[f64]) -> f64
     let eig = h
         .self_adjoint_eigenvalues(faer::Side::Lower)
         .expect("symmetric eigenvalues");
-    *eig.last().expect("n >= 1")
+    (eig[0], *eig.last().expect("n >= 1"))
+}
+
+/// The plateau task `Σ ln(1 + x_i²)` at `x = (1.5, 3, 0.9)` has the diagonal Hessian
+/// `2(1 − x²)/(1 + x²)²` = (−0.2367, −0.16, 0.1160): the eigenvalue of largest magnitude, which
+/// power iteration returns, is the most negative one, while the sharpness is 0.1160.
+#[test]
+fn sharpness_is_the_top_eigenvalue_where_a_negative_one_dominates() {
+    use batchlab_core::tasks::plateau::PlateauConfig;
+    let cfg = TrainConfig {
+        task: TaskConfig::Plateau(PlateauConfig {
+            dim: 3,
+            ..PlateauConfig::default()
+        }),
+        steps: 1,
+        ..TrainConfig::default()
+    };
+    let plan = cfg.build().unwrap();
+    let mut state = plan.replica().state();
+    state.params = vec![1.5, 3.0, 0.9];
+    let replica = plan.restore(state).unwrap();
+    let h = |x: f64| 2.0 * (1.0 - x * x) / (1.0 + x * x).powi(2);
+    let ends = replica.spectrum_ends(&mut batchlab_core::Scratch::new());
+    assert!(ends.converged, "{ends:?}");
+    assert!((ends.top - h(0.9)).abs() < 1e-9, "{ends:?}");
+    assert!((ends.bottom - h(1.5)).abs() < 1e-9, "{ends:?}");
+    assert_eq!(
+        replica.sharpness(&mut batchlab_core::Scratch::new()),
+        ends.top
+    );
+    let (lo, hi) = dense_extremes(&plan, &replica.params);
+    assert!((ends.top - hi).abs() < 1e-9 && (ends.bottom - lo).abs() < 1e-9);
+    // What plain power iteration reads instead.
+    let samples = plan.task.curvature_samples();
+    let mut scratch = batchlab_core::Scratch::new();
+    let power = batchlab_core::estimate::power_iteration(
+        |v, out| {
+            batchlab_core::train::curvature_hvp(
+                plan.task.as_ref(),
+                &replica.params,
+                &samples,
+                v,
+                out,
+                &mut scratch,
+            )
+        },
+        vec![1.0, 1.0, 1.0],
+        500,
+        1e-12,
+    );
+    assert!((power.lambda - h(1.5)).abs() < 1e-6, "{power:?}");
 }
 
 #[test]
-fn power_iteration_recovers_lambda_max_within_one_percent() {
+fn lanczos_recovers_both_ends_of_the_spectrum_within_one_percent() {
     let tasks = [
         nqm(40, 1.0),
         TaskConfig::Linreg(LinregConfig {
@@ -251,12 +301,19 @@ fn power_iteration_recovers_lambda_max_within_one_percent() {
         };
         let plan = cfg.build().unwrap();
         let replica = plan.replica();
-        let lambda = replica.sharpness(&mut batchlab_core::Scratch::new());
-        let exact = dense_lambda_max(&plan, &replica.params);
+        let ends = replica.spectrum_ends(&mut batchlab_core::Scratch::new());
+        let lambda = ends.top;
+        let (bottom, exact) = dense_extremes(&plan, &replica.params);
         assert!(
             (lambda - exact).abs() <= 0.01 * exact,
             "{}: λ {lambda} vs {exact}",
             plan.task.name()
+        );
+        assert!(
+            (ends.bottom - bottom).abs() <= 0.01 * exact,
+            "{}: λ_min {} vs {bottom}",
+            plan.task.name(),
+            ends.bottom
         );
         if let Some(cf) = plan
             .task
@@ -798,4 +855,200 @@ fn a_replica_restored_from_its_state_at_any_step_continues_bit_identically() {
     state.params.pop();
     let e = plan.restore(state).unwrap_err().to_string();
     assert!(e.contains("replica_state.params"), "{e}");
+}
+
+/// Heavy ball (`b ← μb + g`, `θ ← θ − ηb`) on the noiseless plateau `ln(1 + x²)` from `x₀ = 2`,
+/// by hand: row `t` holds `V_t = L(x_t) + ½ b_{t−1}²` (`b_{−1} = 0`).
+#[test]
+fn momentum_energy_is_the_loss_plus_half_the_squared_buffer_of_the_same_state() {
+    use batchlab_core::tasks::plateau::PlateauConfig;
+    let (lr, mu) = (0.5, 0.9);
+    let mut cfg = TrainConfig {
+        task: TaskConfig::Plateau(PlateauConfig {
+            dim: 1,
+            init: 2.0,
+            noise: 0.0,
+            ..PlateauConfig::default()
+        }),
+        batch: 1,
+        steps: 3,
+        lr,
+        ..TrainConfig::default()
+    };
+    cfg.optimizer.kind = OptimizerKind::Momentum;
+    cfg.optimizer.momentum = mu;
+    let (rows, _) = run(&cfg);
+    let loss = |x: f64| (1.0 + x * x).ln();
+    let grad = |x: f64| 2.0 * x / (1.0 + x * x);
+    let (mut x, mut b) = (2.0, 0.0);
+    for row in &rows {
+        let want = loss(x) + 0.5 * b * b;
+        // 1e-9: the reduced gradient is rounded to the packet's fixed point (~1e-12 here).
+        assert!(
+            (row.momentum_energy - want).abs() < 1e-9,
+            "step {}: {} vs {want}",
+            row.step,
+            row.momentum_energy
+        );
+        b = mu * b + grad(x);
+        x -= lr * b;
+    }
+    assert_eq!(rows.len(), 3);
+}
+
+/// Mean and standard error of the mean.
+fn mean_se(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0);
+    (m, (var / n).sqrt())
+}
+
+/// Two-batch estimates `(|G|², tr Σ)` at fixed `params` from `reps` batches of `batch` samples
+/// (microbatches of `micro`), each the start of its own seeded permutation of the `n` training
+/// samples (drawn without replacement), with the factor of `population`.
+fn finite_two_batch(
+    task: &dyn batchlab_core::Task,
+    params: &[f64],
+    (n, batch, micro, reps): (u64, u64, u64, u64),
+    population: Option<u64>,
+) -> (Vec<f64>, Vec<f64>) {
+    use batchlab_core::sampler::{Sampler, Source};
+    let mut scratch = batchlab_core::Scratch::new();
+    let (mut grad, mut sum) = (vec![0.0; params.len()], vec![0.0; params.len()]);
+    let (mut g2s, mut trs) = (Vec::new(), Vec::new());
+    let mut samples = Vec::new();
+    let num_micro = (batch / micro) as usize;
+    for r in 0..reps {
+        let mut sampler = Sampler::new(1000 + r, batch, micro, Source::Epochs { n }).unwrap();
+        sum.fill(0.0);
+        let mut small = 0.0;
+        for j in 0..num_micro {
+            samples.clear();
+            sampler.samples_into(0, j..j + 1, &mut samples);
+            task.loss_grad(params, &samples, &mut grad, &mut scratch);
+            small += grad.iter().map(|g| g * g).sum::<f64>() / (micro * micro) as f64;
+            sum.iter_mut().zip(&grad).for_each(|(s, g)| *s += g);
+        }
+        let big = sum.iter().map(|g| g * g).sum::<f64>() / (batch * batch) as f64;
+        let est = batchlab_core::estimate::two_batch(
+            micro as f64,
+            small / num_micro as f64,
+            batch as f64,
+            big,
+            population,
+        );
+        g2s.push(est.g2);
+        trs.push(est.trace_sigma);
+    }
+    (g2s, trs)
+}
+
+/// Linear regression on a training set of N = 64 samples, at θ₀: with the finite-population
+/// factor the two-batch estimates are unbiased against the full pass of per-sample gradients,
+/// and at B = N, where `|g_B|² = |G|²` exactly, the `|G|²` estimate is exact; the stream's
+/// formula applied to the same batches reads `|G|²` low by `tr Σ/(N − 1)`
+/// (docs/science.md#finite-data).
+#[test]
+fn noise_estimates_on_a_finite_training_set_are_unbiased_against_the_full_pass() {
+    let n = 64;
+    let cfg = TrainConfig {
+        task: TaskConfig::Linreg(LinregConfig {
+            dim: 8,
+            train_size: Some(n),
+            ..LinregConfig::default()
+        }),
+        ..TrainConfig::default()
+    };
+    let plan = cfg.build().unwrap();
+    let task = plan.task.as_ref();
+    let params = task.init_params();
+    let exact = batchlab_core::train::exact_noise(task, &params).unwrap();
+    assert_eq!(exact.source, batchlab_core::train::ExactSource::FullPass);
+
+    // B = N: every batch is the whole set.
+    let (g2s, trs) = finite_two_batch(task, &params, (n, n, 4, 4000), Some(n));
+    for g in &g2s {
+        assert!(
+            (g - exact.g2).abs() <= 1e-9 * exact.g2,
+            "{g} vs {}",
+            exact.g2
+        );
+    }
+    let (tr, se) = mean_se(&trs);
+    assert!(
+        (tr - exact.trace_sigma).abs() < 4.0 * se,
+        "tr Σ {tr} ± {se} vs {exact:?}"
+    );
+
+    // B = 16 < N: both unbiased within 4 standard errors.
+    let (g2s, trs) = finite_two_batch(task, &params, (n, 16, 2, 20_000), Some(n));
+    let ((g2, g2_se), (tr, tr_se)) = (mean_se(&g2s), mean_se(&trs));
+    assert!(
+        (g2 - exact.g2).abs() < 4.0 * g2_se,
+        "|G|² {g2} ± {g2_se} vs {exact:?}"
+    );
+    assert!(
+        (tr - exact.trace_sigma).abs() < 4.0 * tr_se,
+        "tr Σ {tr} ± {tr_se} vs {exact:?}"
+    );
+    // The stream's formulas on the same kind of batches: |G|² low by tr Σ/(N − 1).
+    let (naive, _) = finite_two_batch(task, &params, (n, 16, 2, 20_000), None);
+    let (naive, naive_se) = mean_se(&naive);
+    let bias = exact.trace_sigma / (n - 1) as f64;
+    assert!(
+        bias > 10.0 * naive_se,
+        "the bias {bias} is visible at this precision"
+    );
+    assert!(
+        (naive - (exact.g2 - bias)).abs() < 4.0 * naive_se,
+        "naive |G|² {naive} ± {naive_se} vs {} − {bias}",
+        exact.g2
+    );
+
+    // The probe (asked for more than N samples per batch) shrinks its batches to N and is then
+    // exact in |G|².
+    let probe = batchlab_core::train::noise_probe(task, &params, 0, 16, 64, 8);
+    assert_eq!(probe.samples, 8 * n);
+    assert!(
+        (probe.g2 - exact.g2).abs() <= 1e-9 * exact.g2,
+        "{probe:?} {exact:?}"
+    );
+}
+
+/// The same on an MLP trained on a CSV dataset (digits.csv, 1437 training rows after the
+/// 20 % hold-out): the estimates at θ₀ against the full pass.
+#[test]
+fn noise_estimates_on_csv_data_are_unbiased_against_the_full_pass() {
+    use batchlab_core::tasks::mlp::{CsvData, MlpConfig, MlpData};
+    let digits = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/data/digits.csv"
+    );
+    let cfg = TrainConfig {
+        task: TaskConfig::Mlp(MlpConfig {
+            hidden: vec![16],
+            data: MlpData::Csv(CsvData {
+                path: digits.into(),
+                ..CsvData::default()
+            }),
+            ..MlpConfig::default()
+        }),
+        ..TrainConfig::default()
+    };
+    let plan = cfg.build().unwrap();
+    let task = plan.task.as_ref();
+    let n = task.train_size().unwrap();
+    let params = task.init_params();
+    let exact = batchlab_core::train::exact_noise(task, &params).unwrap();
+    let (g2s, trs) = finite_two_batch(task, &params, (n, 64, 4, 3000), Some(n));
+    let ((g2, g2_se), (tr, tr_se)) = (mean_se(&g2s), mean_se(&trs));
+    assert!(
+        (g2 - exact.g2).abs() < 4.0 * g2_se,
+        "|G|² {g2} ± {g2_se} vs {exact:?}"
+    );
+    assert!(
+        (tr - exact.trace_sigma).abs() < 4.0 * tr_se,
+        "tr Σ {tr} ± {tr_se} vs {exact:?}"
+    );
 }

@@ -1,4 +1,4 @@
-//! Fits of experiment results (science.md, "Gradient noise scale" and "Critical batch size").
+//! Fits of experiment results (docs/science.md#critical-batch-size and #honest-statistics).
 //!
 //! From the trials of a sweep over batch sizes `B` and learning rates, this module picks the best
 //! trial per `(B, seed)`, then fits

@@ -1,6 +1,6 @@
 //! The learning-rate finder (range test): one run whose rate rises exponentially every step;
 //! `α*`, the largest rate before the loss blows up; and the sharpness it implies,
-//! `λ_max ≈ 2/α*` (science.md, "Stability of the step size").
+//! `λ_max ≈ 2/α*` (docs/science.md#learning-rate-finder).
 //!
 //! ```text
 //!   η_t = η_lo·(η_hi/η_lo)^{t/(T−1)},  t = 0..T−1      schedule decay "exponential_ramp"
@@ -452,25 +452,39 @@ pub fn quadratic_lag(ratio: f64, factor: f64, offset: f64) -> f64 {
 }
 
 /// The sharpness that `α*` implies for the optimizer, from its stability edge on a quadratic
-/// (science.md): its name and value.
+/// (`docs/science.md#stability`): its name and value.
 ///
 /// - SGD (and Adam, whose edge depends on its preconditioner: the plain-GD formula as a
 ///   reference): `2/α*`;
 /// - heavy ball, PyTorch's `b = μb + (1 − τ)g`, `θ −= ηb` (a heavy ball of rate `η(1 − τ)`):
 ///   `2(1+μ)/((1−τ)α*)`;
 /// - Nesterov: `(2+2μ)/((1+2μ)α*)`.
+///
+/// Coupled weight decay `wd` (SGD, heavy ball, Nesterov) adds `wd` to every curvature the
+/// optimizer descends, so the edge reads `λ_max + wd`: the loss's `λ_max` is the edge's value
+/// minus `wd` (the name then ends in ` − wd`). Adam's L2 term is preconditioned and AdamW's
+/// decay is decoupled: neither is subtracted.
 pub fn edge_sharpness(alpha_star: f64, optimizer: &OptimizerConfig) -> (&'static str, f64) {
     let mu = optimizer.momentum;
-    match optimizer.kind {
+    let wd = match optimizer.kind {
+        OptimizerKind::Adam | OptimizerKind::Adamw => 0.0,
+        _ => optimizer.weight_decay,
+    };
+    let (names, edge) = match optimizer.kind {
         OptimizerKind::Momentum if mu > 0.0 => (
-            "2(1+μ)/((1−τ)α*)",
+            ["2(1+μ)/((1−τ)α*)", "2(1+μ)/((1−τ)α*) − wd"],
             2.0 * (1.0 + mu) / ((1.0 - optimizer.dampening) * alpha_star),
         ),
         OptimizerKind::Nesterov => (
-            "(2+2μ)/((1+2μ)α*)",
+            ["(2+2μ)/((1+2μ)α*)", "(2+2μ)/((1+2μ)α*) − wd"],
             (2.0 + 2.0 * mu) / ((1.0 + 2.0 * mu) * alpha_star),
         ),
-        _ => ("2/α*", 2.0 / alpha_star),
+        _ => (["2/α*", "2/α* − wd"], 2.0 / alpha_star),
+    };
+    if wd > 0.0 {
+        (names[1], edge - wd)
+    } else {
+        (names[0], edge)
     }
 }
 
@@ -860,6 +874,32 @@ mod tests {
             edge_sharpness(0.5, &opt(OptimizerKind::Momentum, 0.0, 0.0)).0,
             "2/α*"
         );
+    }
+
+    /// GD with coupled weight decay on `½λθ²` iterates `θ ← (1 − η(λ + wd))θ`: it diverges from
+    /// `η = 2/(λ + wd)`, so an `α*` at that edge must give back the loss's `λ`, not `λ + wd`.
+    #[test]
+    fn coupled_weight_decay_is_taken_out_of_the_edge_sharpness() {
+        let opt = |kind, momentum, dampening| OptimizerConfig {
+            kind,
+            momentum,
+            dampening,
+            ..OptimizerConfig::default()
+        };
+        let (lambda, wd) = (3.0, 0.5);
+        let mut sgd = opt(OptimizerKind::Sgd, 0.0, 0.0);
+        sgd.weight_decay = wd;
+        let (name, value) = edge_sharpness(2.0 / (lambda + wd), &sgd);
+        assert_eq!(name, "2/α* − wd");
+        assert_relative_eq!(value, lambda, max_relative = 1e-12);
+        let mut hb = opt(OptimizerKind::Momentum, 0.9, 0.0);
+        hb.weight_decay = wd;
+        let (_, value) = edge_sharpness(2.0 * 1.9 / (lambda + wd), &hb);
+        assert_relative_eq!(value, lambda, max_relative = 1e-12);
+        // AdamW's decoupled decay is not subtracted.
+        let mut adamw = opt(OptimizerKind::Adamw, 0.0, 0.0);
+        adamw.weight_decay = wd;
+        assert_eq!(edge_sharpness(0.5, &adamw), ("2/α*", 4.0));
     }
 
     #[test]

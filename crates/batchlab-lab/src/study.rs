@@ -28,7 +28,7 @@ pub struct TrialRecord {
     #[serde(default)]
     pub b_simple_se: Option<f64>,
     /// `B_simple` at the end from the same probe's nested prefixes (every size `m … 64m` at
-    /// once, science.md).
+    /// once, docs/science.md#nested-prefixes).
     #[serde(default)]
     pub b_simple_nested: Option<f64>,
     /// Standard error of `b_simple_nested` (over the probe's independent batches).

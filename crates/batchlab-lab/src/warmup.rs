@@ -1,8 +1,8 @@
-//! The warmup stability experiment as pure code (science.md, "Stability of the step size" and
+//! The warmup stability experiment as pure code (docs/science.md#stability and
 //! "Schedules and warmup"): which runs to train, what each run measured, and what the grid says.
 //!
 //! ```text
-//!   λ_max(θ₀) by power iteration ──► unit η₁ = 2/λ_max(θ₀)  (or the base rate, Unit::Lr)
+//!   λ_max(θ₀) by Lanczos ──► unit η₁ = 2/λ_max(θ₀)  (or the base rate, Unit::Lr)
 //!   Grid: multiple k × warmup T_w × shape × momentum μ × seed ──► Cells, peak rate k·η₁
 //!     (T_w = 0, the baseline, is one cell per (k, μ, seed) whatever the shapes)
 //!   each cell: one run over the whole budget ──► CellRecord (status, final loss, steps to
@@ -1158,7 +1158,7 @@ pub fn report_sections(
     if !runs.is_empty() {
         sections.push(Section {
             title: "Sharpness and the stability threshold".into(),
-            text: "λ_max by power iteration during the run, against 2/η(t) (and 2(1+μ)/η(t) \
+            text: "λ_max (Lanczos) during the run, against 2/η(t) (and 2(1+μ)/η(t) \
                    with momentum): a run is locally unstable where λ_max lies above its \
                    threshold."
                 .into(),

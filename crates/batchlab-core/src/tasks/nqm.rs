@@ -1,4 +1,4 @@
-//! The `nqm` task: the noisy quadratic model of Zhang et al. (2019), science.md.
+//! The `nqm` task: the noisy quadratic model of Zhang et al. (2019), docs/science.md#noisy-quadratic-model.
 //!
 //! ```text
 //!   L(θ)   = ½ Σ_i h_i θ_i²              h_i = 1 / i^power,                i = 1..dim

@@ -1,5 +1,5 @@
 //! The `plateau` task: `f(x) = Σ_i ln(1 + x_i²)` with additive gradient noise, the landscape
-//! on which warmup hurts (science.md: far away the gradient is tiny, and a small early rate
+//! on which warmup hurts (docs/science.md#warmup: far away the gradient is tiny, and a small early rate
 //! only delays the descent).
 //!
 //! ```text
