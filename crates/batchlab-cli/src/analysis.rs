@@ -7,9 +7,10 @@ use std::path::Path;
 use anyhow::Result;
 use batchlab_core::tasks::TaskConfig;
 use batchlab_core::theory::NqmTheory;
+use batchlab_core::train::Status;
 use batchlab_core::train::TrainConfig;
 use batchlab_lab::fit::{
-    self, BestTrial, CriticalFit, Interval, MedianPoint, NoiseSummary, RateFit,
+    self, BestTrial, CriticalFit, GroupInterval, MedianPoint, NoiseSummary, RateFit,
 };
 use batchlab_lab::study::TrialRecord;
 use serde::Serialize;
@@ -23,6 +24,13 @@ pub struct TheoryPoint {
     pub steps: Option<u64>,
     /// That rate.
     pub lr: Option<f64>,
+    /// The closed-form optimum: the best constant rate anywhere in the grid's range, with
+    /// continuous steps (`NqmTheory::best_sgd_rate_continuous`).
+    #[serde(default)]
+    pub optimum_steps: Option<f64>,
+    /// That rate.
+    #[serde(default)]
+    pub optimum_lr: Option<f64>,
 }
 
 /// Everything the analysis of a sweep found; written as `analysis.json`.
@@ -30,16 +38,31 @@ pub struct TheoryPoint {
 pub struct SweepAnalysis {
     /// The target loss.
     pub target: f64,
-    /// Seeds averaged in each trial (1 when every seed's run is its own trial).
+    /// Seeds averaged in each reported trial (1 when every seed's run is its own trial; the
+    /// held-out seeds when the steps were measured on held-out seeds).
     pub seeds_per_trial: u64,
-    /// Best trial per (batch, seed).
+    /// Whether the reported steps are held-out measurements of the chosen rates
+    /// (docs/science.md#selection-bias); false for studies without them.
+    #[serde(default)]
+    pub held_out: bool,
+    /// Batch sizes whose held-out measurement did not reach the target, with its status: they
+    /// have no point in the fit.
+    #[serde(default)]
+    pub held_out_failures: Vec<(u64, Status)>,
+    /// The trial that stands for each (batch, seed).
     pub best: Vec<BestTrial>,
     /// Medians over seeds per batch.
     pub medians: Vec<MedianPoint>,
-    /// `S = S_min(1 + B_crit/B)` fitted to the medians.
+    /// `S = S_min(1 + B_crit/B)` fitted to every (batch, seed) point: the point estimate.
     pub fit: Option<CriticalFit>,
-    /// Bootstrap interval of the fit over seeds.
-    pub interval: Option<Interval>,
+    /// The fitted `B_crit` lies within the measured batch sizes, with at least two measured
+    /// sizes on each side; otherwise it is an extrapolation (extend --batches).
+    pub in_range: Option<bool>,
+    /// The 95 % interval of the same fit from the held-out seed groups' fits
+    /// (docs/science.md#coverage), or `null` where none is given (see `no_interval`).
+    pub interval: Option<GroupInterval>,
+    /// Why there is no interval.
+    pub no_interval: Option<String>,
     /// `ε(B) = ε_max/(1 + B_noise/B)` fitted to the best rates.
     pub rate_fit: Option<RateFit>,
     /// The batch size where the best rate stops following `η ∝ B`.
@@ -48,7 +71,8 @@ pub struct SweepAnalysis {
     pub noise: Option<NoiseSummary>,
     /// Closed-form predictions (noisy quadratic model only).
     pub theory: Vec<TheoryPoint>,
-    /// The critical-batch fit of the closed-form predictions.
+    /// The critical-batch fit of the closed-form optimum (best constant rate, continuous
+    /// steps) at the measured batch sizes.
     pub theory_fit: Option<CriticalFit>,
     /// The regime of each batch size on the fitted curve (perfect scaling `B ≤ B_crit/4`,
     /// saturation `B ≥ 4·B_crit`, diminishing returns between).
@@ -78,15 +102,27 @@ fn nqm_theory(
             .iter()
             .map(|&b| {
                 let best = theory.best_sgd_lr(&s0, b as f64, target, base.steps, grid);
+                let range = (
+                    grid.iter().copied().fold(f64::INFINITY, f64::min),
+                    grid.iter().copied().fold(0.0, f64::max),
+                );
+                let optimum =
+                    theory.best_sgd_rate_continuous(&s0, b as f64, target, base.steps, range);
                 TheoryPoint {
                     batch: b,
                     steps: best.map(|r| r.steps),
                     lr: best.map(|r| r.lr),
+                    optimum_steps: optimum.map(|o| o.1),
+                    optimum_lr: optimum.map(|o| o.0),
                 }
             })
             .collect(),
     )
 }
+
+/// The level of the critical batch size's interval (its coverage was measured for it,
+/// docs/science.md#coverage).
+const INTERVAL_LEVEL: f64 = 0.95;
 
 /// Analyses a sweep, writes `analysis.json` into `out`, and prints the summary.
 pub fn sweep_summary(
@@ -99,27 +135,42 @@ pub fn sweep_summary(
 ) -> Result<SweepAnalysis> {
     let best = fit::best_per_batch(records);
     let medians = fit::median_over_seeds(&best);
-    let points: Vec<(f64, f64)> = medians.iter().map(|m| (m.batch as f64, m.steps)).collect();
+    // Every (batch, seed) point, and the held-out groups' points for the interval.
+    let (points, groups) = fit::study_points(&best);
     let rates: Vec<(f64, f64)> = medians.iter().map(|m| (m.batch as f64, m.lr)).collect();
-    let per_seed = fit::steps_by_seed(&best);
+    let estimate = fit::critical_estimate(&points, &groups, INTERVAL_LEVEL);
     let theory = nqm_theory(base, target, batches, grid).unwrap_or_default();
+    // The truth a measured B_crit is compared with: the closed-form optimum's fit.
     let theory_points: Vec<(f64, f64)> = theory
         .iter()
-        .filter_map(|t| t.steps.map(|s| (t.batch as f64, s as f64)))
+        .filter_map(|t| t.optimum_steps.map(|s| (t.batch as f64, s)))
         .collect();
-    let critical = fit::fit_critical_batch(&points);
+    let critical = estimate.as_ref().map(|e| e.fit.clone());
     let regimes = critical.as_ref().map_or_else(Vec::new, |f| {
         medians
             .iter()
             .map(|m| (m.batch, fit::regime(m.batch as f64, f)))
             .collect()
     });
+    let held_out = best.iter().any(|t| t.held_out);
     let a = SweepAnalysis {
         target,
         regimes,
-        seeds_per_trial: records.iter().map(|r| r.seeds).max().unwrap_or(1),
+        seeds_per_trial: records
+            .iter()
+            .filter(|r| r.held_out == held_out)
+            .map(|r| r.seeds)
+            .max()
+            .unwrap_or(1),
+        held_out,
+        held_out_failures: fit::held_out_failures(records)
+            .into_iter()
+            .map(|(b, _, status)| (b, status))
+            .collect(),
         fit: critical,
-        interval: fit::bootstrap_critical_batch(&per_seed, 1000, 0, 0.95),
+        in_range: estimate.as_ref().map(|e| e.in_range),
+        interval: estimate.as_ref().and_then(|e| e.interval.clone()),
+        no_interval: estimate.as_ref().and_then(|e| e.no_interval.clone()),
         rate_fit: fit::fit_best_rate(&rates),
         linear_breakdown: fit::linear_scaling_breakdown(&rates),
         noise: fit::noise_scale_summary(&best),
@@ -138,7 +189,13 @@ pub fn sweep_summary(
 
 fn print_summary(a: &SweepAnalysis) {
     let has_theory = !a.theory.is_empty();
-    if a.seeds_per_trial > 1 {
+    if a.held_out {
+        println!(
+            "target loss {:.4e}; per batch size, the chosen rate measured again on held-out seeds \
+             (crossing of the mean loss of {} seeds; sel. S: the selection's steps, for ranking only):",
+            a.target, a.seeds_per_trial
+        );
+    } else if a.seeds_per_trial > 1 {
         println!(
             "target loss {:.4e} on the mean loss of {} seeds; per batch size, the best rate's trial:",
             a.target, a.seeds_per_trial
@@ -153,6 +210,9 @@ fn print_summary(a: &SweepAnalysis) {
         "{:>7} {:>6} {:>10} {:>12} {:>11}",
         "B", "seeds", "steps S", "samples E", "best lr"
     );
+    if a.held_out {
+        print!(" {:>8}", "sel. S");
+    }
     if has_theory {
         print!(" {:>10} {:>11}", "theory S", "theory lr");
     }
@@ -167,6 +227,12 @@ fn print_summary(a: &SweepAnalysis) {
             m.steps * m.batch as f64,
             m.lr
         );
+        if a.held_out {
+            let sel = m
+                .selection_steps
+                .map_or("-".to_string(), |s| format!("{s:.0}"));
+            print!(" {sel:>8}");
+        }
         if let Some(t) = a.theory.iter().find(|t| t.batch == m.batch) {
             let s = t.steps.map_or("-".to_string(), |s| s.to_string());
             let lr = t.lr.map_or("-".to_string(), |l| format!("{l:.3e}"));
@@ -193,25 +259,16 @@ fn print_summary(a: &SweepAnalysis) {
         let gain = gain.map_or("-".to_string(), |g| format!("{g:.2}"));
         println!(" {gain:>10}  {regime}");
     }
-    match (&a.fit, &a.interval) {
-        (Some(f), Some(i)) => println!(
-            "critical batch size B_crit ≈ {:.0} ({:.0}% interval {:.0}–{:.0}); S_min ≈ {:.0} steps, E_min ≈ {:.0} samples",
-            f.b_crit,
-            100.0 * i.level,
-            i.b_crit.lo,
-            i.b_crit.hi,
-            f.s_min,
-            f.e_min
-        ),
-        (Some(f), None) => println!(
-            "critical batch size B_crit ≈ {:.0}; S_min ≈ {:.0} steps, E_min ≈ {:.0} samples (no interval: too few points)",
-            f.b_crit, f.s_min, f.e_min
-        ),
-        _ => println!("critical batch size: not enough batch sizes reached the target to fit"),
+    for (b, status) in &a.held_out_failures {
+        println!(
+            "B = {b}: the chosen rate did not reach the target on the held-out seeds ({status:?}): \
+             no point (its expected steps exceed what the selection seeds showed)"
+        );
     }
+    println!("{}", critical_line(a));
     if let Some(t) = &a.theory_fit {
         println!(
-            "closed form: B_crit ≈ {:.0}, S_min ≈ {:.0}, E_min ≈ {:.0}",
+            "closed form (best constant rate, continuous S): B_crit ≈ {:.0}, S_min ≈ {:.0}, E_min ≈ {:.0}",
             t.b_crit, t.s_min, t.e_min
         );
     }
@@ -241,6 +298,39 @@ fn print_summary(a: &SweepAnalysis) {
         }
         println!();
     }
+}
+
+/// The summary line of the critical-batch fit: the estimate, its interval or why there is
+/// none, and whether the knee lies inside the measured batch sizes.
+fn critical_line(a: &SweepAnalysis) -> String {
+    let Some(f) = &a.fit else {
+        return "critical batch size: not enough batch sizes reached the target to fit".into();
+    };
+    let mut line = format!("critical batch size B_crit ≈ {:.0}", f.b_crit);
+    if let Some(i) = &a.interval {
+        line += &format!(
+            " ({:.0}% interval {:.0}–{:.0})",
+            100.0 * i.level,
+            i.b_crit.lo,
+            i.b_crit.hi
+        );
+    }
+    line += &format!(
+        "; S_min ≈ {:.0} steps, E_min ≈ {:.0} samples",
+        f.s_min, f.e_min
+    );
+    if let Some(i) = &a.interval {
+        line += &format!(
+            " ({:.0}–{:.0}, {:.0}–{:.0})",
+            i.s_min.lo, i.s_min.hi, i.e_min.lo, i.e_min.hi
+        );
+    }
+    if a.in_range == Some(false) {
+        line += "\n  B_crit is outside the measured range: extend --batches";
+    } else if let Some(why) = &a.no_interval {
+        line += &format!("\n  no interval: {why}");
+    }
+    line
 }
 
 /// A trial's metrics rows: its own `metrics.csv`, or for a seed-mean trial its first seed's
@@ -312,10 +402,15 @@ pub fn sweep_report(
     let fitted: Vec<(f64, f64)> = a.fit.as_ref().map_or_else(Vec::new, |f| {
         grid.iter().map(|&b| (b, f.steps(b))).collect()
     });
+    // The closed-form optimum (continuous steps, best constant rate), the fits' truth.
     let theory: Vec<(f64, f64)> = a
         .theory
         .iter()
-        .filter_map(|t| t.steps.map(|s| (t.batch as f64, s as f64)))
+        .filter_map(|t| {
+            t.optimum_steps
+                .or(t.steps.map(|s| s as f64))
+                .map(|s| (t.batch as f64, s))
+        })
         .collect();
     let theory_opt = (!theory.is_empty()).then_some(theory.as_slice());
     let b_crit = a.fit.as_ref().map(|f| f.b_crit);
@@ -393,18 +488,16 @@ pub fn sweep_report(
         report::b_simple_over_training(&b_simple, has_exact.then_some(b_exact.as_slice()), b_crit);
     let (w, h) = (720, 440);
     let mut text = String::new();
-    if let Some(f) = &a.fit {
+    if a.fit.is_some() {
         text += &format!(
-            "Fit S = S_min(1 + B_crit/B): B_crit ≈ {:.0}, S_min ≈ {:.0} steps, E_min ≈ {:.0} samples. ",
-            f.b_crit, f.s_min, f.e_min
+            "Fit S = S_min(1 + B_crit/B): {}. ",
+            critical_line(a).replace('\n', ";")
         );
     }
-    if let Some(i) = &a.interval {
+    if a.held_out {
         text += &format!(
-            "{:.0}% bootstrap interval of B_crit: {:.0}–{:.0}. ",
-            100.0 * i.level,
-            i.b_crit.lo,
-            i.b_crit.hi
+            "Steps are those of each batch size's chosen rate measured again on {} held-out seeds (the selection's best is biased low). ",
+            a.seeds_per_trial
         );
     }
     if let Some(t) = &a.theory_fit {

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
 use batchlab_core::group::SeedMean;
-use batchlab_core::train::{Progress, RunSummary, StepMetrics, TrainConfig, Trainer};
+use batchlab_core::train::{RunSummary, StepMetrics, TrainConfig, Trainer};
 use clap::Args;
 
 use crate::cluster::{CHECKPOINT, Cluster, ReduceArgs, load_checkpoint};
@@ -313,41 +313,16 @@ fn group_in_process(
     writers: &mut [MetricsWriter],
     tick: &dyn Fn(&StepMetrics),
 ) -> Result<(RunSummary, Vec<Vec<f64>>)> {
-    let mut trainers = Vec::with_capacity(configs.len());
-    let mut micro = 1;
-    for c in configs {
-        let plan = c.build().context("invalid trial config")?;
-        micro = plan.micro;
-        trainers.push(Trainer::new(&plan));
-    }
-    let mut rule = SeedMean::new(cfg, micro, configs.len());
-    let end = 'run: loop {
-        for (i, trainer) in trainers.iter_mut().enumerate() {
-            match trainer.step() {
-                Progress::Step(row) => {
-                    if i == 0 {
-                        tick(&row);
-                    }
-                    writers[i].write(&row)?;
-                    rule.record(i, &row);
-                }
-                Progress::Done(row, summary) => {
-                    if let Some(row) = row {
-                        writers[i].write(&row)?;
-                        rule.record(i, &row);
-                    }
-                    break 'run rule.member_ended(i, &summary);
-                }
-            }
-        }
-        if let Some(end) = rule.check() {
-            break 'run end;
-        }
-    };
-    let params: Vec<Vec<f64>> = trainers
+    let plans = configs
         .iter()
-        .map(|t| t.replica().params.clone())
-        .collect();
-    let summary = rule.summary(end, params.iter().map(Vec::as_slice));
-    Ok((summary, params))
+        .map(|c| c.build().context("invalid trial config"))
+        .collect::<Result<Vec<_>>>()?;
+    let micro = plans.last().map_or(1, |p| p.micro);
+    let rule = SeedMean::new(cfg, micro, configs.len());
+    batchlab_core::group::run_in_process(rule, &plans, |i, row| {
+        if i == 0 {
+            tick(row);
+        }
+        writers[i].write(row)
+    })
 }

@@ -54,8 +54,16 @@ pub struct SweepArgs {
     /// Tuned search: stop after this many rates in a row lost to the best.
     #[arg(long, default_value_t = 3)]
     patience: usize,
-    /// Number of seeds (replicates) per batch size: seeds 0..N.
+    /// Tuned search: after the grid, this many rounds of the geometric midpoints between the
+    /// best rate and its neighbours, each halving the spacing (2 rounds: a quarter of the
+    /// grid's spacing in ln η; a coarse grid costs large batches a few percent of steps and
+    /// biases B_crit low).
     #[arg(long, default_value_t = 2)]
+    refine: u32,
+    /// Number of seeds (replicates) per batch size: seeds 0..N. With the tuned policy these
+    /// choose the rate (4: with 2, rates whose loss only grazes the target won by chance at
+    /// some batch sizes of the default study), and --held-out-seeds measure it.
+    #[arg(long, default_value_t = 4)]
     seeds: u64,
     /// Target as a fraction of the initial loss (ignored when --target-loss is given).
     #[arg(long, default_value_t = 0.01)]
@@ -64,6 +72,13 @@ pub struct SweepArgs {
     /// target_window in --print-config); 0 = the latest evaluation alone.
     #[arg(long, default_value_t = 0.05)]
     target_window: f64,
+    /// Tuned search with held-out seeds: the window of the selection trials' target check,
+    /// as a fraction of the run (a wider window than --target-window ranks rates on a
+    /// smoother curve: a rate whose loss only grazes the target wins less often by chance;
+    /// the lag it adds is alike for every rate and does not enter the reported, held-out
+    /// steps).
+    #[arg(long, default_value_t = 0.25)]
+    selection_window: f64,
     /// What reaches the target: `mean` (the loss averaged over the seeds, run in lock step: the
     /// expected loss that closed forms describe) or `each` (every seed's own run, as Shallue et
     /// al. 2018 measure).
@@ -74,6 +89,15 @@ pub struct SweepArgs {
     /// lags and reads low on short runs: a warning says so).
     #[arg(long, default_value_t = 65536)]
     probe_samples: u64,
+    /// Tuned policy: measure each batch size's chosen rate again on this many fresh seeds
+    /// (N..N+M for --seeds N; with --target-on each, seed s again on seed s+N), evaluated
+    /// every step, and report those steps: the crossing of their mean loss, and of each
+    /// pair's for the interval (16: 8 pairs, the design whose coverage was measured). The best
+    /// of noisy trials is biased low (winner's curse), and a first passage of a mean over few
+    /// seeds is early by chance (docs/science.md#selection-bias). 0: report the selection's
+    /// best, as studies before this option did (no interval).
+    #[arg(long, default_value_t = 16)]
+    held_out_seeds: u64,
     /// Parallel trials in this process (default: the number of cores).
     #[arg(long)]
     jobs: Option<usize>,
@@ -83,7 +107,8 @@ pub struct SweepArgs {
 
 const SWEEP_HELP: &str = "\
 The default study: noisy quadratic model (d = 100, h_i = c_i = 1/i), SGD with a tuned constant
-rate, batch sizes 1..1024, target 1% of the initial loss, 2 seeds.
+rate chosen on the mean loss of 4 seeds and measured again on 16 held-out seeds, batch sizes
+1..1024, target 1% of the initial loss.
 
 Examples:
   batchlab sweep
@@ -105,15 +130,20 @@ struct Sweep {
     policy: LrPolicy,
     grid: Vec<f64>,
     patience: usize,
+    refine: u32,
     out: PathBuf,
     /// The task's evaluation is its closed-form population loss.
     exact_eval: bool,
     /// Fraction of the run whose mean eval loss is checked against the target.
     target_window: f64,
+    /// The same for the selection trials of a tuned search with held-out seeds.
+    selection_window: f64,
     /// The target is checked on the mean over the seeds' runs.
     seed_mean: bool,
     /// Noise-probe samples per finished trial (0 = none).
     probe_samples: u64,
+    /// Seeds of the held-out measurements (empty: none).
+    held_out_seeds: Vec<u64>,
 }
 
 fn parse_grid(s: &str) -> Result<Vec<f64>> {
@@ -155,6 +185,12 @@ impl SweepArgs {
         if self.seeds == 0 {
             bail!("--seeds 0: expected at least 1 seed");
         }
+        if !(0.0..=1.0).contains(&self.selection_window) {
+            bail!(
+                "--selection-window {}: expected a fraction of the run in [0, 1]",
+                self.selection_window
+            );
+        }
         let target = match cfg.target_loss {
             Some(t) => t,
             None => {
@@ -177,17 +213,25 @@ impl SweepArgs {
                 self.lr_policy
             ))
         });
+        let held_out = self.held_out_seeds > 0 && policy == LrPolicy::Tuned;
         Ok(Some(Sweep {
             base: cfg,
             target,
             batches,
             seeds: (0..self.seeds).collect(),
+            held_out_seeds: if held_out {
+                (self.seeds..self.seeds + self.held_out_seeds).collect()
+            } else {
+                Vec::new()
+            },
             policy,
             grid: parse_grid(&self.lr_grid)?,
             patience: self.patience,
+            refine: self.refine,
             out,
             exact_eval: plan.task.closed_form().is_some(),
             target_window: self.target_window,
+            selection_window: self.selection_window,
             probe_samples: self.probe_samples,
             seed_mean: match self.target_on.as_str() {
                 "mean" => true,
@@ -212,11 +256,20 @@ impl Sweep {
         } else {
             &self.seeds
         };
+        let n = self.seeds.len() as u64;
         for &b in &self.batches {
             for &seed in seeds {
                 v.push(match self.policy {
                     LrPolicy::Tuned => {
-                        RateSearch::tuned(b, seed, &self.grid, self.base.steps, self.patience)
+                        let search =
+                            RateSearch::tuned(b, seed, &self.grid, self.base.steps, self.patience)
+                                .with_refinement(self.refine);
+                        // Seed s is measured again on seed s + N (a group: on N..2N).
+                        if self.held_out_seeds.is_empty() {
+                            search
+                        } else {
+                            search.with_held_out(seed + n)
+                        }
                     }
                     LrPolicy::Linear | LrPolicy::Sqrt | LrPolicy::None => {
                         let rule = match self.policy {
@@ -249,13 +302,24 @@ impl Sweep {
         c.lr_scaling = batchlab_core::schedule::Scaling::None;
         c.base_batch = None;
         c.seed = t.seed;
-        c.steps = t.budget;
+        // A held-out seed-mean measurement runs for its horizon (the plan's budget, doubled
+        // when short); a single held-out run stops at the target, with the whole budget.
+        c.steps = if t.held_out && !self.seed_mean {
+            self.base.steps
+        } else {
+            t.budget
+        };
         c.target_loss = Some(self.target);
-        c.target_window = self.target_window;
+        c.target_window = if self.held_out_seeds.is_empty() || t.held_out {
+            self.target_window
+        } else {
+            self.selection_window
+        };
         // A rate whose noise floor lies above the target cannot win: stop it when it stalls.
         c.stop_stalled = true;
-        if self.exact_eval {
-            // The population loss is exact and cheap: check the target every step.
+        if self.exact_eval || t.held_out {
+            // The population loss is exact and cheap: check the target every step. A held-out
+            // measurement's steps are the reported ones: resolved to one step.
             c.eval_every = 1;
         }
         c
@@ -279,6 +343,7 @@ impl Sweep {
                 lr,
                 seed,
                 budget: 0,
+                held_out: false,
             })
         })?;
         println!("report: {}", report.display());
@@ -307,6 +372,10 @@ fn record_n(t: &TrialPlan, s: &RunSummary, seeds: u64) -> TrialRecord {
         b_simple_exact: s.final_b_simple_exact,
         b_noise_exact: s.final_b_noise_exact,
         final_loss: s.final_eval_loss.or(s.final_train_loss),
+        held_out: t.held_out,
+        selection_steps: None,
+        crossing: None,
+        group_crossings: Vec::new(),
     }
 }
 
@@ -409,7 +478,9 @@ fn run_trial(
 
 /// Trains every seed of a trial in lock step and checks the target on their mean eval loss
 /// (over the same growing window as single runs): steps to target of the expected loss.
-/// Writes `seed{s}/` folders and the trial's `summary.json`.
+/// A held-out measurement instead trains its seeds for a horizon and takes the crossing of
+/// their mean loss, and of each pair's ([`measure_held_out`]). Writes `seed{s}/` folders and
+/// the trial's `summary.json`.
 fn run_trial_mean(
     sweep: &Sweep,
     exec: &Executor,
@@ -418,27 +489,41 @@ fn run_trial_mean(
 ) -> Result<(TrialRecord, bool)> {
     let dir = sweep.trial_dir(t);
     let mut cfg = sweep.trial_config(t);
-    cfg.seed = sweep.seeds[0];
-    let key = serde_json::json!({ "config": cfg, "seeds": sweep.seeds });
-    if let Some(s) = cached_json(&dir, &key) {
-        let mut rec = record_n(t, &s, sweep.seeds.len() as u64);
+    let seeds = if t.held_out {
+        &sweep.held_out_seeds
+    } else {
+        &sweep.seeds
+    };
+    cfg.seed = seeds[0];
+    let key = serde_json::json!({ "config": cfg, "seeds": seeds });
+    if let Some((s, crossings)) = cached_json(&dir, &key) {
+        let mut rec = record_n(t, &s, seeds.len() as u64);
+        apply_crossings(&mut rec, crossings.as_ref());
         if cached_probe(sweep, &dir, &mut rec) {
             return Ok((rec, true));
         }
     }
     let want = sweep.probe_samples > 0;
-    let done = exec
-        .run_group(&cfg, &sweep.seeds, &dir, want, tick)
-        .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
+    let (done, crossings) = if t.held_out {
+        let (done, crossings) = measure_held_out(sweep, exec, &cfg, seeds, &dir, want, tick)
+            .with_context(|| format!("held-out trial B={} lr={}", t.batch, t.lr))?;
+        (done, Some(crossings))
+    } else {
+        let done = exec
+            .run_group(&cfg, seeds, &dir, want, tick)
+            .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
+        (done, None)
+    };
     let summary = done.summary;
-    let mut rec = record_n(t, &summary, sweep.seeds.len() as u64);
+    let mut rec = record_n(t, &summary, seeds.len() as u64);
+    apply_crossings(&mut rec, crossings.as_ref());
     // The probe measures at the first seed's final parameters.
     if let Some(params) = done.params.first() {
-        let first = batchlab_core::group::SeedMean::member_config(&cfg, sweep.seeds[0]);
+        let first = batchlab_core::group::SeedMean::member_config(&cfg, seeds[0]);
         probe(sweep, &dir, &first, params, cfg.seed, &mut rec)?;
     }
     // The trial's summary last: its presence says the trial, probe included, is done.
-    let doc = serde_json::json!({ "key": key, "summary": summary });
+    let doc = serde_json::json!({ "key": key, "summary": summary, "crossings": crossings });
     crate::output::write_atomic(
         &dir.join("summary.json"),
         &(serde_json::to_string_pretty(&doc)? + "\n"),
@@ -446,14 +531,100 @@ fn run_trial_mean(
     Ok((rec, false))
 }
 
-/// A finished seed-mean trial's summary, if it ran with exactly `key`.
-fn cached_json(dir: &Path, key: &serde_json::Value) -> Option<RunSummary> {
+/// A held-out measurement (docs/science.md#crossing): the seeds of `cfg` train in lock step
+/// with no target for a horizon (the plan's budget), every step evaluated; the steps to the
+/// target are the crossing of their mean loss (`fit::crossing_step`), and of each pair's mean
+/// (the interval's replicates). A crossing missing, or in the last third of the horizon (the
+/// mean may not have settled below the target), doubles the horizon, up to the run's
+/// `--steps`, and the seeds train again (the same numbers: every run is a function of its
+/// seed). The summary then says COMPLETE at the crossing's ceiling, or INCOMPLETE.
+fn measure_held_out(
+    sweep: &Sweep,
+    exec: &Executor,
+    cfg: &TrainConfig,
+    seeds: &[u64],
+    dir: &Path,
+    want: bool,
+    tick: &dyn Fn(&batchlab_core::train::StepMetrics),
+) -> Result<(crate::exec::Finished, batchlab_lab::fit::SeedCrossings)> {
+    let mut run = cfg.clone();
+    run.target_loss = None;
+    loop {
+        let mut done = exec.run_group(&run, seeds, dir, want, tick)?;
+        let curves = seeds
+            .iter()
+            .map(|s| {
+                let rows = crate::output::read_rows(&dir.join(format!("seed{s}")))?;
+                Ok(rows
+                    .iter()
+                    .map(|r| r.eval_loss.unwrap_or(f64::NAN))
+                    .collect())
+            })
+            .collect::<Result<Vec<Vec<f64>>>>()?;
+        let crossings = batchlab_lab::fit::seed_crossings(&curves, sweep.target);
+        let settled = crossings
+            .steps
+            .is_some_and(|s| 3.0 * s <= 2.0 * run.steps as f64);
+        if settled || run.steps >= sweep.base.steps {
+            let summary = &mut done.summary;
+            match crossings.steps {
+                Some(s) => {
+                    summary.status = batchlab_core::train::Status::Complete;
+                    summary.steps = s.ceil() as u64;
+                    summary.samples = summary.steps * cfg.batch;
+                    summary.message = format!(
+                        "the mean loss over {} held-out seeds crosses the target at step {s:.2} \
+                         (argmax of the cumulative excess over {} steps)",
+                        seeds.len(),
+                        run.steps
+                    );
+                }
+                None => {
+                    summary.status = batchlab_core::train::Status::Incomplete;
+                    summary.message = format!(
+                        "the mean loss over {} held-out seeds did not settle below the target \
+                         within {} steps",
+                        seeds.len(),
+                        run.steps
+                    );
+                }
+            }
+            return Ok((done, crossings));
+        }
+        run.steps = (2 * run.steps).min(sweep.base.steps);
+        tracing::info!(
+            batch = cfg.batch,
+            lr = cfg.lr,
+            horizon = run.steps,
+            "held-out measurement: the crossing was not settled, longer horizon"
+        );
+    }
+}
+
+/// Copies a held-out measurement's crossings into its record.
+fn apply_crossings(rec: &mut TrialRecord, crossings: Option<&batchlab_lab::fit::SeedCrossings>) {
+    if let Some(c) = crossings {
+        rec.crossing = c.steps;
+        rec.group_crossings = c.groups.iter().map(|g| g.unwrap_or(f64::NAN)).collect();
+    }
+}
+
+/// A finished seed-mean trial's summary (and a held-out measurement's crossings), if it ran
+/// with exactly `key`.
+fn cached_json(
+    dir: &Path,
+    key: &serde_json::Value,
+) -> Option<(RunSummary, Option<batchlab_lab::fit::SeedCrossings>)> {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
     if &doc["key"] != key {
         return None;
     }
-    serde_json::from_value(doc["summary"].clone()).ok()
+    let crossings = serde_json::from_value(doc["crossings"].clone()).ok();
+    Some((
+        serde_json::from_value(doc["summary"].clone()).ok()?,
+        crossings,
+    ))
 }
 
 /// Runs `batchlab sweep`.
@@ -465,8 +636,11 @@ pub fn run(args: SweepArgs) -> Result<()> {
         .with_context(|| format!("creating {}", sweep.out.display()))?;
     let settings = serde_json::json!({
         "batches": sweep.batches, "seeds": sweep.seeds, "lr_policy": args.lr_policy,
-        "lr_grid": sweep.grid, "patience": sweep.patience, "target_loss": sweep.target,
+        "lr_grid": sweep.grid, "patience": sweep.patience, "refine": sweep.refine,
+        "target_loss": sweep.target,
         "target_on": args.target_on, "target_window": sweep.target_window,
+        "selection_window": sweep.selection_window,
+        "held_out_seeds": sweep.held_out_seeds,
         "base": sweep.base,
     });
     std::fs::write(
@@ -548,7 +722,10 @@ fn run_searches(
                                 ));
                             }
                         };
-                        let (rec, was_cached) = run_trial(sweep, exec, &t, &tick)?;
+                        let (mut rec, was_cached) = run_trial(sweep, exec, &t, &tick)?;
+                        if t.held_out {
+                            rec.selection_steps = search.best().map(|(_, steps)| steps);
+                        }
                         let counter = if was_cached {
                             &trials_cached
                         } else {
@@ -620,11 +797,14 @@ pub fn report(dir: &Path) -> Result<()> {
         policy: LrPolicy::Tuned,
         grid,
         patience: 0,
+        refine: 0,
         out: dir.to_path_buf(),
         exact_eval: false,
         target_window: 0.0,
+        selection_window: 0.0,
         seed_mean: study.get("target_on").and_then(|v| v.as_str()) == Some("mean"),
         probe_samples: 0,
+        held_out_seeds: vec![],
     };
     sweep.render_report(&analysis, &records)
 }

@@ -18,8 +18,8 @@
 //! result does not depend on where it ran.
 
 use crate::train::{
-    EvalWindow, RunSummary, STALL_MIN_EVALS, STALL_TOLERANCE, Status, StepMetrics, TrainConfig,
-    params_digest,
+    EvalWindow, Progress, RunPlan, RunSummary, STALL_MIN_EVALS, STALL_TOLERANCE, Status,
+    StepMetrics, TrainConfig, Trainer, params_digest,
 };
 
 /// How a group ended: status, steps to the end, and why.
@@ -169,6 +169,44 @@ impl SeedMean {
             params_digest: params_digest(&all),
         }
     }
+}
+
+/// Trains one replica per plan (the members, e.g. [`SeedMean::member_config`] of each seed) in
+/// lock step in this process and ends them together under `rule`, handing every row to
+/// `on_row(member, row)` first: the group's summary and each member's final parameters. An
+/// error from `on_row` stops the run and is returned.
+pub fn run_in_process<E>(
+    mut rule: SeedMean,
+    plans: &[RunPlan],
+    mut on_row: impl FnMut(usize, &StepMetrics) -> Result<(), E>,
+) -> Result<(RunSummary, Vec<Vec<f64>>), E> {
+    let mut trainers: Vec<Trainer> = plans.iter().map(Trainer::new).collect();
+    let end = 'run: loop {
+        for (i, trainer) in trainers.iter_mut().enumerate() {
+            match trainer.step() {
+                Progress::Step(row) => {
+                    on_row(i, &row)?;
+                    rule.record(i, &row);
+                }
+                Progress::Done(row, summary) => {
+                    if let Some(row) = row {
+                        on_row(i, &row)?;
+                        rule.record(i, &row);
+                    }
+                    break 'run rule.member_ended(i, &summary);
+                }
+            }
+        }
+        if let Some(end) = rule.check() {
+            break 'run end;
+        }
+    };
+    let params: Vec<Vec<f64>> = trainers
+        .iter()
+        .map(|t| t.replica().params.clone())
+        .collect();
+    let summary = rule.summary(end, params.iter().map(Vec::as_slice));
+    Ok((summary, params))
 }
 
 #[cfg(test)]

@@ -401,6 +401,82 @@ impl NqmTheory {
         None
     }
 
+    /// The steps to `target` as a real number: the first integer crossing `t` of
+    /// [`sgd_steps_to_target`](Self::sgd_steps_to_target), less the fraction of the last step
+    /// that `ln E[L]` still had to fall, `t − 1 + (ln L(t−1) − ln target)/(ln L(t−1) − ln L(t))`
+    /// (`docs/science.md#steps-to-target`). A continuous `S` makes the best rate a smooth
+    /// optimum instead of a staircase.
+    pub fn sgd_steps_continuous(
+        &self,
+        s0: &[f64],
+        lr: f64,
+        batch: f64,
+        target: f64,
+        max_steps: u64,
+    ) -> Option<f64> {
+        let t = self.sgd_steps_to_target(s0, lr, batch, target, max_steps)?;
+        if t == 0 {
+            return Some(0.0);
+        }
+        let (before, after) = (
+            self.sgd_expected_loss(s0, lr, batch, t - 1).ln(),
+            self.sgd_expected_loss(s0, lr, batch, t).ln(),
+        );
+        let frac = ((before - target.ln()) / (before - after)).clamp(0.0, 1.0);
+        Some((t - 1) as f64 + if frac.is_finite() { frac } else { 1.0 })
+    }
+
+    /// The best constant SGD rate for `batch` in `[lo, hi]` by continuous steps
+    /// ([`sgd_steps_continuous`](Self::sgd_steps_continuous)): the best of a log grid of 128
+    /// rates, refined by golden section over its two neighbouring cells in `ln α` to a relative
+    /// `1e-6`. `None` when no rate reaches the target within `max_steps`. This is the
+    /// closed-form optimum a measured sweep is compared with (`docs/science.md#steps-to-target`).
+    pub fn best_sgd_rate_continuous(
+        &self,
+        s0: &[f64],
+        batch: f64,
+        target: f64,
+        max_steps: u64,
+        (lo, hi): (f64, f64),
+    ) -> Option<(f64, f64)> {
+        let grid = log_grid(lo, hi, 128);
+        let steps = |ln_lr: f64| {
+            self.sgd_steps_continuous(s0, ln_lr.exp(), batch, target, max_steps)
+                .unwrap_or(f64::INFINITY)
+        };
+        let (k, best) = grid.iter().map(|lr| steps(lr.ln())).enumerate().fold(
+            (0, f64::INFINITY),
+            |acc, (k, s)| if s < acc.1 { (k, s) } else { acc },
+        );
+        if !best.is_finite() {
+            return None;
+        }
+        let (mut a, mut b) = (
+            grid[k.saturating_sub(1)].ln(),
+            grid[(k + 1).min(grid.len() - 1)].ln(),
+        );
+        let inv_phi = (5f64.sqrt() - 1.0) / 2.0;
+        let (mut c, mut d) = (b - inv_phi * (b - a), a + inv_phi * (b - a));
+        let (mut fc, mut fd) = (steps(c), steps(d));
+        while b - a > 1e-6 {
+            if fc <= fd {
+                (b, d, fd) = (d, c, fc);
+                c = b - inv_phi * (b - a);
+                fc = steps(c);
+            } else {
+                (a, c, fc) = (c, d, fd);
+                d = a + inv_phi * (b - a);
+                fd = steps(d);
+            }
+        }
+        let (x, s) = if fc <= fd { (c, fc) } else { (d, fd) };
+        Some(if s <= best {
+            (x.exp(), s)
+        } else {
+            (grid[k], best)
+        })
+    }
+
     /// The rate of `grid` with the fewest SGD steps to `target` (ties: the earlier rate), or
     /// `None` when no rate reaches it within `max_steps`.
     pub fn best_sgd_lr(
@@ -877,5 +953,34 @@ mod tests {
         let p = NqmTheory::power_law(4, 2.0, 3.0, 1.0).unwrap();
         assert_eq!(p.h(), &[1.0, 0.25, 1.0 / 9.0, 1.0 / 16.0]);
         assert_relative_eq!(p.c()[1], 0.75);
+    }
+
+    /// Continuous steps interpolate the integer crossing: between `t − 1` and `t`, and on a
+    /// single noiseless coordinate (`E[L](t) = ½(1 − α)^{2t}`) equal to the exact real root
+    /// `ln(2·target)/(2 ln(1 − α))`. The continuous optimum is no worse than the grid's best.
+    #[test]
+    fn continuous_steps_and_the_continuous_optimum() {
+        let one = NqmTheory::new(vec![1.0], vec![0.0]).unwrap();
+        let (lr, target) = (0.1f64, 0.01f64);
+        let exact = (2.0 * target).ln() / (2.0 * (1.0f64 - lr).ln());
+        let s = one
+            .sgd_steps_continuous(&[1.0], lr, 1.0, target, 1000)
+            .unwrap();
+        assert!((s - exact).abs() < 0.05, "{s} vs {exact}");
+        let t = one
+            .sgd_steps_to_target(&[1.0], lr, 1.0, target, 1000)
+            .unwrap();
+        assert!(s > (t - 1) as f64 && s <= t as f64);
+
+        let nqm = NqmTheory::power_law(50, 1.0, 1.0, 1.0).unwrap();
+        let s0 = vec![1.0; 50];
+        let target = 0.01 * nqm.expected_loss(&s0);
+        let grid = log_grid(0.001, 1.99, 24);
+        let coarse = nqm.best_sgd_lr(&s0, 16.0, target, 100_000, &grid).unwrap();
+        let (lr, steps) = nqm
+            .best_sgd_rate_continuous(&s0, 16.0, target, 100_000, (0.001, 1.99))
+            .unwrap();
+        assert!(steps <= coarse.steps as f64 + 1e-9, "{steps} vs {coarse:?}");
+        assert!((lr / coarse.lr).ln().abs() < (1.99f64 / 0.001).ln() / 23.0 * 1.5);
     }
 }

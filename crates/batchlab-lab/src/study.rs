@@ -43,6 +43,43 @@ pub struct TrialRecord {
     pub b_noise_exact: Option<f64>,
     /// The loss the target is checked on, at the end.
     pub final_loss: Option<f64>,
+    /// This trial measured the rate a tuned search chose, on held-out seeds (with the full
+    /// budget and an evaluation every step): its steps are the ones reported for its batch
+    /// size (docs/science.md#selection-bias). False for selection trials and for studies
+    /// written before held-out measurement existed.
+    #[serde(default)]
+    pub held_out: bool,
+    /// For a held-out trial, the steps the chosen rate took on the selection seeds (the
+    /// best of the search, biased low).
+    #[serde(default)]
+    pub selection_steps: Option<u64>,
+    /// For a held-out seed-mean trial, the steps to the target as a real number: the
+    /// crossing of the mean loss over its seeds (`fit::crossing_step`; `steps` is its
+    /// ceiling). The fits use it.
+    #[serde(default)]
+    pub crossing: Option<f64>,
+    /// The crossing of each group of 2 held-out seeds' mean loss (NaN where a group's did not
+    /// cross), the replicates of the interval; written as numbers separated by spaces.
+    #[serde(default, with = "spaced")]
+    pub group_crossings: Vec<f64>,
+}
+
+/// A list of numbers as one string of numbers separated by spaces (a CSV cell holds one
+/// value; `str.split()` in pandas reads it back).
+mod spaced {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        let words: Vec<String> = v.iter().map(|x| format!("{x}")).collect();
+        s.serialize_str(&words.join(" "))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.split_whitespace()
+            .map(|w| w.parse::<f64>().map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 fn one() -> u64 {

@@ -8,6 +8,9 @@
 //!              (B, seed) (a slower rate cannot win, so it stops as soon as it has lost);
 //!              the search stops after `patience` rates in a row did worse than the best
 //!              (steps to target are unimodal in the rate, up to noise).
+//!              Then, with a held-out seed, one more trial: the chosen rate on fresh seeds
+//!              with the full budget, whose steps are the ones reported (the best of noisy
+//!              trials is biased low: docs/science.md#selection-bias).
 //!     linear / sqrt / none: one trial at η₀·B/B₀, η₀·√(B/B₀) or η₀.
 //! ```
 //!
@@ -61,6 +64,8 @@ pub struct TrialPlan {
     pub seed: u64,
     /// Step budget.
     pub budget: u64,
+    /// The measurement of the chosen rate on held-out seeds (not a selection trial).
+    pub held_out: bool,
 }
 
 /// The rate search of one `(batch, seed)`.
@@ -77,6 +82,18 @@ pub struct RateSearch {
     worse_in_a_row: usize,
     single: bool,
     done: bool,
+    /// The seed (key) of the held-out measurement, when the search ends with one.
+    held_out_seed: Option<u64>,
+    /// The held-out trial has been handed out.
+    measuring: bool,
+    /// Its result: `(status, steps)`.
+    measured: Option<(Status, u64)>,
+    /// Refinement rounds left after the grid (see [`RateSearch::with_refinement`]).
+    rounds_left: u32,
+    /// The factor between the best rate and the next candidates on either side.
+    step_factor: f64,
+    /// Candidates of the current refinement round still to try.
+    refine: Vec<f64>,
 }
 
 impl RateSearch {
@@ -97,7 +114,31 @@ impl RateSearch {
             worse_in_a_row: 0,
             single: false,
             done: false,
+            held_out_seed: None,
+            measuring: false,
+            measured: None,
+            rounds_left: 0,
+            step_factor: 0.0,
+            refine: Vec::new(),
         }
+    }
+
+    /// The same search, refining the grid's best rate `rounds` times: each round tries the
+    /// geometric midpoints between the best rate so far and its neighbours at the current
+    /// spacing, then halves the spacing (in `ln η`). Two rounds bring a grid of ratio `ρ`
+    /// to `ρ^{1/4}` around the optimum, which a coarse grid otherwise misses by up to a
+    /// factor `√ρ` in rate and a few percent in steps, most at large batches (where the
+    /// steps are flattest in the rate, and `S_min`, hence `B_crit`, is decided).
+    pub fn with_refinement(mut self, rounds: u32) -> Self {
+        self.rounds_left = rounds;
+        self
+    }
+
+    /// The same search, ended by a measurement of the chosen rate on the held-out seed (key)
+    /// `seed`, with the full budget (see the module docs).
+    pub fn with_held_out(mut self, seed: u64) -> Self {
+        self.held_out_seed = Some(seed);
+        self
     }
 
     /// A single trial at rate `lr` (the scaling policies).
@@ -113,6 +154,12 @@ impl RateSearch {
             worse_in_a_row: 0,
             single: true,
             done: false,
+            held_out_seed: None,
+            measuring: false,
+            measured: None,
+            rounds_left: 0,
+            step_factor: 0.0,
+            refine: Vec::new(),
         }
     }
 
@@ -120,26 +167,74 @@ impl RateSearch {
     pub fn next_trial(&mut self) -> Option<TrialPlan> {
         if self.done || self.next >= self.rates.len() {
             self.done = true;
-            return None;
+            if !self.measuring {
+                if let Some(lr) = self.next_refinement() {
+                    return Some(self.selection_trial(lr));
+                }
+            }
+            return match (self.held_out_seed, self.best, self.measuring) {
+                (Some(seed), Some((lr, steps)), false) => {
+                    self.measuring = true;
+                    Some(TrialPlan {
+                        batch: self.batch,
+                        seed,
+                        lr,
+                        budget: held_out_horizon(steps, self.max_steps),
+                        held_out: true,
+                    })
+                }
+                _ => None,
+            };
         }
         let lr = self.rates[self.next];
         self.next += 1;
-        // A slower rate cannot win: it gets the best step count so far as its budget (ties go
-        // to the rate tried first, the larger one).
+        Some(self.selection_trial(lr))
+    }
+
+    /// A selection trial at `lr`: a slower rate cannot win, so it gets the best step count so
+    /// far as its budget (ties go to the rate tried first).
+    fn selection_trial(&self, lr: f64) -> TrialPlan {
         let budget = match self.best {
             Some((_, steps)) if !self.single => steps.min(self.max_steps),
             _ => self.max_steps,
         };
-        Some(TrialPlan {
+        TrialPlan {
             batch: self.batch,
             seed: self.seed,
             lr,
             budget,
-        })
+            held_out: false,
+        }
+    }
+
+    /// The next refinement candidate, starting a round when the last one is spent.
+    fn next_refinement(&mut self) -> Option<f64> {
+        if self.refine.is_empty() && self.rounds_left > 0 {
+            let (best, _) = self.best?;
+            if self.step_factor == 0.0 {
+                // The grid's ratio around the best rate (the larger one, at an end).
+                let k = self.rates.iter().position(|&r| r == best)?;
+                let up = k.checked_sub(1).map(|i| self.rates[i] / best);
+                let down = self.rates.get(k + 1).map(|r| best / r);
+                self.step_factor = up.into_iter().chain(down).fold(1.0, f64::max);
+                if self.step_factor <= 1.0 {
+                    return None;
+                }
+            }
+            self.step_factor = self.step_factor.sqrt();
+            self.rounds_left -= 1;
+            // Tried in the search's order: the larger first.
+            self.refine = vec![best / self.step_factor, best * self.step_factor];
+        }
+        self.refine.pop()
     }
 
     /// Takes the result of the trial last returned by [`RateSearch::next_trial`].
     pub fn record(&mut self, r: &TrialRecord) {
+        if self.measuring {
+            self.measured = Some((r.status, r.steps));
+            return;
+        }
         let won = r.status == Status::Complete && self.best.is_none_or(|(_, s)| r.steps < s);
         if won {
             self.best = Some((r.lr, r.steps));
@@ -155,15 +250,27 @@ impl RateSearch {
         }
     }
 
-    /// The best `(lr, steps)` found so far.
+    /// The best `(lr, steps)` found so far by the selection trials.
     pub fn best(&self) -> Option<(f64, u64)> {
         self.best
+    }
+
+    /// The held-out measurement's `(status, steps)`, once it ran.
+    pub fn measured(&self) -> Option<(Status, u64)> {
+        self.measured
     }
 
     /// The batch size and seed searched.
     pub fn key(&self) -> (u64, u64) {
         (self.batch, self.seed)
     }
+}
+
+/// The first budget of a held-out measurement whose selection took `steps`: twice that (and
+/// 50 more), so that the mean loss has time to settle past its crossing; at most
+/// `max_steps`. An executor that finds the crossing too near the end doubles it.
+pub fn held_out_horizon(steps: u64, max_steps: u64) -> u64 {
+    steps.saturating_mul(2).max(steps + 50).min(max_steps)
 }
 
 /// Powers of two from `lo` to `hi` inclusive (`lo` rounded up to a power of two).
@@ -198,6 +305,10 @@ mod tests {
             b_simple_exact: None,
             b_noise_exact: None,
             final_loss: None,
+            held_out: plan.held_out,
+            selection_steps: None,
+            crossing: None,
+            group_crossings: Vec::new(),
         }
     }
 
@@ -266,6 +377,49 @@ mod tests {
         };
         let (_, best) = drive(RateSearch::tuned(1, 0, &grid, 1_000_000, 2), 10.0, steps);
         assert_eq!(best, Some((0.016, 625)));
+    }
+
+    #[test]
+    fn a_held_out_measurement_of_the_chosen_rate_ends_the_search() {
+        let grid = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0];
+        let search = RateSearch::tuned(8, 0, &grid, 10_000, 2).with_held_out(2);
+        let (plans, best) = drive(search, 0.7, |lr| (10.0 / lr) as u64);
+        assert_eq!(best, Some((0.5, 20)));
+        let last = plans.last().unwrap();
+        assert_eq!(
+            (last.seed, last.lr, last.budget, last.held_out),
+            (2, 0.5, 70, true),
+            "twice the best's 20 steps, and 50 more"
+        );
+        assert_eq!(plans.iter().filter(|p| p.held_out).count(), 1);
+        // No rate reached the target: nothing to measure.
+        let none = RateSearch::tuned(8, 0, &grid, 10_000, 2).with_held_out(2);
+        let (plans, _) = drive(none, 0.0, |_| 1);
+        assert!(plans.iter().all(|p| !p.held_out));
+    }
+
+    #[test]
+    fn refinement_halves_the_spacing_around_the_best_rate_each_round() {
+        let grid: Vec<f64> = (0..8).map(|k| 2f64.powi(k - 6)).collect(); // 1/64 … 2, ratio 2
+        // Unimodal in ln η with its minimum at 0.3, between the grid's 0.25 and 0.5.
+        let steps = |lr: f64| (1e5 * (1.0 + (lr / 0.3).ln().powi(2))) as u64;
+        let (_, plain) = drive(RateSearch::tuned(4, 0, &grid, u64::MAX, 3), 10.0, steps);
+        assert_eq!(plain.unwrap().0, 0.25);
+        let search = RateSearch::tuned(4, 0, &grid, u64::MAX, 3).with_refinement(2);
+        let (plans, best) = drive(search, 10.0, steps);
+        let (lr, _) = best.unwrap();
+        // Two rounds: candidates at 0.25·2^{±1/2}, then the new best·2^{±1/4}.
+        assert!(
+            (lr / 0.3).ln().abs() <= 2f64.ln() / 8.0 + 1e-12,
+            "best {lr}"
+        );
+        let refined: Vec<f64> = plans
+            .iter()
+            .map(|p| p.lr)
+            .filter(|r| !grid.contains(r))
+            .collect();
+        assert_eq!(refined.len(), 4, "{refined:?}");
+        assert!((refined[0] / (0.25 * 2f64.sqrt())).ln().abs() < 1e-12);
     }
 
     #[test]

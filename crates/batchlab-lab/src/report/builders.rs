@@ -483,6 +483,10 @@ mod tests {
                 b_simple_exact: None,
                 b_noise_exact: Some(300.0),
                 final_loss: (b < 30.0).then_some(0.0099),
+                held_out: false,
+                selection_steps: None,
+                crossing: None,
+                group_crossings: Vec::new(),
             })
             .collect();
 
@@ -684,6 +688,10 @@ mod tests {
             b_simple_exact: None,
             b_noise_exact: Some(98.0),
             final_loss: None,
+            held_out: false,
+            selection_steps: None,
+            crossing: None,
+            group_crossings: Vec::new(),
         };
         let table = trials_table(&[record]);
         assert_eq!(
