@@ -51,6 +51,27 @@ pub struct SweepPoint {
     pub best: Option<BestRate>,
 }
 
+/// Golden-section search for a minimum of `f` on `[a, b]`, to width `tol`: the best point
+/// seen and its value. Finds the minimum of a unimodal `f`; otherwise a local one.
+pub fn golden_min(f: impl Fn(f64) -> f64, mut a: f64, mut b: f64, tol: f64) -> (f64, f64) {
+    let inv_phi = (5f64.sqrt() - 1.0) / 2.0;
+    let mut c = b - inv_phi * (b - a);
+    let mut d = a + inv_phi * (b - a);
+    let (mut fc, mut fd) = (f(c), f(d));
+    while b - a > tol {
+        if fc <= fd {
+            (b, d, fd) = (d, c, fc);
+            c = b - inv_phi * (b - a);
+            fc = f(c);
+        } else {
+            (a, c, fc) = (c, d, fd);
+            d = a + inv_phi * (b - a);
+            fd = f(d);
+        }
+    }
+    if fc <= fd { (c, fc) } else { (d, fd) }
+}
+
 /// `n` rates spaced geometrically from `lo` to `hi` inclusive (`n = 1` gives `[lo]`).
 pub fn log_grid(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     match n {
@@ -451,25 +472,12 @@ impl NqmTheory {
         if !best.is_finite() {
             return None;
         }
-        let (mut a, mut b) = (
+        let (x, s) = golden_min(
+            steps,
             grid[k.saturating_sub(1)].ln(),
             grid[(k + 1).min(grid.len() - 1)].ln(),
+            1e-6,
         );
-        let inv_phi = (5f64.sqrt() - 1.0) / 2.0;
-        let (mut c, mut d) = (b - inv_phi * (b - a), a + inv_phi * (b - a));
-        let (mut fc, mut fd) = (steps(c), steps(d));
-        while b - a > 1e-6 {
-            if fc <= fd {
-                (b, d, fd) = (d, c, fc);
-                c = b - inv_phi * (b - a);
-                fc = steps(c);
-            } else {
-                (a, c, fc) = (c, d, fd);
-                d = a + inv_phi * (b - a);
-                fd = steps(d);
-            }
-        }
-        let (x, s) = if fc <= fd { (c, fc) } else { (d, fd) };
         Some(if s <= best {
             (x.exp(), s)
         } else {

@@ -24,6 +24,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use batchlab_core::theory::golden_min;
 use batchlab_core::train::Status;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -281,26 +282,6 @@ fn profile(ln_b: &[f64], ln_y: &[f64], x: f64) -> (f64, f64) {
         m2 += d * (r - mean);
     }
     (mean, m2)
-}
-
-/// Golden-section search for a minimum of `f` on `[a, b]`, to width `tol`: the best point seen.
-fn golden_min(f: impl Fn(f64) -> f64, mut a: f64, mut b: f64, tol: f64) -> (f64, f64) {
-    let inv_phi = (5f64.sqrt() - 1.0) / 2.0;
-    let mut c = b - inv_phi * (b - a);
-    let mut d = a + inv_phi * (b - a);
-    let (mut fc, mut fd) = (f(c), f(d));
-    while b - a > tol {
-        if fc <= fd {
-            (b, d, fd) = (d, c, fc);
-            c = b - inv_phi * (b - a);
-            fc = f(c);
-        } else {
-            (a, c, fc) = (c, d, fd);
-            d = a + inv_phi * (b - a);
-            fd = f(d);
-        }
-    }
-    if fc <= fd { (c, fc) } else { (d, fd) }
 }
 
 /// Least squares of `ln y_i − offset − ln(1 + K/B_i)` over `offset` and `K > 0`.
