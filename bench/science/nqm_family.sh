@@ -9,12 +9,15 @@
 #   bench/science/nqm_family.sh [BATCHLAB] [OUT]      (defaults: target/release/batchlab, runs/nqm-family)
 #
 # The whole family takes about half an hour on 2 cores (d = 1000 dominates); set CASES to a
-# subset, e.g. CASES="20:1:1:0.01 100:1:1:0.01".
+# subset, e.g. CASES="20:1:1:0.01 100:1:1:0.01". Every trial keeps every step's metrics of
+# every seed, so the slow cases write several GB each (d = 100, p = 2: over 4 GB): give OUT a
+# disk with room, and delete it after.
 set -euo pipefail
 bin=${1:-target/release/batchlab}
 out=${2:-runs/nqm-family}
 cases=${CASES:-"20:1:1:0.01 50:1:1:0.01 100:1:1:0.01 300:1:1:0.01 1000:1:1:0.01
-100:0.5:0.5:0.01 100:2:2:0.01 100:1:0:0.01 100:1:2:0.01 100:1:1:0.05 100:1:1:0.002"}
+100:0.5:0.5:0.01 100:2:2:0.01 100:1:0:0.01 100:1:0.5:0.01 100:1:2:0.01 100:1:1:0.05
+100:1:1:0.002"}
 mkdir -p "$out"
 printf '%6s %5s %5s %7s %10s %17s %10s %7s %7s %7s\n' d p q target 'B_crit' '95% interval' 'closed' ratio covers seconds
 for c in $cases; do
