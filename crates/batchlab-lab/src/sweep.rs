@@ -144,22 +144,8 @@ impl RateSearch {
     /// A single trial at rate `lr` (the scaling policies).
     pub fn fixed(batch: u64, seed: u64, lr: f64, max_steps: u64) -> Self {
         Self {
-            batch,
-            seed,
-            rates: vec![lr],
-            next: 0,
-            max_steps,
-            patience: 1,
-            best: None,
-            worse_in_a_row: 0,
             single: true,
-            done: false,
-            held_out_seed: None,
-            measuring: false,
-            measured: None,
-            rounds_left: 0,
-            step_factor: 0.0,
-            refine: Vec::new(),
+            ..Self::tuned(batch, seed, &[lr], max_steps, 1)
         }
     }
 
