@@ -72,7 +72,7 @@ Examples:
   batchlab train                                      # NQM, d=1000, SGD, B=64
   batchlab train --task mlp --batch 256 --lr 0.05 --steps 500
   batchlab train --set task.kind=mlp --set task.data.source=csv \\
-                 --set task.data.path=digits.csv --optimizer momentum
+                 --set task.data.path=data/digits.csv --optimizer momentum
   batchlab train --print-config > run.toml            # every field, then edit";
 
 impl TrainArgs {

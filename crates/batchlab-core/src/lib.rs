@@ -18,6 +18,7 @@
 pub mod error;
 pub mod estimate;
 pub mod exact;
+pub mod footprint;
 pub mod group;
 pub mod optim;
 pub mod rng;

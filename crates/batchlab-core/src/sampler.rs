@@ -51,6 +51,10 @@ pub struct Sampler {
 /// samples per seed before two seeds could overlap.
 const SEED_STRIDE: u64 = 1 << 40;
 
+/// The most samples one run may draw (`batch × steps`): beyond it the stream of one seed
+/// would run into the next seed's.
+pub const MAX_SAMPLES: u64 = SEED_STRIDE;
+
 impl Sampler {
     /// A sampler of global batch `batch` in microbatches of `micro` samples.
     pub fn new(seed: u64, batch: u64, micro: u64, source: Source) -> Result<Self, ConfigError> {

@@ -27,11 +27,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::ensure;
 use crate::estimate::{NoiseScaleEma, PrefixNorms, lanczos_extremes, two_batch};
 use crate::exact::{FixedScale, MicroStats, Packet};
+use crate::footprint::{self, Footprint};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::{Stream, rng};
-use crate::sampler::{Sampler, Source};
+use crate::sampler::{MAX_SAMPLES, Sampler, Source};
 use crate::schedule::{Scaling, Schedule, ScheduleConfig};
-use crate::tasks::TaskConfig;
+use crate::tasks::{Budget, TaskConfig};
 use crate::{ConfigError, Evaluation, Scratch, Task, vec};
 
 /// Which loss the target is checked against.
@@ -95,6 +96,11 @@ pub struct TrainConfig {
     /// The run is INFEASIBLE once the training loss exceeds this multiple of the initial loss
     /// (the evaluation at step 0 when there is one, else the first batch's training loss).
     pub divergence_factor: f64,
+    /// The most memory the run may allocate, in GB (10⁹ bytes), checked from the settings
+    /// before anything is allocated (see [`crate::footprint`]). Default: 80 % of this
+    /// machine's physical memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit_gb: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -119,6 +125,7 @@ impl Default for TrainConfig {
             sharpness_iters: 50,
             noise_ema: 0.95,
             divergence_factor: 100.0,
+            memory_limit_gb: None,
         }
     }
 }
@@ -156,6 +163,12 @@ impl std::fmt::Debug for RunPlan {
             .field("peak_lr", &self.peak_lr)
             .finish()
     }
+}
+
+/// [`footprint::default_limit`], read once per process.
+fn default_memory_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(footprint::default_limit)
 }
 
 impl TrainConfig {
@@ -211,7 +224,46 @@ impl TrainConfig {
             c.divergence_factor,
             "a factor > 1 (or a huge value to only stop on non-finite losses)",
         )?;
-        let task: Arc<dyn Task> = Arc::from(c.task.build()?);
+        let samples = c.batch.checked_mul(c.steps).filter(|&n| n <= MAX_SAMPLES);
+        ensure(
+            samples.is_some(),
+            "batch",
+            c.batch,
+            &format!(
+                "batch × steps ≤ 2⁴⁰ samples (the sampler's stream of one seed); with steps = {}, \
+                 a batch of at most {}",
+                c.steps,
+                MAX_SAMPLES / c.steps
+            ),
+        )?;
+        let limit = match c.memory_limit_gb {
+            Some(gb) => footprint::limit_bytes(gb)?,
+            None => default_memory_limit(),
+        };
+        let words_per_param = footprint::WORDS_PER_PARAM
+            + if c.sharpness_every > 0 {
+                c.sharpness_iters as u128
+            } else {
+                0
+            };
+        let mut run = Footprint::new();
+        let micro_setting = if c.micro.is_some() { "micro" } else { "batch" };
+        let micro_value = if c.micro.is_some() { micro } else { c.batch };
+        run.add(
+            (micro_setting, micro_value),
+            format!("sample indices of one microbatch of {micro}"),
+            micro.into(),
+            8,
+        );
+        let mut whole = c.task.footprint(words_per_param);
+        whole.extend(&run);
+        whole.check(limit)?;
+        let budget = Budget {
+            limit,
+            words_per_param,
+            run,
+        };
+        let task: Arc<dyn Task> = Arc::from(c.task.build_within(&budget)?);
         c.optimizer.build(task.num_params())?; // validate now
         let schedule = c.schedule.build(c.steps)?;
         let peak_lr = c.lr_scaling.apply(c.lr, base_batch, c.batch);

@@ -1021,10 +1021,7 @@ fn noise_estimates_on_a_finite_training_set_are_unbiased_against_the_full_pass()
 #[test]
 fn noise_estimates_on_csv_data_are_unbiased_against_the_full_pass() {
     use batchlab_core::tasks::mlp::{CsvData, MlpConfig, MlpData};
-    let digits = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/digits.csv"
-    );
+    let digits = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/digits.csv");
     let cfg = TrainConfig {
         task: TaskConfig::Mlp(MlpConfig {
             hidden: vec![16],
@@ -1050,5 +1047,97 @@ fn noise_estimates_on_csv_data_are_unbiased_against_the_full_pass() {
     assert!(
         (tr - exact.trace_sigma).abs() < 4.0 * tr_se,
         "tr Σ {tr} ± {tr_se} vs {exact:?}"
+    );
+}
+
+/// What a run would allocate is checked from its settings before anything is allocated, and
+/// the error names the setting behind the largest item (each of these asked for terabytes).
+#[test]
+fn runs_too_large_for_memory_are_refused_before_allocating_naming_the_setting() {
+    use batchlab_core::tasks::mlp::{CsvData, MlpConfig, MlpData};
+    let limited = |cfg: TrainConfig| TrainConfig {
+        memory_limit_gb: Some(16.0),
+        ..cfg
+    };
+    let build_error = |cfg: TrainConfig| limited(cfg).build().unwrap_err().to_string();
+
+    // A batch of 10¹¹: 16 microbatches of 6.25·10⁹ sample indices (50 GB).
+    let e = build_error(TrainConfig {
+        batch: 100_000_000_000,
+        steps: 2,
+        ..TrainConfig::default()
+    });
+    assert!(
+        e.starts_with(
+            "batch = 100000000000 (sample indices of one microbatch of 6250000000: 50.0 GB"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("memory_limit_gb = 16.0 (lower batch"), "{e}");
+    // More samples than one seed's stream holds.
+    let e = build_error(TrainConfig {
+        batch: 1 << 30,
+        steps: 2048,
+        ..TrainConfig::default()
+    });
+    assert!(e.contains("batch × steps ≤ 2⁴⁰ samples"), "{e}");
+    assert!(e.contains("a batch of at most 536870912"), "{e}");
+
+    // Hidden widths of 10⁶: 10¹² parameters of the middle layer.
+    let mlp = |hidden: Vec<usize>, data: MlpData| {
+        TaskConfig::Mlp(MlpConfig {
+            hidden,
+            data,
+            ..MlpConfig::default()
+        })
+    };
+    let e = build_error(TrainConfig {
+        task: mlp(vec![1_000_000, 1_000_000], MlpData::default()),
+        ..TrainConfig::default()
+    });
+    assert!(
+        e.starts_with("task.hidden = [1000000, 1000000] (parameters of a 1000000×1000000 layer"),
+        "{e}"
+    );
+
+    // A label of 4·10⁹ in a data file: the classes are known only once the file is read.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big-label.csv");
+    std::fs::write(&path, "label,x\n0,1\n4000000000,2\n1,3\n0,4\n1,5\n").unwrap();
+    let csv = MlpData::Csv(CsvData {
+        path: path.clone(),
+        ..CsvData::default()
+    });
+    let e = build_error(TrainConfig {
+        task: mlp(vec![16], csv.clone()),
+        ..TrainConfig::default()
+    });
+    assert!(
+        e.starts_with(&format!(
+            "task.data = 4000000001 classes in {}",
+            path.display()
+        )),
+        "{e}"
+    );
+    // The same file with small labels builds, and so does the default run within 16 GB.
+    std::fs::write(&path, "label,x\n0,1\n3,2\n1,3\n0,4\n1,5\n").unwrap();
+    limited(TrainConfig {
+        task: mlp(vec![16], csv),
+        ..TrainConfig::default()
+    })
+    .build()
+    .unwrap();
+    limited(TrainConfig::default()).build().unwrap();
+    // The limit itself is checked.
+    let e = TrainConfig {
+        memory_limit_gb: Some(-1.0),
+        ..TrainConfig::default()
+    }
+    .build()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("memory_limit_gb = -1: expected a positive number"),
+        "{e}"
     );
 }

@@ -92,35 +92,43 @@ pub const IDX_LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// Reads a whole IDX file of unsigned bytes with the expected magic number; returns its
 /// dimensions and data, checking that the data is exactly as long as the dimensions say.
+///
+/// The header is read first and its size product computed with checked arithmetic; then at
+/// most one byte more than that product is read, so a header claiming more than the file holds
+/// (or a reader that never ends) allocates no more than the file's own bytes.
 fn read_idx(
     mut reader: impl Read,
     path: &Path,
     magic: u32,
     what: &str,
 ) -> Result<(Vec<usize>, Vec<u8>), ConfigError> {
-    let mut bytes = Vec::new();
-    reader
-        .read_to_end(&mut bytes)
-        .map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
+    let io_error = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let ndims = (magic & 0xff) as usize;
+    let header_len = 4 + 4 * ndims;
+    let mut header = Vec::with_capacity(header_len);
+    (&mut reader)
+        .take(header_len as u64)
+        .read_to_end(&mut header)
+        .map_err(io_error)?;
+    if header.starts_with(&[0x1f, 0x8b]) {
         return Err(data_error(
             path,
             "gzip-compressed file: expected an uncompressed IDX file (decompress it with `gunzip` first)",
         ));
     }
-    if bytes.len() < 4 {
+    if header.len() < 4 {
         return Err(data_error(
             path,
             format!(
                 "{} bytes: expected at least a 4-byte IDX magic number",
-                bytes.len()
+                header.len()
             ),
         ));
     }
-    let found = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let found = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     if found != magic {
         return Err(data_error(
             path,
@@ -129,31 +137,45 @@ fn read_idx(
             ),
         ));
     }
-    let ndims = (magic & 0xff) as usize;
-    let header = 4 + 4 * ndims;
-    if bytes.len() < header {
+    if header.len() < header_len {
         return Err(data_error(
             path,
             format!(
-                "{} bytes: expected a header of {header} bytes ({ndims} dimensions)",
-                bytes.len()
+                "{} bytes: expected a header of {header_len} bytes ({ndims} dimensions)",
+                header.len()
             ),
         ));
     }
-    let dims: Vec<usize> = (0..ndims)
-        .map(|k| {
-            let o = 4 + 4 * k;
-            u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
-        })
+    let dims: Vec<usize> = header[4..]
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect();
-    let expected = dims.iter().product::<usize>();
-    let found_len = bytes.len() - header;
-    if found_len != expected {
-        let shape = dims
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join("×");
+    let shape = dims
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join("×");
+    let expected = dims
+        .iter()
+        .try_fold(1u64, |p, &d| p.checked_mul(d as u64))
+        .filter(|&n| n < u64::MAX)
+        .ok_or_else(|| {
+            data_error(
+                path,
+                format!("dimensions {shape}: their product overflows; expected a header that describes the file's data"),
+            )
+        })?;
+    let mut bytes = Vec::new();
+    reader
+        .take(expected + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() as u64 != expected {
+        let found_len = if bytes.len() as u64 > expected {
+            "more than that".to_string()
+        } else {
+            bytes.len().to_string()
+        };
         return Err(data_error(
             path,
             format!(
@@ -161,7 +183,6 @@ fn read_idx(
             ),
         ));
     }
-    bytes.drain(..header);
     Ok((dims, bytes))
 }
 
@@ -172,6 +193,7 @@ pub fn read_idx_images(
     path: &Path,
 ) -> Result<(Vec<f32>, usize, usize), ConfigError> {
     let (dims, bytes) = read_idx(reader, path, IDX_IMAGES_MAGIC, "images")?;
+    // The product of all three fit the data read, so these cannot overflow.
     let (n, dim) = (dims[0], dims[1] * dims[2]);
     if n > 0 && dim == 0 {
         return Err(data_error(
@@ -233,8 +255,8 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset, ConfigError> {
 /// Reads a CSV file with a header row: one label column (non-negative integers) and numeric
 /// features in every other column.
 ///
-/// The label column is `label_column` if given (by header name), else the column named `label`,
-/// else the first column.
+/// The label column is `label_column` if given (by header name), else the column named `label`;
+/// a header with neither is refused rather than guessed.
 pub fn read_csv(
     reader: impl Read,
     path: &Path,
@@ -279,7 +301,17 @@ pub fn read_csv(
                 format!("no label column `{name}` in the header: expected one of {names}, ..."),
             )
         })?,
-        None => header.iter().position(|h| h == "label").unwrap_or(0),
+        None => header.iter().position(|h| h == "label").ok_or_else(|| {
+            let names = header.iter().take(8).collect::<Vec<_>>().join(", ");
+            data_error(
+                path,
+                format!(
+                    "no column named `label` in the header ({names}{}): name the label column \
+                     with task.data.label_column",
+                    if header.len() > 8 { ", ..." } else { "" }
+                ),
+            )
+        })?,
     };
     let dim = header.len() - 1;
     if dim == 0 {
@@ -469,7 +501,24 @@ pub fn prepare(
             }
             (train, test)
         }
-        None => split(&train, holdout, seed),
+        None => {
+            let (train, held) = split(&train, holdout, seed);
+            if train.n == 0 || held.n == 0 {
+                return Err(ConfigError::invalid(
+                    "task.data.holdout",
+                    holdout,
+                    format!(
+                        "a hold-out that leaves rows on both sides: {} rows split into {} for \
+                         training and {} held out (give a file with more rows, or a separate \
+                         test file)",
+                        train.n + held.n,
+                        train.n,
+                        held.n
+                    ),
+                ));
+            }
+            (train, held)
+        }
     };
     let classes = train.classes.max(test.classes);
     train.classes = classes;
@@ -484,11 +533,8 @@ pub fn prepare(
 mod tests {
     use super::*;
 
-    /// `/work/shared/data/digits.csv`, seen from this crate's directory.
-    pub(crate) const DIGITS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/digits.csv"
-    );
+    /// The repository's `data/digits.csv`, seen from this crate's directory.
+    pub(crate) const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/digits.csv");
 
     fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
         let mut v = magic.to_be_bytes().to_vec();
@@ -511,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn csv_label_column_by_name_default_name_or_first() {
+    fn csv_label_column_by_name_or_the_column_named_label() {
         let p = Path::new("mem.csv");
         let by_name = read_csv("a,y,b\n1,2,3\n4,0,6\n".as_bytes(), p, Some("y")).unwrap();
         assert_eq!(
@@ -523,8 +569,15 @@ mod tests {
             (named_label.labels, named_label.features),
             (vec![1], vec![1.5])
         );
-        let first = read_csv("y,a\n1,1.5\n".as_bytes(), p, None).unwrap();
-        assert_eq!((first.labels, first.features), (vec![1], vec![1.5]));
+        // Without `label` in the header and no column named, the file is refused, not guessed.
+        let e = read_csv("y,a\n1,1.5\n".as_bytes(), p, None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "mem.csv: no column named `label` in the header (y, a): name the label column with \
+             task.data.label_column"
+        );
     }
 
     #[test]
@@ -631,6 +684,107 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.starts_with("reading /nonexistent/x: "), "{msg}");
+    }
+
+    #[test]
+    fn a_crafted_idx_header_is_refused_without_allocating_what_it_claims() {
+        let p = Path::new("crafted");
+        // 4 × 2³¹ × 2³¹ = 2⁶⁴: the product overflows u64.
+        let wrap = idx_bytes(IDX_IMAGES_MAGIC, &[4, 1 << 31, 1 << 31], &[0; 16]);
+        let msg = read_idx_images(&wrap[..], p).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "crafted: dimensions 4×2147483648×2147483648: their product overflows; expected a \
+             header that describes the file's data"
+        );
+        // A product that fits but claims far more than the file holds.
+        let huge = idx_bytes(IDX_IMAGES_MAGIC, &[u32::MAX, u32::MAX, 1], &[7; 3]);
+        let msg = read_idx_images(&huge[..], p).unwrap_err().to_string();
+        assert!(
+            msg.starts_with(
+                "crafted: 3 bytes of data after the header: expected 18446744065119617025"
+            ),
+            "{msg}"
+        );
+        // A reader that never ends stops one byte past the header's claim.
+        let endless = idx_bytes(IDX_LABELS_MAGIC, &[3], &[]);
+        let reader = (&endless[..]).chain(std::io::repeat(1));
+        let msg = read_idx_labels(reader, p).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "crafted: more than that bytes of data after the header: expected 3 (dimensions 3)"
+        );
+    }
+
+    #[test]
+    fn a_csv_too_small_to_split_is_refused_naming_rows_and_holdout() {
+        let p = Path::new("two.csv");
+        let d = read_csv("label,x\n0,1\n1,2\n".as_bytes(), p, None).unwrap();
+        let msg = prepare(d, None, 0.2, Scale::Max, 0)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "task.data.holdout = 0.2: expected a hold-out that leaves rows on both sides: 2 rows \
+             split into 2 for training and 0 held out (give a file with more rows, or a separate \
+             test file)"
+        );
+        // Three rows at a hold-out of 0.5 leave rows on both sides.
+        let d = read_csv("label,x\n0,1\n1,2\n1,3\n".as_bytes(), p, None).unwrap();
+        let (tr, te) = prepare(d, None, 0.5, Scale::Max, 0).unwrap();
+        assert_eq!(tr.n + te.n, 3);
+        assert!(tr.n >= 1 && te.n >= 1);
+    }
+
+    mod readers_never_panic {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn digits_head() -> Vec<u8> {
+            std::fs::read(DIGITS).unwrap()[..4000].to_vec()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Arbitrary bytes: an error (or a table), never a panic.
+            #[test]
+            fn random_bytes_into_every_reader(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let p = Path::new("fuzz");
+                let _ = read_csv(&bytes[..], p, None);
+                let _ = read_csv(&bytes[..], p, Some("label"));
+                let _ = read_idx_images(&bytes[..], p);
+                let _ = read_idx_labels(&bytes[..], p);
+            }
+
+            /// An IDX header with random dimensions over random data: the data's length is
+            /// checked against the dimensions, whatever they are.
+            #[test]
+            fn idx_headers_with_random_dimensions(
+                dims in proptest::collection::vec(any::<u32>(), 3),
+                data in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let bytes = idx_bytes(IDX_IMAGES_MAGIC, &dims, &data);
+                let p = Path::new("fuzz");
+                match read_idx_images(&bytes[..], p) {
+                    Ok((features, n, dim)) => prop_assert_eq!(features.len(), n * dim),
+                    Err(e) => prop_assert!(e.to_string().starts_with("fuzz: "), "{}", e),
+                }
+            }
+
+            /// A real file cut anywhere, or with one byte changed: read or refused with the
+            /// file's name, never a panic.
+            #[test]
+            fn truncated_and_corrupted_csv(cut in 0usize..4000, at in 0usize..4000, byte in any::<u8>()) {
+                let mut bytes = digits_head();
+                bytes[at] = byte;
+                bytes.truncate(cut);
+                let p = Path::new("digits.csv");
+                if let Err(e) = read_csv(&bytes[..], p, None) {
+                    prop_assert!(e.to_string().starts_with("digits.csv: "), "{}", e);
+                }
+            }
+        }
     }
 
     #[test]

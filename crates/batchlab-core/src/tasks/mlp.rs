@@ -38,9 +38,11 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use super::Budget;
 use super::data::{self, Dataset, Scale};
 use crate::ConfigError;
 use crate::error::ensure;
+use crate::footprint::Footprint;
 use crate::rng::{Stream, rng};
 use crate::task::{BatchStats, Evaluation, Scratch, Task, central_difference_hvp};
 
@@ -491,6 +493,31 @@ fn num_params(widths: &[usize]) -> usize {
     widths.windows(2).map(|w| (w[0] + 1) * w[1]).sum()
 }
 
+/// [`num_params`] without overflow, for sizes not yet checked.
+fn param_count(widths: &[usize]) -> u128 {
+    widths
+        .windows(2)
+        .map(|w| (w[0] as u128 + 1).saturating_mul(w[1] as u128))
+        .fold(0, u128::saturating_add)
+}
+
+/// Adds each layer's parameters (at `words` `f64` words each) to `f`, under `settings[k]`.
+fn layer_footprint(
+    f: &mut Footprint,
+    widths: &[usize],
+    settings: &[(&'static str, String)],
+    words: u128,
+) {
+    for (w, (setting, value)) in widths.windows(2).zip(settings) {
+        f.add(
+            (*setting, value),
+            format!("parameters of a {}×{} layer and their buffers", w[0], w[1]),
+            param_count(w),
+            words * 8,
+        );
+    }
+}
+
 /// The argmax class of a network on every row of `set` (f64 arithmetic).
 fn predict(widths: &[usize], params: &[f64], set: &Dataset) -> Vec<u32> {
     let mut bufs = Buffers::<f64>::default();
@@ -521,6 +548,106 @@ fn predict(widths: &[usize], params: &[f64], set: &Dataset) -> Vec<u32> {
 impl MlpConfig {
     /// Validates and builds the task, reading or generating its data.
     pub fn build(&self) -> Result<Mlp, ConfigError> {
+        self.build_within(&Budget::unlimited())
+    }
+
+    /// What the settings say the task allocates before any file is read: parameters (of the
+    /// hidden layers alone when the input width and classes come from a file), synthetic
+    /// datasets, the teacher network, the sampler's epoch permutation.
+    pub fn footprint(&self, words_per_param: u128) -> Footprint {
+        let mut f = Footprint::new();
+        let synthetic = match &self.data {
+            MlpData::Teacher(t) => {
+                let teacher: Vec<usize> = std::iter::once(t.input_dim)
+                    .chain(t.teacher_hidden.iter().copied())
+                    .chain([t.classes])
+                    .collect();
+                f.add(
+                    (
+                        "task.data.teacher_hidden",
+                        format!("{:?}", t.teacher_hidden),
+                    ),
+                    "the teacher network's parameters",
+                    param_count(&teacher),
+                    8,
+                );
+                Some((t.input_dim, t.classes, t.train_size, t.eval_size))
+            }
+            MlpData::Mixture(m) => {
+                f.add(
+                    ("task.data.classes", m.classes),
+                    "the class means",
+                    (m.classes as u128).saturating_mul(m.input_dim as u128),
+                    8,
+                );
+                Some((m.input_dim, m.classes, m.train_size, m.eval_size))
+            }
+            MlpData::Idx(_) | MlpData::Csv(_) => None,
+        };
+        match synthetic {
+            Some((input, classes, train, eval)) => {
+                let rows = (train as u128).saturating_add(eval as u128);
+                f.add(
+                    ("task.data.train_size", train),
+                    "the synthetic datasets",
+                    rows.saturating_mul(input as u128 + 1),
+                    4,
+                );
+                f.add(
+                    ("task.data.train_size", train),
+                    "the sampler's epoch permutation",
+                    train as u128,
+                    8,
+                );
+                let widths: Vec<usize> = std::iter::once(input)
+                    .chain(self.hidden.iter().copied())
+                    .chain([classes])
+                    .collect();
+                layer_footprint(
+                    &mut f,
+                    &widths,
+                    &self.layer_settings(&widths, None),
+                    words_per_param,
+                );
+            }
+            None => {
+                let hidden = &self.hidden;
+                if hidden.len() >= 2 {
+                    let inner: Vec<usize> = hidden.clone();
+                    let settings = vec![("task.hidden", format!("{hidden:?}")); inner.len() - 1];
+                    layer_footprint(&mut f, &inner, &settings, words_per_param);
+                }
+            }
+        }
+        f
+    }
+
+    /// For each layer of `widths` (input, hidden…, classes), the setting behind its size: the
+    /// side of the layer with the larger width.
+    fn layer_settings(&self, widths: &[usize], file: Option<&Path>) -> Vec<(&'static str, String)> {
+        let last = widths.len() - 1;
+        let side = |k: usize| -> (&'static str, String) {
+            let what = if k == 0 { "features" } else { "classes" };
+            match file {
+                _ if k != 0 && k != last => ("task.hidden", format!("{:?}", self.hidden)),
+                Some(p) => (
+                    "task.data",
+                    format!("{} {what} in {}", widths[k], p.display()),
+                ),
+                None if k == 0 => ("task.data.input_dim", widths[k].to_string()),
+                None => ("task.data.classes", widths[k].to_string()),
+            }
+        };
+        widths
+            .windows(2)
+            .enumerate()
+            .map(|(k, w)| if w[0] >= w[1] { side(k) } else { side(k + 1) })
+            .collect()
+    }
+
+    /// Validates and builds the task within a memory budget: the parameters are counted once
+    /// the data (and so the input width and classes) is known, before they are allocated.
+    pub fn build_within(&self, budget: &Budget) -> Result<Mlp, ConfigError> {
         ensure(
             self.hidden.iter().all(|&w| w >= 1),
             "task.hidden",
@@ -528,6 +655,24 @@ impl MlpConfig {
             "widths of at least 1",
         )?;
         let (train, eval) = self.data.load(self.seed)?;
+        let classes = train.classes.max(eval.classes);
+        let widths: Vec<usize> = std::iter::once(train.dim)
+            .chain(self.hidden.iter().copied())
+            .chain([classes])
+            .collect();
+        let file = match &self.data {
+            MlpData::Csv(c) => Some(c.path.as_path()),
+            MlpData::Idx(c) => Some(c.train_images.as_path()),
+            _ => None,
+        };
+        let mut f = budget.run.clone();
+        layer_footprint(
+            &mut f,
+            &widths,
+            &self.layer_settings(&widths, file),
+            budget.words_per_param,
+        );
+        f.check(budget.limit)?;
         Ok(Mlp::from_datasets(
             &self.hidden,
             train,
@@ -1138,11 +1283,8 @@ mod tests {
     use super::*;
     use crate::task::gradient_check_error;
 
-    /// `/work/shared/data/digits.csv`, seen from this crate's directory.
-    const DIGITS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/digits.csv"
-    );
+    /// The repository's `data/digits.csv`, seen from this crate's directory.
+    const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/digits.csv");
 
     fn teacher(
         hidden: &[usize],
