@@ -107,17 +107,17 @@ impl SeedMean {
                 ),
             });
         }
-        if self.stop_stalled {
-            if let Some(level) = self.window.stalled(STALL_MIN_EVALS, STALL_TOLERANCE) {
-                return Some(GroupEnd {
-                    status: Status::Incomplete,
-                    steps: step,
-                    message: format!(
-                        "the mean over {n} seeds stalled at {level:.6e} above the target after \
+        if self.stop_stalled
+            && let Some(level) = self.window.stalled(STALL_MIN_EVALS, STALL_TOLERANCE)
+        {
+            return Some(GroupEnd {
+                status: Status::Incomplete,
+                steps: step,
+                message: format!(
+                    "the mean over {n} seeds stalled at {level:.6e} above the target after \
                          {step} steps"
-                    ),
-                });
-            }
+                ),
+            });
         }
         None
     }

@@ -66,7 +66,7 @@ impl Sampler {
             "a microbatch size of at least 1",
         )?;
         ensure(
-            batch % micro == 0,
+            batch.is_multiple_of(micro),
             "micro",
             micro,
             &format!("a divisor of the batch size {batch}"),

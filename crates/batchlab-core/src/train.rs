@@ -134,7 +134,7 @@ impl Default for TrainConfig {
 pub fn default_micro(batch: u64) -> u64 {
     let k = (1..=16.min(batch))
         .rev()
-        .find(|k| batch % k == 0)
+        .find(|k| batch.is_multiple_of(*k))
         .unwrap_or(1);
     batch / k
 }
@@ -178,7 +178,7 @@ impl TrainConfig {
         ensure(c.batch >= 1, "batch", c.batch, "a batch size of at least 1")?;
         let micro = c.micro.unwrap_or_else(|| default_micro(c.batch));
         ensure(
-            micro >= 1 && c.batch % micro == 0,
+            micro >= 1 && c.batch.is_multiple_of(micro),
             "micro",
             micro,
             &format!("a divisor of batch = {}", c.batch),
@@ -605,7 +605,7 @@ impl Replica {
             return Begin::Compute;
         }
         let at_end = t >= cfg.steps;
-        let eval_due = at_end || (cfg.eval_every > 0 && t % cfg.eval_every == 0);
+        let eval_due = at_end || (cfg.eval_every > 0 && t.is_multiple_of(cfg.eval_every));
         self.pending.eval = None;
         self.pending.sharpness = None;
         self.pending.redos = 0;
@@ -630,16 +630,17 @@ impl Replica {
                     ),
                 )));
             }
-            if cfg.stop_stalled && cfg.target_loss.is_some() {
-                if let Some(level) = self.eval_window.stalled(STALL_MIN_EVALS, STALL_TOLERANCE) {
-                    return Begin::Finished(Box::new(self.summary(
-                        Status::Incomplete,
-                        format!(
-                            "stalled at eval loss {level:.6e} above the target after {t} steps \
+            if cfg.stop_stalled
+                && cfg.target_loss.is_some()
+                && let Some(level) = self.eval_window.stalled(STALL_MIN_EVALS, STALL_TOLERANCE)
+            {
+                return Begin::Finished(Box::new(self.summary(
+                    Status::Incomplete,
+                    format!(
+                        "stalled at eval loss {level:.6e} above the target after {t} steps \
                              (the latest half of the evaluations no lower than the quarter before)"
-                        ),
-                    )));
-                }
+                    ),
+                )));
             }
         }
         if at_end {
@@ -649,7 +650,7 @@ impl Replica {
             };
             return Begin::Finished(Box::new(self.summary(Status::Incomplete, message)));
         }
-        if cfg.sharpness_every > 0 && t % cfg.sharpness_every == 0 {
+        if cfg.sharpness_every > 0 && t.is_multiple_of(cfg.sharpness_every) {
             let s = self.sharpness(scratch);
             self.pending.sharpness = Some(s);
             self.pending.last_sharpness = Some(s);

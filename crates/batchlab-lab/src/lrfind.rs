@@ -391,14 +391,14 @@ pub fn find(points: &[LrPoint], run_diverged: bool, rule: &Rule) -> Result<Findi
         {
             window.pop_front();
         }
-        if let Some(&j) = window.front() {
-            if smoothed[i] > rule.factor * smoothed[j] {
-                blowup = Some(Blowup {
-                    index: i,
-                    cause: Cause::Rise,
-                });
-                break;
-            }
+        if let Some(&j) = window.front()
+            && smoothed[i] > rule.factor * smoothed[j]
+        {
+            blowup = Some(Blowup {
+                index: i,
+                cause: Cause::Rise,
+            });
+            break;
         }
         while window.back().is_some_and(|&j| smoothed[j] >= smoothed[i]) {
             window.pop_back();

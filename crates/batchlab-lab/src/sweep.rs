@@ -153,10 +153,10 @@ impl RateSearch {
     pub fn next_trial(&mut self) -> Option<TrialPlan> {
         if self.done || self.next >= self.rates.len() {
             self.done = true;
-            if !self.measuring {
-                if let Some(lr) = self.next_refinement() {
-                    return Some(self.selection_trial(lr));
-                }
+            if !self.measuring
+                && let Some(lr) = self.next_refinement()
+            {
+                return Some(self.selection_trial(lr));
             }
             return match (self.held_out_seed, self.best, self.measuring) {
                 (Some(seed), Some((lr, steps)), false) => {

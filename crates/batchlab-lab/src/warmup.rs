@@ -425,10 +425,10 @@ impl CellRecord {
         let diverged = summary.status == Status::Infeasible;
         let mut points = loss_points(rows);
         // The evaluation after the last update is in the summary, not in a row.
-        if let (false, Some(l)) = (diverged, summary.final_eval_loss) {
-            if points.last().is_none_or(|p| p.0 < summary.steps) {
-                points.push((summary.steps, l));
-            }
+        if let (false, Some(l)) = (diverged, summary.final_eval_loss)
+            && points.last().is_none_or(|p| p.0 < summary.steps)
+        {
+            points.push((summary.steps, l));
         }
         let final_loss = if diverged {
             None

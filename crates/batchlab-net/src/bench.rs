@@ -225,7 +225,7 @@ async fn run_typed<T: BenchElem + Default>(
             let k = (it - u64::from(op.warmup).min(it)) as u32;
             let s = salt(spec.seed, o, it);
             fill(buf, me, s);
-            let traced = timed && spec.trace_every > 0 && k % spec.trace_every == 0;
+            let traced = timed && spec.trace_every > 0 && k.is_multiple_of(spec.trace_every);
             phases.clear();
             let t0 = Instant::now();
             let reduced =

@@ -1240,7 +1240,7 @@ fn backward<T: Real>(
         let (fan_in, fan_out) = (widths[l], widths[l + 1]);
         let (cur, next): (&[T], &mut [T]) = if l + 1 == layers {
             (&last[0], d0)
-        } else if (layers - 2 - l) % 2 == 0 {
+        } else if (layers - 2 - l).is_multiple_of(2) {
             (d0, d1)
         } else {
             (d1, d0)
