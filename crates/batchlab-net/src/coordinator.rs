@@ -208,13 +208,13 @@ impl Membership {
     /// Adds a member; returns its worker id.
     pub fn join(&mut self, m: Member) -> Result<usize, String> {
         if self.generation == 0 {
-            if let Some(r) = m.requested_rank {
-                if r as usize >= self.target {
-                    return Err(format!(
-                        "requested rank {r} from {} is out of range for {} workers",
-                        m.addr, self.target
-                    ));
-                }
+            if let Some(r) = m.requested_rank
+                && r as usize >= self.target
+            {
+                return Err(format!(
+                    "requested rank {r} from {} is out of range for {} workers",
+                    m.addr, self.target
+                ));
             }
         } else if !self.elastic() {
             return Err(format!(
@@ -580,10 +580,10 @@ impl Shared {
                             "the coordinator stopped: {reason}"
                         )));
                     }
-                    if s.members.generation() > after {
-                        if let Some(reply) = self.placement(&s, id) {
-                            return Ok(reply);
-                        }
+                    if s.members.generation() > after
+                        && let Some(reply) = self.placement(&s, id)
+                    {
+                        return Ok(reply);
                     }
                 }
                 if v.changed().await.is_err() {
@@ -697,17 +697,26 @@ impl Coordinator {
         .max_decoding_message_size(transport::MAX_MESSAGE);
         let svc = InterceptedService::new(svc, Check::new(&self.shared.cfg.token, "coordinator"));
         let monitor = tokio::spawn(monitor(self.shared.clone()));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let mut server = transport::server();
-        if let Some(tls) = &self.shared.cfg.tls {
-            server = server
-                .tls_config(tls.grpc_server())
-                .map_err(|e| NetError::Config(format!("TLS for the coordinator: {e}")))?;
-        }
-        let result = server
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let router = transport::server().add_service(svc);
+        // Under TLS, the handshakes are done (and the failed ones refused) before tonic.
+        let result = match &self.shared.cfg.tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tls.grpc_incoming(listener, "the coordinator"),
+                        shutdown,
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        shutdown,
+                    )
+                    .await
+            }
+        };
         monitor.abort();
         result.map_err(|e| NetError::Io {
             what: format!("coordinator server: {e}"),
@@ -1100,19 +1109,18 @@ impl Coordinator {
         while inbox.try_recv().is_ok() {} // leftovers of an earlier task
         let task = {
             let mut s = self.shared.state.lock().expect("poisoned");
-            if !s.members.elastic() {
-                if let Some(rank) = (0..s.members.current().len())
+            if !s.members.elastic()
+                && let Some(rank) = (0..s.members.current().len())
                     .find(|&r| s.members.is_lost(s.members.current()[r]))
-                {
-                    return Err(NetError::Aborted(format!(
-                        "rank {rank} was lost earlier; the cluster cannot run"
-                    )));
-                }
+            {
+                return Err(NetError::Aborted(format!(
+                    "rank {rank} was lost earlier; the cluster cannot run"
+                )));
             }
-            if let Some(reason) = &s.abort {
-                if s.paused_since.is_some() {
-                    return Err(NetError::Aborted(reason.clone()));
-                }
+            if let Some(reason) = &s.abort
+                && s.paused_since.is_some()
+            {
+                return Err(NetError::Aborted(reason.clone()));
             }
             s.task += 1;
             s.spec = Some(kind);
@@ -1199,16 +1207,17 @@ async fn monitor(shared: Arc<Shared>) {
                     lost_now.push((rank, msg));
                 }
             }
-            if let Some(since) = s.paused_since {
-                if since.elapsed() > shared.cfg.pause_timeout && s.abort.is_none() {
-                    let msg = format!(
-                        "paused for {:.0} s with fewer than --min-workers {} workers; stopping",
-                        since.elapsed().as_secs_f64(),
-                        shared.cfg.min_workers
-                    );
-                    s.abort = Some(msg.clone());
-                    lost_now.push((usize::MAX, msg));
-                }
+            if let Some(since) = s.paused_since
+                && since.elapsed() > shared.cfg.pause_timeout
+                && s.abort.is_none()
+            {
+                let msg = format!(
+                    "paused for {:.0} s with fewer than --min-workers {} workers; stopping",
+                    since.elapsed().as_secs_f64(),
+                    shared.cfg.min_workers
+                );
+                s.abort = Some(msg.clone());
+                lost_now.push((usize::MAX, msg));
             }
         }
         for (_, message) in lost_now {
@@ -1349,21 +1358,22 @@ impl coordinator_server::Coordinator for Service {
                         })),
                     }));
                 }
-                if s.task > r.done_task && s.members.rank_of(id).is_some() {
-                    if let Some(kind) = &s.spec {
-                        // A run that ended is not handed to a worker that joined after it, nor
-                        // a benchmark to a worker of another generation (its collectives are
-                        // numbered within one).
-                        let stale = match kind {
-                            task_assignment::Kind::Run(_) => s.open != s.task,
-                            _ => s.task_generation != r.generation,
-                        };
-                        if !stale {
-                            return Ok(Response::new(TaskAssignment {
-                                task: s.task,
-                                kind: Some(kind.clone()),
-                            }));
-                        }
+                if s.task > r.done_task
+                    && s.members.rank_of(id).is_some()
+                    && let Some(kind) = &s.spec
+                {
+                    // A run that ended is not handed to a worker that joined after it, nor
+                    // a benchmark to a worker of another generation (its collectives are
+                    // numbered within one).
+                    let stale = match kind {
+                        task_assignment::Kind::Run(_) => s.open != s.task,
+                        _ => s.task_generation != r.generation,
+                    };
+                    if !stale {
+                        return Ok(Response::new(TaskAssignment {
+                            task: s.task,
+                            kind: Some(kind.clone()),
+                        }));
                     }
                 }
             }

@@ -10,7 +10,7 @@ pub enum NetError {
     #[error("{0}")]
     Refused(String),
     /// A peer or the coordinator could not be reached.
-    #[error("cannot reach {what} at {addr}: {source}")]
+    #[error("cannot reach {what} at {addr}: {}", chain(source))]
     Unreachable {
         /// Who: `coordinator`, `rank 3`.
         what: String,
@@ -62,6 +62,21 @@ impl NetError {
             status,
         }
     }
+}
+
+/// `e` and the errors it wraps, each once (tonic's "transport error" says nothing without the
+/// certificate or connection error below it).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        next = e.source();
+    }
+    out
 }
 
 /// The one place where errors become gRPC statuses.

@@ -1,7 +1,8 @@
 //! Random bytes into every decoder a peer's bytes reach: the protobuf messages of both
 //! services, the CBOR report payloads, the run's TOML, the data plane's hello and piece
-//! headers, and a live data-plane listener. Each must answer with a value or an error, never a
-//! panic or a hang; the listener must refuse, count the refusal, and keep serving.
+//! headers, a live data-plane listener and a live coordinator. Each must answer with a value
+//! or an error, never a panic or a hang; the listeners must refuse, count the refusal, and
+//! keep serving.
 
 use std::time::Duration;
 
@@ -186,6 +187,172 @@ fn a_data_plane_listener_refuses_random_connections_counts_them_and_keeps_servin
         );
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A gRPC codec that sends its bytes as they are: a message that need not decode.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Calls `method` of the coordinator on `channel` with `body` as its message(s), stamped with
+/// `token`: one message for a unary method, a stream of one for `Report`.
+async fn raw_call(
+    channel: tonic::transport::Channel,
+    token: &str,
+    method: &'static str,
+    body: Vec<u8>,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(method);
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(crate::auth::TOKEN_KEY, token.parse().unwrap());
+    metadata.insert(
+        crate::auth::PROTOCOL_KEY,
+        PROTOCOL_VERSION.to_string().parse().unwrap(),
+    );
+    let ext = tonic::Extensions::default();
+    let result = if method.ends_with("/Report") {
+        let stream = tokio_stream::iter(vec![body]);
+        let request = tonic::Request::from_parts(metadata, ext, stream);
+        grpc.client_streaming(request, path, Raw).await.map(|_| ())
+    } else {
+        let request = tonic::Request::from_parts(metadata, ext, body);
+        grpc.unary(request, path, Raw).await.map(|_| ())
+    };
+    result.expect_err("the message was refused")
+}
+
+/// A live coordinator fed messages that do not decode as their protobuf (with the run's token)
+/// refuses each before any handler (INTERNAL, naming the decoding error), counts each as
+/// malformed, and still serves a proper join; with a wrong token the message is refused for
+/// the token, never decoded.
+#[test]
+fn a_coordinator_refuses_undecodable_messages_counts_them_and_keeps_serving() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let coordinator = crate::Coordinator::new(crate::CoordinatorConfig::new(1, "tok"));
+        let serving = coordinator.clone();
+        tokio::spawn(async move { serving.serve(listener, std::future::pending()).await });
+        let channel = crate::transport::endpoint(&format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut rng = batchlab_core::rng::rng(20261207, batchlab_core::rng::Stream::Init, 0);
+        let before = crate::refused::counts();
+        let mut sent = 0u64;
+        while sent < 24 {
+            use rand::Rng;
+            let body: Vec<u8> = (0..rng.random_range(1..64)).map(|_| rng.random()).collect();
+            // Random bytes that happen to decode are a (random) proper message: not these.
+            if pb::JoinRequest::decode(body.as_slice()).is_ok()
+                || pb::RunReport::decode(body.as_slice()).is_ok()
+            {
+                continue;
+            }
+            let method = if sent.is_multiple_of(2) {
+                "/batchlab.v1.Coordinator/Join"
+            } else {
+                "/batchlab.v1.Coordinator/Report"
+            };
+            let status = raw_call(channel.clone(), "tok", method, body).await;
+            assert_eq!(status.code(), tonic::Code::Internal, "{method}: {status:?}");
+            assert!(
+                status
+                    .message()
+                    .contains("failed to decode Protobuf message"),
+                "{method}: {status:?}"
+            );
+            sent += 1;
+        }
+        // The coordinator's counts are the process's: at least ours.
+        let after = crate::refused::counts();
+        assert!(
+            after.malformed >= before.malformed + sent,
+            "{sent} undecodable messages, malformed counted {} -> {}",
+            before.malformed,
+            after.malformed
+        );
+        // A wrong token: refused for it before the message is looked at.
+        let status = raw_call(
+            channel.clone(),
+            "not-tok",
+            "/batchlab.v1.Coordinator/Join",
+            vec![0xff; 3],
+        )
+        .await;
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(crate::refused::counts().token > before.token);
+        // Nobody joined; a proper join is still served.
+        assert!(
+            coordinator
+                .wait_ready(Duration::from_millis(10))
+                .await
+                .is_err()
+        );
+        let mut client = pb::coordinator_client::CoordinatorClient::with_interceptor(
+            channel,
+            crate::auth::Stamp::new("tok").unwrap(),
+        );
+        let reply = client
+            .join(pb::JoinRequest {
+                advertise_addr: "127.0.0.1:9".into(),
+                hostname: "fuzz".into(),
+                pid: 1,
+                requested_rank: -1,
+                data_addr: String::new(),
+                data_unix: String::new(),
+                host_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((reply.rank, reply.world_size), (0, 1));
+    });
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

@@ -1,10 +1,17 @@
 //! What this process refused, counted by reason: calls and connections without the run's
 //! token or protocol version, messages of another run or generation, malformed and oversized
-//! messages. Every refusal is logged with its sender and the count so far; a refused call or
-//! message changes no state. The coordinator writes its counts into the run's summary and each
-//! worker reports its own with its timing.
+//! messages, failed TLS handshakes. Every refusal is counted; a refused call or message changes
+//! no state. The coordinator writes its counts into the run's summary and each worker reports
+//! its own with its timing.
+//!
+//! The log is rate-limited per reason ([`Throttle`]): the first refusal is logged with its
+//! sender and what was wrong, and the further ones of the same reason are summarised, at most
+//! one line per [`SUMMARY_INTERVAL`] ("299 more refusals (token) in the last 10 s"), so that a
+//! misconfigured client retrying in a loop does not flood the log.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,17 +61,155 @@ impl Reason {
 
 static COUNTS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 
-/// Counts a refusal and logs it with who sent it and what was wrong; returns `why` for the
-/// caller's error.
+/// The shortest time between two log lines of one reason, after its first.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The log's rate limit for the whole process.
+static THROTTLE: Mutex<Throttle> = Mutex::new(Throttle::new(SUMMARY_INTERVAL));
+
+/// Counts a refusal and logs it with who sent it and what was wrong (or, when refusals of this
+/// reason come faster than one per [`SUMMARY_INTERVAL`], sums them up in one line per
+/// interval); returns `why` for the caller's error.
 pub fn refuse(reason: Reason, from: &str, why: String) -> String {
     let n = COUNTS[reason.index()].fetch_add(1, Ordering::Relaxed) + 1;
-    tracing::warn!(
-        %from,
-        reason = reason.name(),
-        refused_so_far = n,
-        "refused: {why}"
-    );
+    let now = Instant::now();
+    let line = lock_throttle().note(reason, now);
+    match line {
+        Line::Detail => tracing::warn!(
+            %from,
+            reason = reason.name(),
+            refused_so_far = n,
+            "refused: {why}"
+        ),
+        Line::Quiet { flush_at } => {
+            if let Some(at) = flush_at {
+                schedule_flush(reason, at);
+            }
+        }
+        Line::Summary { more, over } => log_summary(reason, more, over),
+    }
     why
+}
+
+fn lock_throttle() -> std::sync::MutexGuard<'static, Throttle> {
+    // The throttle's state stays consistent whatever panicked while it was held.
+    THROTTLE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes the summary of refusals that were counted but not logged by `at`, when there is a
+/// runtime to wait on (otherwise the next refusal of the reason after `at` writes it).
+fn schedule_flush(reason: Reason, at: Instant) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        tokio::time::sleep_until(at.into()).await;
+        let summary = lock_throttle().flush(reason, Instant::now());
+        if let Some(Line::Summary { more, over }) = summary {
+            log_summary(reason, more, over);
+        }
+    });
+}
+
+fn log_summary(reason: Reason, more: u64, over: Duration) {
+    tracing::warn!(
+        reason = reason.name(),
+        refused_so_far = COUNTS[reason.index()].load(Ordering::Relaxed),
+        "{}",
+        summary_line(reason, more, over)
+    );
+}
+
+/// The text of a summary: `more` refusals of `reason` not logged one by one, over `over`.
+pub fn summary_line(reason: Reason, more: u64, over: Duration) -> String {
+    let s = if more == 1 { "" } else { "s" };
+    format!(
+        "refused: {more} more refusal{s} ({}) in the last {} s",
+        reason.name(),
+        over.as_secs_f64().round()
+    )
+}
+
+/// What to log of one refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line {
+    /// This refusal, with its sender and what was wrong.
+    Detail,
+    /// Nothing now; counted for a later summary. `flush_at` is set on the first refusal so
+    /// held back: when the summary is due, call [`Throttle::flush`].
+    Quiet {
+        /// When the summary of the refusals held back is due.
+        flush_at: Option<Instant>,
+    },
+    /// A summary: `more` refusals not logged one by one (from [`Throttle::note`], this one
+    /// among them), over `over`.
+    Summary {
+        /// How many.
+        more: u64,
+        /// Since the reason's previous log line.
+        over: Duration,
+    },
+}
+
+/// The log's rate limit, per reason: a line with details for the first refusal (and for the
+/// first after a quiet interval), then at most one summary line per interval. Pure logic: the
+/// caller says what time it is.
+#[derive(Debug)]
+pub struct Throttle {
+    interval: Duration,
+    /// Per reason: when its last line was written.
+    last_line: [Option<Instant>; 6],
+    /// Per reason: refusals counted since then, not logged yet.
+    held: [u64; 6],
+}
+
+impl Throttle {
+    /// A throttle writing at most one line per reason per `interval` after the first.
+    pub const fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last_line: [None; 6],
+            held: [0; 6],
+        }
+    }
+
+    /// What to log of a refusal of `reason` at `now`.
+    pub fn note(&mut self, reason: Reason, now: Instant) -> Line {
+        let i = reason.index();
+        let due = self.last_line[i]
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
+        if !due {
+            self.held[i] += 1;
+            let flush_at = (self.held[i] == 1).then(|| {
+                self.last_line[i].expect("a line was written, or it would be due") + self.interval
+            });
+            return Line::Quiet { flush_at };
+        }
+        let line = match (self.held[i], self.last_line[i]) {
+            (held, Some(last)) if held > 0 => Line::Summary {
+                more: held + 1,
+                over: now.saturating_duration_since(last),
+            },
+            _ => Line::Detail,
+        };
+        self.last_line[i] = Some(now);
+        self.held[i] = 0;
+        line
+    }
+
+    /// The summary of the refusals of `reason` held back, if there are any and the interval
+    /// since the reason's last line is over at `now` (a [`Line::Summary`]); else `None`.
+    pub fn flush(&mut self, reason: Reason, now: Instant) -> Option<Line> {
+        let i = reason.index();
+        let last = self.last_line[i]?;
+        let over = now.saturating_duration_since(last);
+        if self.held[i] == 0 || over < self.interval {
+            return None;
+        }
+        let more = std::mem::take(&mut self.held[i]);
+        self.last_line[i] = Some(now);
+        Some(Line::Summary { more, over })
+    }
 }
 
 /// This process's refusals so far, by reason.
@@ -80,7 +225,7 @@ pub struct Refused {
     pub malformed: u64,
     /// Over the size limit.
     pub oversized: u64,
-    /// Failed TLS handshakes on the data plane (gRPC's are refused inside its server).
+    /// Failed TLS handshakes (gRPC and data-plane listeners).
     #[serde(default)]
     pub tls: u64,
 }
@@ -120,5 +265,97 @@ mod tests {
         assert!(after.token > before.token);
         assert!(after.oversized >= before.oversized + 2);
         assert!(after.total() >= before.total() + 3);
+    }
+
+    /// 300 refusals in a burst: one line with details, then one summary of the other 299 once
+    /// the interval is over; the next burst is summed up after the next interval, and a
+    /// refusal after a quiet interval is logged with details again.
+    #[test]
+    fn a_burst_of_refusals_is_logged_once_then_summed_up_per_interval() {
+        let s = Duration::from_secs;
+        let t0 = Instant::now();
+        let mut t = Throttle::new(s(10));
+        assert_eq!(t.note(Reason::Token, t0), Line::Detail);
+        let mut lines = Vec::new();
+        for k in 1..300u32 {
+            lines.push(t.note(Reason::Token, t0 + Duration::from_millis(u64::from(k))));
+        }
+        // Only the first one held back asks for a flush, at the end of the interval.
+        assert_eq!(
+            lines[0],
+            Line::Quiet {
+                flush_at: Some(t0 + s(10))
+            }
+        );
+        assert!(
+            lines[1..]
+                .iter()
+                .all(|l| *l == Line::Quiet { flush_at: None })
+        );
+        // Too early: nothing to write yet.
+        assert_eq!(t.flush(Reason::Token, t0 + s(9)), None);
+        assert_eq!(
+            t.flush(Reason::Token, t0 + s(10)),
+            Some(Line::Summary {
+                more: 299,
+                over: s(10)
+            })
+        );
+        // Flushed: a second flush has nothing to say.
+        assert_eq!(t.flush(Reason::Token, t0 + s(11)), None);
+        // Two more within the next interval: held back until it is over; the next refusal
+        // after it (its flush never ran) writes the summary, itself included.
+        assert_eq!(
+            t.note(Reason::Token, t0 + s(12)),
+            Line::Quiet {
+                flush_at: Some(t0 + s(20))
+            }
+        );
+        assert_eq!(
+            t.note(Reason::Token, t0 + s(13)),
+            Line::Quiet { flush_at: None }
+        );
+        assert_eq!(
+            t.note(Reason::Token, t0 + s(25)),
+            Line::Summary {
+                more: 3,
+                over: s(15)
+            }
+        );
+        // Quiet for an interval: the next one is logged in full again.
+        assert_eq!(t.note(Reason::Token, t0 + s(40)), Line::Detail);
+    }
+
+    #[test]
+    fn each_reason_has_its_own_rate_limit() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Duration::from_secs(10));
+        assert_eq!(t.note(Reason::Token, t0), Line::Detail);
+        assert!(matches!(t.note(Reason::Token, t0), Line::Quiet { .. }));
+        // Another reason's first refusal is logged in full despite the token burst.
+        assert_eq!(t.note(Reason::Malformed, t0), Line::Detail);
+        assert!(matches!(t.note(Reason::Malformed, t0), Line::Quiet { .. }));
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(
+            t.flush(Reason::Tls, later),
+            None,
+            "nothing was refused for TLS"
+        );
+        assert!(matches!(
+            t.flush(Reason::Malformed, later),
+            Some(Line::Summary { more: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_summary_says_how_many_of_which_reason_over_how_long() {
+        assert_eq!(
+            summary_line(Reason::Token, 299, Duration::from_millis(10_020)),
+            "refused: 299 more refusals (token) in the last 10 s"
+        );
+        assert_eq!(
+            summary_line(Reason::Tls, 1, Duration::from_secs(12)),
+            "refused: 1 more refusal (tls) in the last 12 s"
+        );
     }
 }

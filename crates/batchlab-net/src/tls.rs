@@ -2,18 +2,32 @@
 //! services) and the data plane's TCP streams. Mutual: each process presents its certificate,
 //! and accepts only peers whose certificate the run's CA signed. Unix-socket data-plane
 //! streams stay on one host and are not wrapped. The token is checked as well.
+//!
+//! The gRPC servers' handshakes are done here rather than inside tonic, so that a failed one
+//! is refused like any other input: counted, and logged naming the client's address (a
+//! plaintext client said to be one).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::NetError;
+use crate::refused::{Reason, refuse};
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection of a gRPC server under TLS, handshake done.
+pub(crate) type GrpcStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// A process's TLS settings: its certificate chain and key, the CA its peers' certificates
 /// must chain to, and optionally the one name every peer's certificate is checked against
@@ -25,6 +39,8 @@ pub struct Tls {
     ca: Vec<u8>,
     server_name: Option<String>,
     acceptor: TlsAcceptor,
+    /// The same for gRPC servers: HTTP/2 negotiated by ALPN, as tonic's clients require.
+    grpc_acceptor: TlsAcceptor,
     connector: TlsConnector,
 }
 
@@ -105,12 +121,15 @@ impl Tls {
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, private)
             .map_err(|e| config_error("the certificate and key", e))?;
+        let mut grpc_server = server.clone();
+        grpc_server.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             cert,
             key,
             ca,
             server_name,
             acceptor: TlsAcceptor::from(Arc::new(server)),
+            grpc_acceptor: TlsAcceptor::from(Arc::new(grpc_server)),
             connector: TlsConnector::from(Arc::new(client)),
         })
     }
@@ -123,11 +142,54 @@ impl Tls {
         host_of(addr).to_string()
     }
 
-    /// The gRPC server side.
-    pub(crate) fn grpc_server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .client_ca_root(Certificate::from_pem(&self.ca))
+    /// The connections a gRPC server (`what`: `the coordinator`, `a worker's peer service`)
+    /// accepts on `listener`, each with its TLS handshake done. Handshakes run side by side (a
+    /// slow client holds up nobody); a failed one is refused (counted, and logged naming the
+    /// client's address) and never reaches the server. The listener is closed once the server
+    /// drops the stream.
+    pub(crate) fn grpc_incoming(
+        &self,
+        listener: TcpListener,
+        what: &'static str,
+    ) -> ReceiverStream<std::io::Result<GrpcStream>> {
+        let (tx, rx) = mpsc::channel(16);
+        let acceptor = self.grpc_acceptor.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = tx.closed() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (tcp, from) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors, or a connection reset before it was accepted:
+                        // the next one may do.
+                        tracing::warn!("{what}: accepting a connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match grpc_handshake(&acceptor, tcp).await {
+                        Ok(stream) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Err(why) => {
+                            let from = from.to_string();
+                            refuse(
+                                Reason::Tls,
+                                &from,
+                                format!("{what} refused the connection from {from}: {why}"),
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
     }
 
     /// The gRPC client side, for a server at `addr`.
@@ -163,6 +225,29 @@ impl Tls {
     }
 }
 
+/// The server side of a gRPC connection's handshake, or why it failed (a client that sent an
+/// HTTP/2 preface instead of a TLS hello is said to speak plaintext).
+async fn grpc_handshake(acceptor: &TlsAcceptor, tcp: TcpStream) -> Result<GrpcStream, String> {
+    let handshake = async {
+        let mut first = [0u8; 4];
+        let seen = tcp.peek(&mut first).await.unwrap_or(0);
+        let plaintext = first[..seen] == *b"PRI ";
+        acceptor.accept(tcp).await.map_err(|e| {
+            if plaintext {
+                format!(
+                    "the client speaks plaintext HTTP/2 and this server TLS (give the client \
+                     --tls-cert, --tls-key and --tls-ca): TLS handshake: {e}"
+                )
+            } else {
+                format!("TLS handshake: {e}")
+            }
+        })
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| format!("no TLS handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()))?
+}
+
 /// Whether `e` (or an error it wraps) is a TLS failure: a certificate refused on either side,
 /// or a handshake that cannot succeed. Such an error is not worth retrying.
 pub fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -183,10 +268,74 @@ pub fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// What a server answered an HTTP/2 client's first bytes with (see [`probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Speaks {
+    /// A TLS record (an alert: it expected a TLS hello).
+    Tls,
+    /// An HTTP/2 SETTINGS frame: plaintext gRPC.
+    PlainHttp2,
+}
+
+/// What the server at `addr` answers a plaintext HTTP/2 client with, if it answers within two
+/// seconds with something recognisable. A TLS server counts the probe as a failed handshake.
+pub(crate) async fn probe(addr: &str) -> Option<Speaks> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut tcp = TcpStream::connect(host_port_of(addr)).await.ok()?;
+        // The client preface and an empty SETTINGS frame, in one segment.
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .ok()?;
+        let mut head = [0u8; 4];
+        tcp.read_exact(&mut head).await.ok()?;
+        Some(head)
+    };
+    let head = tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()??;
+    classify(head)
+}
+
+/// A server's first four bytes: a TLS record (content type alert or handshake, version 3.x) or
+/// an HTTP/2 frame header of type SETTINGS.
+fn classify(head: [u8; 4]) -> Option<Speaks> {
+    match head {
+        [0x15 | 0x16, 0x03, ..] => Some(Speaks::Tls),
+        [_, _, _, 0x04] => Some(Speaks::PlainHttp2),
+        _ => None,
+    }
+}
+
+/// Why a call to the server at `addr` (`what`: `the coordinator`) failed, when it is because
+/// one side speaks TLS and the other does not (`tls`: whether this side does); `None` when the
+/// server does not answer as the other kind. The caller asks after a transport failure (a
+/// plaintext client reads a TLS alert as an oversized HTTP/2 frame, or finds the connection
+/// reset; a TLS client reads an HTTP/2 frame as a corrupt TLS record).
+pub(crate) async fn mismatch(what: &str, addr: &str, tls: bool) -> Option<String> {
+    match (tls, probe(addr).await?) {
+        (false, Speaks::Tls) => Some(format!(
+            "{what} at {addr} speaks TLS and this process does not: start this process with \
+             --tls-cert, --tls-key and --tls-ca (and --tls-server-name if {what}'s \
+             certificate does not name the address dialled)"
+        )),
+        (true, Speaks::PlainHttp2) => Some(format!(
+            "{what} at {addr} does not speak TLS and this process does: start {what} with \
+             --tls-cert, --tls-key and --tls-ca too, or this process without them"
+        )),
+        _ => None,
+    }
+}
+
+/// The `host:port` of `host:port`, `[v6]:port` or `scheme://host:port/...`.
+fn host_port_of(addr: &str) -> &str {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
 /// The host of `host:port`, `[v6]:port` or `scheme://host:port`.
 fn host_of(addr: &str) -> &str {
-    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
-    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = host_port_of(addr);
     if let Some(v6) = hostport.strip_prefix('[') {
         return v6.split(']').next().unwrap_or(v6);
     }
@@ -216,6 +365,23 @@ mod tests {
         assert_eq!(host_of("[::1]:7070"), "::1");
         assert_eq!(host_of("10.0.0.2:1"), "10.0.0.2");
         assert_eq!(host_of("host"), "host");
+        assert_eq!(
+            host_port_of("https://coordinator:7070/x"),
+            "coordinator:7070"
+        );
+        assert_eq!(host_port_of("[::1]:7070"), "[::1]:7070");
+    }
+
+    #[test]
+    fn a_server_s_first_bytes_tell_tls_from_plaintext_http2() {
+        // A TLS alert (TLS 1.2 record version), a TLS handshake record (a hello of 1.0).
+        assert_eq!(classify([0x15, 0x03, 0x03, 0x00]), Some(Speaks::Tls));
+        assert_eq!(classify([0x16, 0x03, 0x01, 0x02]), Some(Speaks::Tls));
+        // An HTTP/2 SETTINGS frame of 18 bytes.
+        assert_eq!(classify([0x00, 0x00, 0x12, 0x04]), Some(Speaks::PlainHttp2));
+        // HTTP/1.1, or a GOAWAY frame: neither.
+        assert_eq!(classify(*b"HTTP"), None);
+        assert_eq!(classify([0x00, 0x00, 0x08, 0x07]), None);
     }
 
     fn tls_for(names: &[&str]) -> (Tls, Vec<u8>) {

@@ -22,30 +22,99 @@ pub fn endpoint(uri: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_timeout(Duration::from_secs(20)))
 }
 
-/// What a server's responses go through: [`count_oversized`].
-type Counted = tower::layer::util::Stack<
-    tower::util::MapResponseLayer<fn(GrpcResponse) -> GrpcResponse>,
-    tower::layer::util::Identity,
->;
-type GrpcResponse = http::Response<tonic::body::Body>;
-
-/// A server builder with batchlab's transport settings; a call gRPC itself refuses for a
-/// message above [`MAX_MESSAGE`] is counted with the other refusals.
-pub fn server() -> Server<Counted> {
+/// A server builder with batchlab's transport settings, whose every call goes through
+/// [`CountRefusalsLayer`].
+pub fn server()
+-> Server<tower::layer::util::Stack<CountRefusalsLayer, tower::layer::util::Identity>> {
     Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(Some(1 << 20))
         .tcp_nodelay(true)
-        .layer(tower::util::MapResponseLayer::new(
-            count_oversized as fn(GrpcResponse) -> GrpcResponse,
-        ))
+        .layer(CountRefusalsLayer)
 }
 
-/// Counts (and logs) a response that refuses a request whose message was too large: tonic
-/// answers those itself, OUT_OF_RANGE with "message length too large", before any handler
-/// sees them.
-fn count_oversized(response: GrpcResponse) -> GrpcResponse {
+/// Counts (and logs, naming the caller's address and the method) the calls that gRPC itself
+/// refuses before any handler sees their message: a message above [`MAX_MESSAGE`]
+/// (OUT_OF_RANGE, "message length too large") is oversized; one that does not decode as its
+/// protobuf message, or whose gRPC framing is broken (INTERNAL, with one of tonic's decoding
+/// messages: "failed to decode Protobuf message", "Unexpected EOF decoding stream", ...), is
+/// malformed. A broken connection (INTERNAL too, "h2 protocol error") is not a refusal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountRefusalsLayer;
+
+impl<S> tower::Layer<S> for CountRefusalsLayer {
+    type Service = CountRefusals<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CountRefusals { inner }
+    }
+}
+
+/// How the messages of tonic's INTERNAL statuses for a request that does not decode begin
+/// (a protobuf decoding error, a gRPC frame with a bad flag, a stream ended inside a message, a
+/// unary call without its message).
+const DECODE_FAILURES: [&str; 5] = [
+    "failed to decode Protobuf message",
+    "protocol error: received message",
+    "Unexpected EOF decoding stream",
+    "Missing request message",
+    "Error decompressing",
+];
+
+/// The service of [`CountRefusalsLayer`].
+#[derive(Debug, Clone)]
+pub struct CountRefusals<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for CountRefusals<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let from = caller(&request);
+        let method = request.uri().path().to_string();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            count_refused(&response, &from, &method);
+            Ok(response)
+        })
+    }
+}
+
+/// The address of the caller of `request`, as the server saw it.
+fn caller<B>(request: &http::Request<B>) -> String {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = request.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
+        .map_or_else(|| "an unknown address".to_string(), |a| a.to_string())
+}
+
+/// Counts the response to a call of `method` from `from` if gRPC refused the call's message
+/// (see [`CountRefusalsLayer`]).
+fn count_refused<R>(response: &http::Response<R>, from: &str, method: &str) {
+    use crate::refused::{Reason, refuse};
     let header = |name: &str| {
         response
             .headers()
@@ -53,17 +122,60 @@ fn count_oversized(response: GrpcResponse) -> GrpcResponse {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    // Every response passes here: only an OUT_OF_RANGE one is looked at further (its message
-    // is percent-encoded).
-    if header("grpc-status") == "11" {
-        let why = header("grpc-message").replace("%20", " ");
-        if why.contains("too large") {
-            crate::refused::refuse(
-                crate::refused::Reason::Oversized,
-                "a gRPC client",
-                format!("a call was refused: {why}"),
-            );
+    // Every response passes here: only an error status is looked at further. A refused
+    // message's status is in the headers (a trailers-only response): the handler never ran,
+    // or ran and passed on the error its request stream yielded.
+    let reason = match header("grpc-status") {
+        "11" => Reason::Oversized,
+        "13" => Reason::Malformed,
+        _ => return,
+    };
+    let why = percent_decode(header("grpc-message"));
+    let refused = match reason {
+        Reason::Oversized => why.contains("too large"),
+        _ => DECODE_FAILURES.iter().any(|f| why.starts_with(f)),
+    };
+    if !refused {
+        return;
+    }
+    refuse(
+        reason,
+        from,
+        format!("a call of {method} from {from} was refused: {why}"),
+    );
+}
+
+/// Undoes the percent-encoding of a `grpc-message` header.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
         }
     }
-    response
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        assert_eq!(
+            super::percent_decode("failed%20to%20decode%3A%20100%25 %zz%4"),
+            "failed to decode: 100% %zz%4"
+        );
+    }
 }

@@ -173,21 +173,21 @@ pub async fn run_worker(cfg: WorkerConfig) -> Result<(), NetError> {
         }
     };
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let mut server = transport::server();
-    if let Some(tls) = &cfg.tls {
-        server = server
-            .tls_config(tls.grpc_server())
-            .map_err(|e| NetError::Config(format!("TLS for the peer service: {e}")))?;
-    }
-    let server = server
-        .add_service(endpoint.service(&cfg.token))
-        .serve_with_incoming_shutdown(
+    let router = transport::server().add_service(endpoint.service(&cfg.token));
+    let stopped = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    // Under TLS, the handshakes are done (and the failed ones refused) before tonic.
+    let server = match &cfg.tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tls.grpc_incoming(listener, "this worker's peer service"),
+            stopped,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            },
-        );
-    let server = tokio::spawn(server);
+            stopped,
+        )),
+    };
     // With `rejoin`, a session that ended in an error after joining, with the coordinator no
     // longer answering on it (killed, restarted, frozen or cut off), is followed by a new
     // join; when that one fails before joining (nobody came back), the worker exits with the
@@ -298,15 +298,40 @@ async fn connect_coordinator(cfg: &WorkerConfig) -> Result<Client, NetError> {
     let channel = loop {
         match endpoint.connect().await {
             Ok(c) => break c,
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(unreachable(e)),
-            // A certificate the other side refuses will not improve by waiting.
-            Err(e) if crate::tls::is_tls_failure(&e) => return Err(unreachable(e)),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(tls_mismatch(cfg).await.unwrap_or_else(|| unreachable(e)));
+            }
+            // A certificate the other side refuses will not improve by waiting; nor will a
+            // coordinator without TLS.
+            Err(e) if crate::tls::is_tls_failure(&e) => {
+                return Err(tls_mismatch(cfg).await.unwrap_or_else(|| unreachable(e)));
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };
     Ok(
         CoordinatorClient::with_interceptor(channel, Stamp::new(&cfg.token)?)
             .max_decoding_message_size(transport::MAX_MESSAGE),
+    )
+}
+
+/// The error to give when the coordinator and this worker disagree on TLS (one speaks it, the
+/// other not), found out after a transport failure; `None` if they agree.
+async fn tls_mismatch(cfg: &WorkerConfig) -> Option<NetError> {
+    crate::tls::mismatch("the coordinator", &cfg.coordinator, cfg.tls.is_some())
+        .await
+        .map(NetError::Refused)
+}
+
+/// Whether a call failed for its transport (a connection reset or closed, an HTTP/2 error)
+/// rather than by the coordinator's answer.
+fn transport_failure(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unknown
+            | tonic::Code::Unavailable
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
     )
 }
 
@@ -329,9 +354,23 @@ async fn join_and_work(
             data_unix: data_unix.to_string(),
             host_id: crate::dataplane::host_id(),
         })
-        .await
-        .map_err(|s| NetError::rpc(format!("joining the coordinator at {}", cfg.coordinator), s))?
-        .into_inner();
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply.into_inner(),
+        Err(s) => {
+            // A plaintext worker's first call to a TLS coordinator fails here (the connection
+            // itself is made lazily): a TLS alert read as an HTTP/2 frame, or a reset.
+            if transport_failure(&s)
+                && let Some(e) = tls_mismatch(cfg).await
+            {
+                return Err(e);
+            }
+            return Err(NetError::rpc(
+                format!("joining the coordinator at {}", cfg.coordinator),
+                s,
+            ));
+        }
+    };
     end.joined = true;
     tracing::info!(
         rank = reply.rank,
