@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::axis::fmt_num;
-use super::{Heatmap, Plot, Series, Table};
+use super::html::NEGATIVE_B_SIMPLE;
+use super::{Heatmap, Palette, Plot, Series, Table};
 use crate::study::TrialRecord;
 
 /// Curves keyed by batch size: `(B, [(x, y)])`, one entry per batch.
@@ -39,7 +40,7 @@ fn to_target_vs_batch(
             .map(|b| (b, format!("B_crit = {}", fmt_num(b))))
             .into_iter()
             .collect(),
-        hlines: Vec::new(),
+        ..Plot::default()
     }
 }
 
@@ -83,7 +84,7 @@ pub fn samples_vs_batch(
 }
 
 /// Best learning rate against batch size (log-log): `measured` points `(B, η*)`, the linear
-/// scaling rule `η₀·B/B₀` as a line, and the fitted `ε_opt(B) = ε_max/(1 + B_noise/B)`.
+/// scaling rule `η₀·B/B₀` as a dashed line, and the fitted `ε_opt(B) = ε_max/(1 + B_noise/B)`.
 pub fn best_rate_vs_batch(
     measured: &[(f64, f64)],
     linear_rule_line: &[(f64, f64)],
@@ -96,7 +97,7 @@ pub fn best_rate_vs_batch(
         log_x: true,
         log_y: true,
         lines: vec![
-            series("linear rule η₀·B/B₀", linear_rule_line),
+            series("linear rule η₀·B/B₀", linear_rule_line).dashed(),
             series("ε_max/(1 + B_noise/B)", eps_opt_curve),
         ],
         scatter: vec![series("measured best rate", measured)],
@@ -105,24 +106,30 @@ pub fn best_rate_vs_batch(
 }
 
 /// Measured `B_simple` over training, one line per batch size: `per_batch` holds `(B, [(step,
-/// B_simple)])`; `exact` the closed-form values where the task has them (drawn after each
-/// batch's measured line); `b_crit` the fitted critical batch as a dashed horizontal line.
-/// The `y` axis is logarithmic.
+/// B_simple)])`; `exact` the closed-form values where the task has them, drawn dashed in the
+/// colour of the same batch's measured line; `b_crit` the fitted critical batch as a dashed
+/// horizontal line. Batch sizes are drawn in increasing order, coloured along the sequential
+/// palette. The `y` axis is logarithmic: negative estimates (a small `|G|²` against the noise)
+/// are not drawn.
 pub fn b_simple_over_training(
     per_batch: &PerBatch,
     exact: Option<&PerBatch>,
     b_crit: Option<f64>,
 ) -> Plot {
+    let exact = exact.unwrap_or_default();
+    let mut batches: Vec<u64> = per_batch.iter().chain(exact).map(|(b, _)| *b).collect();
+    batches.sort_unstable();
+    batches.dedup();
     let mut lines = Vec::new();
-    for (b, points) in per_batch {
-        lines.push(series(format!("B={b}"), points));
-        let exact_b = exact.into_iter().flatten().filter(|(e, _)| e == b);
-        lines.extend(exact_b.map(|(_, p)| series(format!("B={b} exact"), p)));
+    for b in batches {
+        let group = format!("B={b}");
+        let measured = per_batch.iter().filter(|(m, _)| *m == b);
+        lines.extend(measured.map(|(_, p)| series(group.clone(), p).in_group(&group)));
+        let exact_b = exact.iter().filter(|(e, _)| *e == b);
+        lines.extend(
+            exact_b.map(|(_, p)| series(format!("B={b} exact"), p).in_group(&group).dashed()),
+        );
     }
-    // Exact curves of batches without a measured curve still show.
-    let measured = |b: &u64| per_batch.iter().any(|(m, _)| m == b);
-    let unmatched = exact.into_iter().flatten().filter(|(b, _)| !measured(b));
-    lines.extend(unmatched.map(|(b, p)| series(format!("B={b} exact"), p)));
     Plot {
         title: "Gradient noise scale over training".to_owned(),
         x_label: "step".to_owned(),
@@ -133,6 +140,7 @@ pub fn b_simple_over_training(
             .map(|b| (b, format!("B_crit = {}", fmt_num(b))))
             .into_iter()
             .collect(),
+        palette: Palette::Sequential,
         ..Plot::default()
     }
 }
@@ -142,21 +150,28 @@ pub type NestedCurve = (u64, Vec<(f64, f64)>, f64, f64);
 
 /// The gradient noise at many batch sizes at once, from the noise probe's nested prefixes
 /// (log-log): per trial ([`NestedCurve`]) the measured points, and the fitted
-/// `|G|² + tr Σ/b` as a line. Where the line bends from `tr Σ/b` to the flat `|G|²` is
-/// `b = B_simple`.
+/// `|G|² + tr Σ/b` as a line in the same colour. Where the line bends from `tr Σ/b` to the
+/// flat `|G|²` is `b = B_simple`. Trials are drawn in increasing `B`, coloured along the
+/// sequential palette.
 pub fn nested_noise(trials: &[NestedCurve]) -> Plot {
+    let mut trials: Vec<&NestedCurve> = trials.iter().collect();
+    trials.sort_by_key(|t| t.0);
     let mut lines = Vec::new();
     let mut scatter = Vec::new();
     for (batch, points, g2, trace_sigma) in trials {
-        scatter.push(series(format!("B={batch}: measured"), points));
+        let group = format!("B={batch}");
+        scatter.push(series(format!("B={batch}: measured"), points).in_group(&group));
         let fit: Vec<(f64, f64)> = points
             .iter()
             .map(|&(b, _)| (b, g2 + trace_sigma / b))
             .collect();
-        lines.push(series(
-            format!("B={batch}: fit, B_simple {}", fmt_num(trace_sigma / g2)),
-            &fit,
-        ));
+        lines.push(
+            series(
+                format!("B={batch}: fit, B_simple {}", fmt_num(trace_sigma / g2)),
+                &fit,
+            )
+            .in_group(group),
+        );
     }
     Plot {
         title: "Nested prefixes at the target".to_owned(),
@@ -166,6 +181,7 @@ pub fn nested_noise(trials: &[NestedCurve]) -> Plot {
         log_y: true,
         lines,
         scatter,
+        palette: Palette::Sequential,
         ..Plot::default()
     }
 }
@@ -179,26 +195,36 @@ pub enum LossAxis {
     Samples,
 }
 
-/// Loss curves, one per batch size: `per_batch` holds `(B, [(x, loss)])` with `x` in the unit
-/// `x` names (a step row's `step` or `samples`). The loss axis is logarithmic.
+/// Loss curves, one per batch size, in increasing `B` along the sequential palette:
+/// `per_batch` holds `(B, [(x, loss)])` with `x` in the unit `x` names (a step row's `step` or
+/// `samples`) and the loss a row's evaluation loss, or where a row has none its training loss.
+/// The axis says so: the training loss is the mean over the step's minibatch, an unbiased
+/// estimate of the population loss that for the noisy quadratic model can be negative (the
+/// log loss axis does not draw those points, and the note under the plot counts them).
 pub fn loss_curves(per_batch: &PerBatch, x: LossAxis) -> Plot {
     let (title, x_label, log_x) = match x {
-        LossAxis::Steps => ("Training loss vs steps", "step", false),
-        LossAxis::Samples => ("Training loss vs samples", "samples", true),
+        LossAxis::Steps => ("Loss vs steps", "step", false),
+        LossAxis::Samples => ("Loss vs samples", "samples", true),
     };
+    let mut curves: Vec<&(u64, Vec<(f64, f64)>)> = per_batch.iter().collect();
+    curves.sort_by_key(|c| c.0);
     Plot {
         title: title.to_owned(),
         x_label: x_label.to_owned(),
-        y_label: "training loss".to_owned(),
+        y_label: LOSS_CURVES_Y.to_owned(),
         log_x,
         log_y: true,
-        lines: per_batch
-            .iter()
+        lines: curves
+            .into_iter()
             .map(|(b, points)| series(format!("B={b}"), points))
             .collect(),
+        palette: Palette::Sequential,
         ..Plot::default()
     }
 }
+
+/// The loss axis of [`loss_curves`]: evaluation loss, else the minibatch training estimate.
+const LOSS_CURVES_Y: &str = "eval loss (else minibatch train loss)";
 
 /// Sharpness against the stability thresholds over training (log `y`): `sharpness` as
 /// `(step, λ_max)`, `two_over_eta` as `(step, 2/η_t)`, and for heavy ball
@@ -294,8 +320,14 @@ pub fn warmup_map(trials: &[(u64, f64, Option<f64>)]) -> Heatmap {
 
 /// The terminal summary of trials, one row each in the given order: batch, rate, seed, status,
 /// steps, samples, measured and exact `B_simple`, exact `B_noise`, final loss (`-` where absent).
+/// A negative measured `B_simple` (the unbiased estimate of `|G|²` came out below zero) is
+/// marked, and the table's footnote says how to read it (see [`NEGATIVE_B_SIMPLE`]).
 pub fn trials_table(records: &[TrialRecord]) -> Table {
     let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), fmt_num);
+    let measured = |v: Option<f64>| match v {
+        Some(b) if b < 0.0 => NEGATIVE_B_SIMPLE.mark_cell(&fmt_num(b)),
+        v => opt(v),
+    };
     let status = |r: &TrialRecord| {
         serde_json::to_value(r.status)
             .ok()
@@ -327,7 +359,7 @@ pub fn trials_table(records: &[TrialRecord]) -> Table {
                     status(r),
                     r.steps.to_string(),
                     r.samples.to_string(),
-                    opt(r.b_simple),
+                    measured(r.b_simple),
                     opt(r.b_simple_exact),
                     opt(r.b_noise_exact),
                     opt(r.final_loss),
@@ -342,7 +374,10 @@ mod tests {
     use batchlab_core::train::Status;
 
     use super::*;
-    use crate::report::plot::tests::polylines;
+    use crate::report::plot::tests::{
+        assert_balanced, circles_filled, dashed_strokes, polylines, strokes_of_polylines_with,
+        texts,
+    };
     use crate::report::{Section, heatmap_svg, html_page, svg, terminal_table};
 
     /// A deterministic wobble in `[1 - a, 1 + a]`, standing in for measurement noise.
@@ -670,17 +705,17 @@ mod tests {
         );
     }
 
-    #[test]
-    fn trials_table_names_statuses_as_the_records_do() {
-        let record = TrialRecord {
-            batch: 256,
+    /// An INCOMPLETE trial of batch `batch` that measured `b_simple`.
+    fn record(batch: u64, b_simple: Option<f64>) -> TrialRecord {
+        TrialRecord {
+            batch,
             lr: 0.05,
             seed: 3,
             seeds: 1,
             status: Status::Incomplete,
             steps: 1000,
-            samples: 256_000,
-            b_simple: Some(123.456),
+            samples: batch * 1000,
+            b_simple,
             b_simple_se: None,
             b_simple_ema: None,
             b_simple_nested: None,
@@ -692,8 +727,12 @@ mod tests {
             selection_steps: None,
             crossing: None,
             group_crossings: Vec::new(),
-        };
-        let table = trials_table(&[record]);
+        }
+    }
+
+    #[test]
+    fn trials_table_names_statuses_as_the_records_do() {
+        let table = trials_table(&[record(256, Some(123.456))]);
         assert_eq!(
             table.rows[0],
             [
@@ -709,5 +748,219 @@ mod tests {
                 "-"
             ]
         );
+    }
+
+    #[test]
+    fn negative_b_simple_is_marked_and_explained() {
+        let records = [
+            record(2, Some(-58.82)),
+            record(4, Some(310.0)),
+            record(8, None),
+        ];
+        let table = trials_table(&records);
+        let column = table
+            .header
+            .iter()
+            .position(|h| h == "B_simple")
+            .expect("column");
+        let cell = &table.rows[0][column];
+        assert!(cell.starts_with("-58.82") && cell != "-58.82", "{cell}");
+        assert_eq!(table.rows[1][column], "310", "positive values unmarked");
+        assert_eq!(table.rows[2][column], "-", "absent values unmarked");
+
+        let page = html_page(
+            "t",
+            "",
+            &[Section {
+                title: "Every trial".into(),
+                table: Some(table.clone()),
+                ..Section::default()
+            }],
+        );
+        // The explanation is in the table, once, and says how to read the value.
+        let table_html = &page[page.find("<table>").expect("a table")..];
+        let explanation = "read it as very large";
+        assert_eq!(
+            table_html.matches(explanation).count(),
+            1 + 1,
+            "footnote, title"
+        );
+        let footnote = &table_html[table_html.find("<tfoot>").expect("a footnote")..];
+        assert!(footnote.contains("below zero") && footnote.contains(explanation));
+        assert!(footnote.contains("colspan=\"10\""));
+        assert!(table_html.contains(&format!("\">{}</td>", escape_mark(cell))));
+
+        let text = terminal_table(&table);
+        let last = text.lines().last().expect("lines");
+        assert!(last.contains(explanation), "{text}");
+        // The marked value still lines up with the numbers above and below it.
+        let row = text.lines().nth(2).expect("first row");
+        let next = text.lines().nth(3).expect("second row");
+        let end = |line: &str, value: &str| {
+            line.find(value)
+                .map(|i| line[..i].chars().count() + value.chars().count())
+        };
+        assert_eq!(end(row, cell), end(next, "310"), "{text}");
+
+        // Without a negative value: no note.
+        let plain = trials_table(&records[1..]);
+        let page = html_page(
+            "t",
+            "",
+            &[Section {
+                table: Some(plain.clone()),
+                ..Section::default()
+            }],
+        );
+        assert!(!page.contains(explanation) && !page.contains("<tfoot>"));
+        assert!(!terminal_table(&plain).contains(explanation));
+    }
+
+    /// `cell` as the page writes it.
+    fn escape_mark(cell: &str) -> String {
+        crate::report::html::escape(cell)
+    }
+
+    /// `(B, [(x, loss)])` curves, 20 points each, for the batch sizes given.
+    fn curves(batches: &[u64]) -> Vec<(u64, Vec<(f64, f64)>)> {
+        batches
+            .iter()
+            .map(|&b| {
+                let pts = (1..=20)
+                    .map(|t| (f64::from(t), 1.0 / f64::from(t) + 1.0 / b as f64))
+                    .collect();
+                (b, pts)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn eleven_batch_sizes_get_eleven_ordered_colours() {
+        // The sweep's batch sizes 1 … 1024, given out of order.
+        let mut batches: Vec<u64> = (0..=10).map(|k| 1u64 << k).collect();
+        batches.reverse();
+        batches.swap(3, 7);
+        for axis in [LossAxis::Steps, LossAxis::Samples] {
+            let plot = loss_curves(&curves(&batches), axis);
+            let labels: Vec<&str> = plot.lines.iter().map(|s| s.label.as_str()).collect();
+            assert_eq!(labels[0], "B=1");
+            assert_eq!(labels[10], "B=1024");
+            let out = svg(&plot, 720, 440);
+            let strokes = strokes_of_polylines_with(&out, 20);
+            assert_eq!(strokes.len(), 11);
+            let mut distinct = strokes.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 11, "{strokes:?}");
+            assert_ne!(strokes[0], strokes[10], "B = 1 and B = 1024");
+            // Ordered: each colour lighter than the one before (viridis rises in lightness).
+            let lightness = |c: &str| {
+                let v = |i: usize| u32::from_str_radix(&c[i..i + 2], 16).expect("hex");
+                v(1) * 299 + v(3) * 587 + v(5) * 114
+            };
+            assert!(
+                strokes
+                    .windows(2)
+                    .all(|w| lightness(&w[0]) < lightness(&w[1])),
+                "{strokes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn loss_curves_say_which_loss_they_show() {
+        let plot = loss_curves(&curves(&[8]), LossAxis::Steps);
+        let axis = plot.y_label.to_lowercase();
+        assert!(
+            axis.contains("eval") && axis.contains("minibatch"),
+            "{axis}"
+        );
+        assert!(!plot.title.to_lowercase().contains("training loss"));
+    }
+
+    #[test]
+    fn nested_prefix_dots_and_their_fit_share_a_colour() {
+        // Three probes with different numbers of prefix sizes, so each fit line is known by
+        // its length.
+        let probe = |batch: u64, sizes: u32, g2: f64, trace: f64| -> NestedCurve {
+            let pts = (0..sizes)
+                .map(|k| {
+                    let b = f64::from(1u32 << k);
+                    (b, (g2 + trace / b) * wobble(b, 0.05))
+                })
+                .collect();
+            (batch, pts, g2, trace)
+        };
+        let trials = [
+            probe(1024, 6, 0.01, 8.0),
+            probe(1, 4, 0.02, 5.0),
+            probe(32, 5, 0.015, 7.0),
+        ];
+        let plot = nested_noise(&trials);
+        let out = svg(&plot, 720, 440);
+        assert_balanced(&out);
+        let mut colours = Vec::new();
+        for n in [4, 5, 6] {
+            let fit = strokes_of_polylines_with(&out, n);
+            assert_eq!(fit.len(), 1, "one fit line of {n} points");
+            assert_eq!(
+                circles_filled(&out, &fit[0]),
+                n + 1,
+                "the {n} dots and the legend marker in the fit's colour {}",
+                fit[0]
+            );
+            colours.push(fit[0].clone());
+        }
+        colours.dedup();
+        assert_eq!(colours.len(), 3, "each probe its own colour");
+        // The legend keeps each probe's dots and fit together, smallest B first.
+        let legend: Vec<String> = texts(&out)
+            .into_iter()
+            .filter(|t| t.starts_with("B="))
+            .collect();
+        let batches: Vec<&str> = legend
+            .iter()
+            .map(|t| t.split(':').next().unwrap_or(""))
+            .collect();
+        assert_eq!(batches, ["B=1", "B=1", "B=32", "B=32", "B=1024", "B=1024"]);
+    }
+
+    #[test]
+    fn exact_b_simple_is_dashed_in_its_batch_colour() {
+        let steps = |f: f64| -> Vec<(f64, f64)> {
+            (0..50)
+                .map(|t| (f64::from(t), f * (1.0 + f64::from(t) / 10.0)))
+                .collect()
+        };
+        // B = 1 measured nothing (the two-batch estimate needs two microbatches).
+        let measured = vec![(1, vec![]), (16, steps(100.0)), (256, steps(40.0))];
+        let exact = vec![(256, steps(45.0)), (1, steps(300.0)), (16, steps(110.0))];
+        let plot = b_simple_over_training(&measured, Some(&exact), Some(500.0));
+        let out = svg(&plot, 720, 440);
+        let texts = texts(&out);
+        assert!(
+            !texts.iter().any(|t| t == "B=1"),
+            "nothing measured at B = 1"
+        );
+        assert!(texts.iter().any(|t| t == "B=1 exact"));
+        let solid = strokes_of_polylines_with(&out, 50);
+        assert_eq!(
+            solid.len(),
+            2,
+            "the measured lines; the exact ones are dashed"
+        );
+        let dashed = dashed_strokes(&out);
+        assert_eq!(
+            dashed.len(),
+            3 + 1,
+            "three exact curves and B_crit: {dashed:?}"
+        );
+        for colour in &solid {
+            assert!(
+                dashed.contains(colour),
+                "{colour}: the exact curve in the measured one's colour"
+            );
+        }
+        assert_ne!(solid[0], solid[1]);
     }
 }

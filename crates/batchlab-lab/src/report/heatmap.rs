@@ -15,6 +15,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::Heatmap;
 use super::axis::{Axis, fmt_sig};
+use super::color::viridis;
 use super::plot::{
     CHAR_WIDTH, DESC_FONT, LEGEND_FONT, NOTE, NOTE_FONT, TICK_FONT, TITLE_FONT, render, text_width,
     truncate,
@@ -26,29 +27,6 @@ const DIVERGED: RGBColor = RGBColor(200, 30, 45);
 const LEGEND_W: u32 = 130;
 /// Colour-bar steps.
 const BAR_STEPS: usize = 48;
-
-/// Viridis at nine evenly spaced stops: perceptually uniform, readable in grey.
-const VIRIDIS: [(u8, u8, u8); 9] = [
-    (68, 1, 84),
-    (71, 45, 123),
-    (59, 82, 139),
-    (44, 114, 142),
-    (33, 145, 140),
-    (40, 174, 128),
-    (94, 201, 98),
-    (173, 220, 48),
-    (253, 231, 37),
-];
-
-/// Viridis at `t ∈ [0, 1]` (clamped), linearly interpolated between stops.
-fn viridis(t: f64) -> RGBColor {
-    let x = t.clamp(0.0, 1.0) * (VIRIDIS.len() - 1) as f64;
-    let i = (x.floor() as usize).min(VIRIDIS.len() - 2);
-    let f = x - i as f64;
-    let (a, b) = (VIRIDIS[i], VIRIDIS[i + 1]);
-    let mix = |a: u8, b: u8| (f64::from(a) + f * (f64::from(b) - f64::from(a))).round() as u8;
-    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
-}
 
 /// Maps finite values onto `[0, 1]`, by value or by its logarithm.
 struct Scale {
@@ -154,7 +132,7 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, h: &Heatmap) -> Result<(), St
     let y_every = (18.0 / cell_h).ceil().max(1.0) as usize;
     let tick = |ticks: &[String], every: usize, t: f64| {
         let i = t.floor().max(0.0) as usize;
-        if i % every == 0 {
+        if i.is_multiple_of(every) {
             ticks.get(i).cloned().unwrap_or_default()
         } else {
             String::new()

@@ -4,6 +4,55 @@ use std::fmt::Write as _;
 
 use super::{Section, Table};
 
+/// A remark that table cells refer to by ending in ` {mark}`: a table with such a cell shows
+/// the remark once below its rows, on the page (where the cells carry it as title text too) and
+/// in the terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Footnote {
+    /// The sign after a cell's value.
+    pub mark: &'static str,
+    /// The remark, shown after the sign.
+    pub text: &'static str,
+}
+
+impl Footnote {
+    /// `value` followed by the mark.
+    pub(crate) fn mark_cell(&self, value: &str) -> String {
+        format!("{value} {}", self.mark)
+    }
+
+    /// Whether `cell` refers to this note.
+    fn marks(&self, cell: &str) -> bool {
+        cell.strip_suffix(self.mark)
+            .is_some_and(|rest| rest.ends_with(' '))
+    }
+}
+
+/// How to read a negative `B_simple` in a table of trials.
+pub(crate) const NEGATIVE_B_SIMPLE: Footnote = Footnote {
+    mark: "†",
+    text: "B_simple = tr Σ / |G|² below zero: |G|² is estimated without bias from the gradient \
+           norms at two batch sizes (the noise subtracted), so its estimate goes negative when \
+           the true gradient is small against the noise. Such a value is no batch size: read it \
+           as very large, beyond what the measurement resolves.",
+};
+
+/// Every footnote a table's cells may refer to.
+const FOOTNOTES: [Footnote; 1] = [NEGATIVE_B_SIMPLE];
+
+/// The footnotes that some cell of `table` refers to, in [`FOOTNOTES`] order.
+fn footnotes(table: &Table) -> Vec<Footnote> {
+    FOOTNOTES
+        .into_iter()
+        .filter(|f| table.rows.iter().flatten().any(|c| f.marks(c)))
+        .collect()
+}
+
+/// The footnote that `cell` refers to, if any.
+fn footnote_of(cell: &str) -> Option<Footnote> {
+    FOOTNOTES.into_iter().find(|f| f.marks(cell))
+}
+
 /// Text made safe inside HTML and SVG elements and attribute values.
 pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -34,6 +83,7 @@ table{border-collapse:collapse;margin:.8rem 0;font-variant-numeric:tabular-nums;
 th,td{border-bottom:1px solid #e4e4e4;padding:.25rem .7rem;text-align:right}
 th{border-bottom:2px solid #bbb;background:#f6f6f6}
 th:first-child,td:first-child{text-align:left}
+td.note{text-align:left;color:#555;border-bottom:none;padding-top:.5rem;max-width:60rem}
 ";
 
 /// Paragraphs of escaped text: blank lines separate them.
@@ -59,15 +109,39 @@ fn html_table(out: &mut String, table: &Table) {
     for row in &table.rows {
         out.push_str("<tr>");
         for i in 0..columns {
-            let _ = write!(
-                out,
-                "<td>{}</td>",
-                escape(row.get(i).map_or("", String::as_str))
-            );
+            let cell = row.get(i).map_or("", String::as_str);
+            match footnote_of(cell) {
+                Some(f) => {
+                    let _ = write!(
+                        out,
+                        "<td title=\"{}\">{}</td>",
+                        escape(f.text),
+                        escape(cell)
+                    );
+                }
+                None => {
+                    let _ = write!(out, "<td>{}</td>", escape(cell));
+                }
+            }
         }
         out.push_str("</tr>\n");
     }
-    out.push_str("</tbody>\n</table>\n");
+    out.push_str("</tbody>\n");
+    let notes = footnotes(table);
+    if !notes.is_empty() {
+        out.push_str("<tfoot>\n");
+        for f in notes {
+            let _ = writeln!(
+                out,
+                "<tr><td class=\"note\" colspan=\"{}\">{} {}</td></tr>",
+                columns.max(1),
+                escape(f.mark),
+                escape(f.text)
+            );
+        }
+        out.push_str("</tfoot>\n");
+    }
+    out.push_str("</table>\n");
 }
 
 /// A complete HTML page: `title` as `<h1>`, `intro` paragraphs, then each section's heading,
@@ -103,13 +177,16 @@ pub fn html_page(title: &str, intro: &str, sections: &[Section]) -> String {
     out
 }
 
-/// Whether a cell reads as a number (right-aligned): `12`, `-3.5e-4`, `0.25`, `inf`, `NaN`.
+/// Whether a cell reads as a number (right-aligned): `12`, `-3.5e-4`, `0.25`, `inf`, `NaN`,
+/// also with a footnote mark after it.
 fn numeric(cell: &str) -> bool {
-    !cell.is_empty() && cell.trim().parse::<f64>().is_ok()
+    let value = footnote_of(cell).map_or(cell, |f| &cell[..cell.len() - f.mark.len()]);
+    !value.trim().is_empty() && value.trim().parse::<f64>().is_ok()
 }
 
 /// The table as aligned text: a header, a rule, one line per row; columns two spaces apart,
-/// numbers right-aligned, every line padded to the same width (in characters).
+/// numbers right-aligned, every line padded to the same width (in characters); then the
+/// footnotes its cells refer to, one line each.
 pub fn terminal_table(t: &Table) -> String {
     let columns = t
         .rows
@@ -150,6 +227,9 @@ pub fn terminal_table(t: &Table) -> String {
     for row in &t.rows {
         out.push_str(&line(row, &numeric));
         out.push('\n');
+    }
+    for f in footnotes(t) {
+        out.push_str(&format!("{} {}\n", f.mark, f.text));
     }
     out
 }

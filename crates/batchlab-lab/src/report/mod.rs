@@ -19,6 +19,7 @@
 
 mod axis;
 mod builders;
+mod color;
 mod heatmap;
 mod html;
 mod plot;
@@ -40,23 +41,64 @@ pub use plot::svg;
 pub struct Series {
     /// Legend text.
     pub label: String,
-    /// The points, drawn in this order (a line joins consecutive points).
+    /// The points, drawn in this order (a line joins consecutive points; points that cannot be
+    /// drawn are left out and the line joins their neighbours).
     pub points: Vec<(f64, f64)>,
+    /// Series with the same group share one colour (a batch's measured points and the curve
+    /// fitted to them); `None`: a colour of its own.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Drawn dashed (a line series), e.g. an exact curve beside its measured one.
+    #[serde(default)]
+    pub dashed: bool,
 }
 
 impl Series {
-    /// A series from a label and its points.
+    /// A series from a label and its points, in a colour of its own, solid.
     pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
         Self {
             label: label.into(),
             points,
+            group: None,
+            dashed: false,
         }
     }
+
+    /// The series in the colour of `group` (see [`Series::group`]).
+    #[must_use]
+    pub fn in_group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// The series drawn as a dashed line.
+    #[must_use]
+    pub fn dashed(mut self) -> Self {
+        self.dashed = true;
+        self
+    }
+}
+
+/// How a [`Plot`] colours its series.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Palette {
+    /// Unordered series: distinct hues (Tableau 10; more hues around the wheel beyond ten).
+    #[default]
+    Categorical,
+    /// Ordered series (batch sizes, in the order given): viridis sampled evenly over the number
+    /// of colours, dark to light, so neighbours look alike and the ends look most different.
+    /// Reference lines take accent colours outside viridis.
+    Sequential,
 }
 
 /// A 2-D plot: lines, scatter points and labelled reference lines, on linear or log axes.
 ///
-/// Every series, and every reference line, gets its own colour and a legend entry.
+/// Every series group (a series, or the series sharing a [`Series::group`]) gets a colour of
+/// its own from the [`palette`](Plot::palette), and every reference line one more; each series
+/// and reference line that has something to draw gets a legend entry. A series with no point
+/// to draw (none finite, or none `> 0` on a log axis) is left out of the legend and named in
+/// the note under the plot.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plot {
     /// Caption above the plot.
@@ -77,6 +119,9 @@ pub struct Plot {
     pub vlines: Vec<(f64, String)>,
     /// Horizontal reference lines `y = value` (e.g. a target loss), dashed, with their legend text.
     pub hlines: Vec<(f64, String)>,
+    /// How the series are coloured.
+    #[serde(default)]
+    pub palette: Palette,
 }
 
 /// A grid of coloured cells: one value per `(row, column)`, e.g. the warmup stability map.
@@ -105,6 +150,9 @@ pub struct Heatmap {
 }
 
 /// A table of text cells, for the terminal and for HTML.
+///
+/// A cell that ends in a space and a known footnote mark (`" †"`: a negative `B_simple`, see
+/// `trials_table`) refers to that footnote: the table shows its text once below the rows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Table {
     /// Column names.

@@ -8,17 +8,25 @@
 //!  │  a │  dashed reference lines││ -- ref  │
 //!  │  b └────────────────────────┘│         │
 //!  │          x label             │         │
-//!  │ note: n points not drawn (only when some were skipped)
+//!  │ n points not drawn             (only when some were skipped)
+//!  │ no point to draw: a, b, …       (only when some series have none)
 //!  └────────────────────────────────────────┘
 //! ```
+//!
+//! Colours: series sharing a [`Series::group`] share one. Each group, in order of first
+//! appearance among the lines then the scatter series, takes the next colour of the plot's
+//! [`Palette`] sampled over the number of groups that have something to draw, so no two groups
+//! look alike however many there are. Reference lines follow (beside a sequential palette they
+//! take accent colours that viridis never takes).
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::Plot;
 use super::axis::{Axis, to_draw};
+use super::color::accent;
 use super::html::escape;
+use super::{Palette, Plot, Series};
 
 /// Smallest drawn size: below it, labels and legend no longer fit.
 const MIN_SIZE: (u32, u32) = (240, 180);
@@ -34,6 +42,8 @@ pub(super) const NOTE_FONT: f64 = 14.0;
 pub(super) const CHAR_WIDTH: f64 = 0.55;
 /// Legend row height in pixels.
 const LEGEND_ROW: i32 = 22;
+/// Height in pixels of a line of the note under the plot.
+const NOTE_ROW: u32 = 18;
 /// Most points drawn per line: longer series keep each bucket's extremes (see [`decimate`]).
 const MAX_LINE_POINTS: usize = 4000;
 
@@ -41,20 +51,6 @@ const MAX_LINE_POINTS: usize = 4000;
 pub(super) const GRID: RGBColor = RGBColor(215, 215, 215);
 const LIGHT_GRID: RGBColor = RGBColor(238, 238, 238);
 pub(super) const NOTE: RGBColor = RGBColor(110, 110, 110);
-
-/// Tableau 10: distinguishable colours, also in print.
-const PALETTE: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
 
 /// Width in pixels of `text` at plotters font size `font`, estimated.
 pub(super) fn text_width(text: &str, font: f64) -> f64 {
@@ -80,8 +76,18 @@ pub(super) fn truncate(text: &str, max: usize) -> String {
 /// plotters to fail, the SVG carries its error message instead of the plot.
 pub fn svg(plot: &Plot, width: u32, height: u32) -> String {
     let size = (width.max(MIN_SIZE.0), height.max(MIN_SIZE.1));
-    render(size, |root| draw(root, plot))
+    render(size, |root| draw(root, plot)).replace(DASH_SENTINEL, DASH_ATTRIBUTES)
 }
+
+/// Dashed lines are drawn as one polyline each with an SVG dash pattern, which plotters cannot
+/// write: they are drawn with this opacity, which nothing else has, and the attribute is then
+/// replaced by the pattern. (Plotters' own dashed series writes one element per dash: on a
+/// noisy curve of thousands of points, tens of thousands of them.)
+const DASH_ALPHA: f64 = 0.999;
+/// How plotters writes [`DASH_ALPHA`].
+const DASH_SENTINEL: &str = " opacity=\"0.999\"";
+/// What replaces it: 8 px dashes, 5 px gaps.
+const DASH_ATTRIBUTES: &str = " opacity=\"1\" stroke-dasharray=\"8 5\"";
 
 /// Runs `draw` on a white SVG canvas of `size` and returns the document, or an SVG that shows
 /// the error.
@@ -107,7 +113,7 @@ pub(super) fn render(
 }
 
 /// How a legend entry's swatch is drawn.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Swatch {
     Line,
     Marker,
@@ -124,63 +130,144 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// One series in drawing space, with what its legend entry needs.
+struct Drawn<'a> {
+    label: &'a str,
+    points: Vec<(f64, f64)>,
+    swatch: Swatch,
+    /// Index of its colour group; `None` when it has no point to draw.
+    group: Option<usize>,
+}
+
+/// The plot's series (lines, then scatter) in drawing space, each with its colour group: the
+/// series sharing a `group` key share an index, every other series has one of its own.
+/// Indices count from 0 in order of first appearance among the series with a point to draw,
+/// so a series with nothing to draw takes no colour.
+fn drawn_series(plot: &Plot) -> Vec<Drawn<'_>> {
+    let keep = |&(x, y): &(f64, f64)| Some((to_draw(x, plot.log_x)?, to_draw(y, plot.log_y)?));
+    let swatch = |s: &Series, line: bool| match (line, s.dashed) {
+        (false, _) => Swatch::Marker,
+        (true, false) => Swatch::Line,
+        (true, true) => Swatch::Dashed,
+    };
+    let all = plot
+        .lines
+        .iter()
+        .map(|s| (s, true))
+        .chain(plot.scatter.iter().map(|s| (s, false)));
+    let mut keys: Vec<Option<&str>> = Vec::new();
+    let mut out = Vec::new();
+    for (s, line) in all {
+        let points: Vec<(f64, f64)> = s.points.iter().filter_map(keep).collect();
+        let key = s.group.as_deref();
+        let group = if points.is_empty() {
+            None
+        } else if let Some(i) = key.and_then(|k| keys.iter().position(|&g| g == Some(k))) {
+            Some(i)
+        } else {
+            keys.push(key);
+            Some(keys.len() - 1)
+        };
+        out.push(Drawn {
+            label: &s.label,
+            points,
+            swatch: swatch(s, line),
+            group,
+        });
+    }
+    out
+}
+
+/// The colours of `groups` series groups and of `refs` reference lines.
+fn colors(palette: Palette, groups: usize, refs: usize) -> (Vec<RGBColor>, Vec<RGBColor>) {
+    match palette {
+        Palette::Categorical => {
+            let mut all = palette.colors(groups + refs);
+            let refs = all.split_off(groups);
+            (all, refs)
+        }
+        Palette::Sequential => (palette.colors(groups), (0..refs).map(accent).collect()),
+    }
+}
+
 fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, plot: &Plot) -> Result<(), String> {
     root.fill(&WHITE).map_err(err)?;
     let (w, h) = root.dim_in_pixel();
 
     // Everything in drawing space (log10 on log axes); what cannot be drawn is counted.
-    let keep = |&(x, y): &(f64, f64)| Some((to_draw(x, plot.log_x)?, to_draw(y, plot.log_y)?));
-    let lines: Vec<Vec<(f64, f64)>> = plot
-        .lines
-        .iter()
-        .map(|s| s.points.iter().filter_map(keep).collect())
-        .collect();
-    let scatter: Vec<Vec<(f64, f64)>> = plot
-        .scatter
-        .iter()
-        .map(|s| s.points.iter().filter_map(keep).collect())
-        .collect();
+    let series = drawn_series(plot);
     let refs = |lines: &[(f64, String)], log: bool| -> Vec<Option<f64>> {
         lines.iter().map(|(v, _)| to_draw(*v, log)).collect()
     };
     let vlines = refs(&plot.vlines, plot.log_x);
     let hlines = refs(&plot.hlines, plot.log_y);
+    let ref_lines: Vec<(&str, Option<f64>)> = plot
+        .vlines
+        .iter()
+        .chain(&plot.hlines)
+        .zip(vlines.iter().chain(&hlines))
+        .map(|((_, label), &v)| (label.as_str(), v))
+        .collect();
     let given = plot
         .lines
         .iter()
         .chain(&plot.scatter)
         .map(|s| s.points.len())
         .sum::<usize>()
-        + vlines.len()
-        + hlines.len();
-    let kept = lines.iter().chain(&scatter).map(Vec::len).sum::<usize>()
-        + vlines.iter().chain(&hlines).flatten().count();
-    let has_data = lines.iter().chain(&scatter).any(|s| !s.is_empty());
+        + ref_lines.len();
+    let kept = series.iter().map(|s| s.points.len()).sum::<usize>()
+        + ref_lines.iter().filter(|r| r.1.is_some()).count();
+    let has_data = series.iter().any(|s| s.group.is_some());
 
-    // Legend: every series and reference line, its colour fixed by its place in the plot.
-    let mut entries = Vec::new();
-    let kinds = plot
-        .lines
+    // Colours: one per group with something to draw, then one per drawn reference line.
+    let groups = series
         .iter()
-        .map(|s| (s.label.as_str(), Swatch::Line))
+        .filter_map(|s| s.group)
+        .max()
+        .map_or(0, |g| g + 1);
+    let drawn_refs = ref_lines.iter().filter(|r| r.1.is_some()).count();
+    let (group_colors, ref_colors) = colors(plot.palette, groups, drawn_refs);
+    let color_of = |s: &Drawn<'_>| {
+        s.group
+            .and_then(|g| group_colors.get(g).copied())
+            .unwrap_or(BLACK)
+    };
+    let mut next_ref_color = ref_colors.iter().copied();
+    let ref_color: Vec<Option<RGBColor>> = ref_lines
+        .iter()
+        .map(|r| r.1.and_then(|_| next_ref_color.next()))
+        .collect();
+
+    // Legend: every series and reference line that shows something; series sharing a group
+    // stand together, groups in their order, then the reference lines.
+    let mut shown: Vec<&Drawn<'_>> = series.iter().filter(|s| s.group.is_some()).collect();
+    shown.sort_by_key(|s| s.group);
+    let entries: Vec<Entry<'_>> = shown
+        .iter()
+        .map(|s| Entry {
+            label: s.label,
+            color: color_of(s),
+            swatch: s.swatch,
+        })
         .chain(
-            plot.scatter
+            ref_lines
                 .iter()
-                .map(|s| (s.label.as_str(), Swatch::Marker)),
+                .zip(&ref_color)
+                .filter_map(|(r, c)| c.map(|color| (r.0, color)))
+                .map(|(label, color)| Entry {
+                    label,
+                    color,
+                    swatch: Swatch::Dashed,
+                }),
         )
-        .chain(
-            plot.vlines
-                .iter()
-                .chain(&plot.hlines)
-                .map(|(_, l)| (l.as_str(), Swatch::Dashed)),
-        );
-    for (i, (label, swatch)) in kinds.enumerate() {
-        entries.push(Entry {
-            label,
-            color: PALETTE[i % PALETTE.len()],
-            swatch,
-        });
-    }
+        .collect();
+    // What has nothing to draw is named in the note instead.
+    let omitted: Vec<&str> = series
+        .iter()
+        .filter(|s| s.group.is_none())
+        .map(|s| s.label)
+        .chain(ref_lines.iter().filter(|r| r.1.is_none()).map(|r| r.0))
+        .collect();
     let legend_w = if entries.is_empty() {
         0
     } else {
@@ -191,14 +278,31 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, plot: &Plot) -> Result<(), St
         (longest + 44.0).max(90.0).min(0.36 * f64::from(w)) as u32
     };
 
+    // The note: a line for the points not drawn, one naming what has nothing to draw.
     let skipped = given - kept;
-    let note_h = if skipped > 0 { 18 } else { 0 };
+    let mut notes = Vec::new();
+    if skipped > 0 {
+        let why = if plot.log_x || plot.log_y {
+            "non-finite, or ≤ 0 on a log axis"
+        } else {
+            "non-finite"
+        };
+        let s = if skipped == 1 { "" } else { "s" };
+        notes.push(format!("{skipped} point{s} not drawn ({why})"));
+    }
+    if !omitted.is_empty() {
+        notes.push(format!(
+            "no point to draw, left out of the legend: {}",
+            omitted.join(", ")
+        ));
+    }
+    let note_h = NOTE_ROW * notes.len() as u32;
     let (main, note_area) = root.split_vertically(h - note_h);
     let (chart_area, legend_area) = main.split_horizontally(w - legend_w);
 
     // Axes: tick counts from the space they get.
-    let xs = lines.iter().chain(&scatter).flatten().map(|p| p.0);
-    let ys = lines.iter().chain(&scatter).flatten().map(|p| p.1);
+    let xs = series.iter().flat_map(|s| &s.points).map(|p| p.0);
+    let ys = series.iter().flat_map(|s| &s.points).map(|p| p.1);
     // About one x label per 60 px (50 px for the short decade labels of a log axis) and one y
     // label per 45 px of the frame.
     let y = Axis::covering(ys.chain(hlines.iter().flatten().copied()), plot.log_y, {
@@ -245,39 +349,39 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, plot: &Plot) -> Result<(), St
         .draw()
         .map_err(err)?;
 
-    let mut colors = entries.iter().map(|e| e.color);
-    for pts in &lines {
-        let color = colors.next().unwrap_or(BLACK);
-        match pts.len() {
-            0 => {}
-            1 => {
+    for s in &series {
+        let color = color_of(s);
+        match (s.swatch, s.points.len()) {
+            (_, 0) => {}
+            (Swatch::Marker, _) | (_, 1) => {
                 chart
-                    .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
                     .map_err(err)?;
             }
-            _ => {
+            (Swatch::Line, _) => {
                 chart
                     .draw_series(LineSeries::new(
-                        decimate(pts, MAX_LINE_POINTS),
+                        decimate(&s.points, MAX_LINE_POINTS),
                         color.stroke_width(2),
+                    ))
+                    .map_err(err)?;
+            }
+            (Swatch::Dashed, _) => {
+                chart
+                    .draw_series(LineSeries::new(
+                        decimate(&s.points, MAX_LINE_POINTS),
+                        color.mix(DASH_ALPHA).stroke_width(2),
                     ))
                     .map_err(err)?;
             }
         }
     }
-    for pts in &scatter {
-        let color = colors.next().unwrap_or(BLACK);
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(err)?;
-    }
     let vertical = vlines.iter().map(|v| v.map(|v| [(v, y.lo), (v, y.hi)]));
     let horizontal = hlines.iter().map(|v| v.map(|v| [(x.lo, v), (x.hi, v)]));
-    for ends in vertical.chain(horizontal) {
-        let color = colors.next().unwrap_or(BLACK);
-        if let Some(ends) = ends {
+    for (ends, color) in vertical.chain(horizontal).zip(&ref_color) {
+        if let (Some(ends), Some(color)) = (ends, *color) {
             chart
-                .draw_series(DashedLineSeries::new(ends, 8, 5, color.stroke_width(2)))
+                .draw_series(LineSeries::new(ends, color.mix(DASH_ALPHA).stroke_width(2)))
                 .map_err(err)?;
         }
     }
@@ -296,17 +400,12 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, plot: &Plot) -> Result<(), St
     }
 
     draw_legend(&legend_area, &entries)?;
-    if skipped > 0 {
-        let why = if plot.log_x || plot.log_y {
-            "non-finite, or ≤ 0 on a log axis"
-        } else {
-            "non-finite"
-        };
-        let s = if skipped == 1 { "" } else { "s" };
+    let max_chars = ((f64::from(w) - 20.0) / (NOTE_FONT / 1.24 * CHAR_WIDTH)) as usize;
+    for (i, note) in notes.iter().enumerate() {
         note_area
             .draw(&Text::new(
-                format!("{skipped} point{s} not drawn ({why})"),
-                (10, 2),
+                truncate(note, max_chars),
+                (10, 2 + NOTE_ROW as i32 * i as i32),
                 ("sans-serif", NOTE_FONT).into_font().color(&NOTE),
             ))
             .map_err(err)?;
@@ -395,7 +494,7 @@ pub(super) mod tests {
     use crate::report::Series;
 
     /// The `name="…"` attribute of the element starting at `tag`.
-    fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    pub(crate) fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
         let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
         Some(&tag[start..start + tag[start..].find('"')?])
     }
@@ -442,6 +541,43 @@ pub(super) mod tests {
             }
         }
         assert!(open.is_empty(), "unclosed elements {open:?}");
+    }
+
+    /// The text of every `<text>` element, trimmed.
+    pub(crate) fn texts(svg: &str) -> Vec<String> {
+        svg.match_indices("<text")
+            .filter_map(|(i, _)| {
+                let body = &svg[i + svg[i..].find('>')? + 1..];
+                Some(body[..body.find("</text>")?].trim().to_owned())
+            })
+            .collect()
+    }
+
+    /// The stroke colour of every solid polyline with `n` points, in order.
+    pub(crate) fn strokes_of_polylines_with(svg: &str, n: usize) -> Vec<String> {
+        elements(svg, "polyline")
+            .into_iter()
+            .filter(|tag| attr(tag, "stroke-dasharray").is_none())
+            .filter(|tag| attr(tag, "points").unwrap_or("").split_whitespace().count() == n)
+            .filter_map(|tag| attr(tag, "stroke").map(str::to_owned))
+            .collect()
+    }
+
+    /// The stroke colour of every dashed polyline, in order.
+    pub(crate) fn dashed_strokes(svg: &str) -> Vec<String> {
+        elements(svg, "polyline")
+            .into_iter()
+            .filter(|tag| attr(tag, "stroke-dasharray").is_some())
+            .filter_map(|tag| attr(tag, "stroke").map(str::to_owned))
+            .collect()
+    }
+
+    /// How many filled circles have colour `fill`.
+    pub(crate) fn circles_filled(svg: &str, fill: &str) -> usize {
+        elements(svg, "circle")
+            .into_iter()
+            .filter(|tag| attr(tag, "fill") == Some(fill))
+            .count()
     }
 
     fn series(label: &str, points: &[(f64, f64)]) -> Series {
@@ -640,6 +776,134 @@ pub(super) mod tests {
             );
             assert_balanced(&out);
         }
+    }
+
+    #[test]
+    fn a_series_with_nothing_to_draw_is_left_out_of_the_legend() {
+        let nan = f64::NAN;
+        let plot = Plot {
+            log_y: true,
+            lines: vec![
+                // The two-batch estimate at m = 1: undefined at every step.
+                series("B=1", &[(0.0, nan), (1.0, nan), (2.0, nan)]),
+                series("B=2", &[(0.0, 5.0), (1.0, nan), (2.0, 7.0), (3.0, 8.0)]),
+                series("B=4", &[(0.0, 3.0), (1.0, 4.0), (2.0, 5.0), (3.0, 6.0)]),
+                series("B=8", &[]),
+                // Nothing > 0 on the log axis.
+                series("B=16", &[(0.0, -1.0), (1.0, 0.0)]),
+            ],
+            hlines: vec![(-3.0, "below zero".into()), (6.5, "target".into())],
+            ..Plot::default()
+        };
+        let out = svg(&plot, 640, 400);
+        assert_balanced(&out);
+        let texts = texts(&out);
+        for absent in ["B=1", "B=8", "B=16", "below zero"] {
+            assert!(
+                !texts.iter().any(|t| t == absent),
+                "{absent} has no legend entry"
+            );
+        }
+        for present in ["B=2", "B=4", "target"] {
+            assert!(
+                texts.iter().any(|t| t == present),
+                "{present} in the legend"
+            );
+        }
+        assert!(texts.iter().any(|t| t.starts_with("7 points not drawn")));
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.ends_with(": B=1, B=8, B=16, below zero")),
+            "the note names what has nothing to draw: {texts:?}"
+        );
+        // B=2 draws its three finite points, joined; B=4 all four.
+        let lines = polylines(&out);
+        assert!(lines.iter().any(|l| l.len() == 3) && lines.iter().any(|l| l.len() == 4));
+        // The series left out take no colour: the two drawn lines are the palette's first two.
+        let strokes: Vec<String> = [3, 4]
+            .iter()
+            .flat_map(|&n| strokes_of_polylines_with(&out, n))
+            .collect();
+        assert_eq!(strokes, ["#1F77B4", "#FF7F0E"]);
+    }
+
+    #[test]
+    fn every_series_gets_its_own_colour_however_many() {
+        for (palette, n) in [
+            (Palette::Categorical, 11),
+            (Palette::Sequential, 11),
+            (Palette::Categorical, 24),
+            (Palette::Sequential, 32),
+        ] {
+            let lines: Vec<Series> = (0..n)
+                .map(|i| {
+                    let pts: Vec<(f64, f64)> = (0..5)
+                        .map(|t| (f64::from(t), f64::from(t) + i as f64))
+                        .collect();
+                    series(&format!("series {i}"), &pts)
+                })
+                .collect();
+            let plot = Plot {
+                lines,
+                vlines: vec![(2.5, "mark".into())],
+                palette,
+                ..Plot::default()
+            };
+            let out = svg(&plot, 900, 900);
+            let strokes = strokes_of_polylines_with(&out, 5);
+            assert_eq!(strokes.len(), n, "{palette:?}");
+            let mut distinct = strokes.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), n, "{palette:?} {n}: {strokes:?}");
+            assert_ne!(strokes[0], strokes[n - 1]);
+            // The reference line, dashed, takes a colour no series has.
+            let dashed = dashed_strokes(&out);
+            assert_eq!(dashed.len(), 1, "{palette:?} {n}");
+            assert!(!strokes.contains(&dashed[0]), "{palette:?} {n}: {dashed:?}");
+        }
+    }
+
+    #[test]
+    fn grouped_series_share_a_colour_and_stand_together_in_the_legend() {
+        let line = |k: f64| vec![(1.0, k), (2.0, k + 1.0), (3.0, k + 2.0), (4.0, k + 3.0)];
+        let plot = Plot {
+            lines: vec![
+                Series::new("a fit", line(1.0)).in_group("a"),
+                Series::new("b fit", line(5.0)).in_group("b"),
+                Series::new("b exact", line(6.0)).in_group("b").dashed(),
+            ],
+            scatter: vec![
+                Series::new("a points", vec![(1.5, 2.0), (2.5, 3.0), (3.5, 4.0)]).in_group("a"),
+                Series::new("loner", vec![(2.0, 9.0)]),
+            ],
+            ..Plot::default()
+        };
+        let out = svg(&plot, 640, 400);
+        let fits = strokes_of_polylines_with(&out, 4);
+        assert_eq!(fits.len(), 2, "two solid lines");
+        let (a, b) = (&fits[0], &fits[1]);
+        assert_ne!(a, b);
+        assert_eq!(
+            circles_filled(&out, a),
+            3 + 1,
+            "a's points and their legend marker in a's colour"
+        );
+        // The dashed line, in b's colour.
+        assert_eq!(dashed_strokes(&out), std::slice::from_ref(b));
+        // Three groups, three colours.
+        let loner = elements(&out, "circle")
+            .into_iter()
+            .filter_map(|t| attr(t, "fill"))
+            .find(|f| f != a)
+            .expect("the loner's marker");
+        assert!(loner != b);
+        let legend: Vec<String> = texts(&out)
+            .into_iter()
+            .filter(|t| t.contains("fit") || t.contains("points") || t.contains("exact"))
+            .collect();
+        assert_eq!(legend, ["a fit", "a points", "b fit", "b exact"]);
     }
 
     #[test]
