@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The compose cluster against a local run. Builds the image from the given binary, brings up a
 # coordinator and WORKERS workers (default 3) on a private Docker network, runs a short sweep
-# across the containers, checks that every number it wrote (metrics.jsonl, trials.json,
+# across the containers, checks that every number it wrote (metrics.csv, trials.json,
 # analysis.json, probe.json) equals, byte for byte, those of the same sweep run in one local
 # process, and that each worker joined from its own address. Then a fault: the coordinator's
 # container is killed (SIGKILL) in the middle of a second sweep and started again; the workers
@@ -90,14 +90,14 @@ same_numbers() {
       exit 1
     fi
     compared=$((compared + 1))
-  done < <(find "$tmp/local" -type f \( -name metrics.jsonl -o -name trials.json -o -name analysis.json -o -name probe.json \) -print0)
+  done < <(find "$tmp/local" -type f \( -name metrics.csv -o -name trials.json -o -name analysis.json -o -name probe.json \) -print0)
   if [[ $compared -lt 8 ]]; then
     echo "only $compared result files to compare; expected every trial's (at least 8)" >&2
     exit 1
   fi
   # And nothing the cluster wrote is missing from the local run.
-  extra=$(comm -13 <(cd "$tmp/local" && find . -type f \( -name metrics.jsonl -o -name trials.json -o -name analysis.json -o -name probe.json \) | sort) \
-                   <(cd "$dir" && find . -type f \( -name metrics.jsonl -o -name trials.json -o -name analysis.json -o -name probe.json \) | sort))
+  extra=$(comm -13 <(cd "$tmp/local" && find . -type f \( -name metrics.csv -o -name trials.json -o -name analysis.json -o -name probe.json \) | sort) \
+                   <(cd "$dir" && find . -type f \( -name metrics.csv -o -name trials.json -o -name analysis.json -o -name probe.json \) | sort))
   if [[ -n "$extra" ]]; then
     echo "the compose cluster wrote result files the local run did not: $extra" >&2
     exit 1
@@ -164,7 +164,7 @@ compose up -d --scale worker="$workers" >"$tmp/up3.log" 2>&1 || { cat "$tmp/up3.
 coordinator=$(compose ps -q coordinator)
 mapfile -t ws < <(compose ps -q worker)
 network=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "${ws[0]}")
-rows() { wc -l <"$tmp/results3/run/metrics.jsonl" 2>/dev/null || echo 0; }
+rows() { wc -l <"$tmp/results3/run/metrics.csv" 2>/dev/null || echo 0; }
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND every 50 ms
   local limit=$1 what=$2 n=0
   shift 2
@@ -193,7 +193,7 @@ formed3_at=$(date +%s.%N)
 status=$(timeout 600 docker wait "$coordinator") || { echo "the elastic run did not finish" >&2; exit 1; }
 compose logs --no-color -t >"$tmp/compose3.log" 2>&1
 [[ "$status" == 0 ]] || { echo "the elastic run's coordinator exited with $status" >&2; tail -n 80 "$tmp/compose3.log" >&2; exit 1; }
-cmp -s "$tmp/alone/metrics.jsonl" "$tmp/results3/run/metrics.jsonl" || { echo "the elastic run's rows differ from train's" >&2; exit 1; }
+cmp -s "$tmp/alone/metrics.csv" "$tmp/results3/run/metrics.csv" || { echo "the elastic run's rows differ from train's" >&2; exit 1; }
 want=$(grep -o '"params_digest": *"[^"]*"' "$tmp/alone/summary.json")
 got=$(grep -o '"params_digest": *"[^"]*"' "$tmp/results3/run/summary.json")
 [[ -n "$want" && "$want" == "$got" ]] || { echo "final parameters differ: train $want, elastic $got" >&2; exit 1; }

@@ -74,7 +74,7 @@ pub struct AllreduceArgs {
     workers: usize,
     /// Wait on this address for --workers workers started elsewhere (`batchlab worker
     /// --coordinator HOST:PORT`) instead of starting local ones.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cluster::socket_addr)]
     listen: Option<SocketAddr>,
     /// The cluster's shared secret (with --listen).
     #[arg(
@@ -399,7 +399,7 @@ pub fn run(args: AllreduceArgs) -> Result<()> {
             args.workers, args.reduce
         ))
     });
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let _lock = crate::output::FolderLock::acquire(&out, "batchlab bench allreduce")?;
     let reduce = ReduceArgs::for_bench(
         &args.transport,
         args.chunk_bytes,

@@ -379,6 +379,26 @@ fn spread<T: Clone>(items: &[T], k: usize) -> Vec<T> {
         .collect()
 }
 
+/// The most points a curve of the report draws: a plot 720 pixels wide shows no more, and
+/// a held-out run of 20 000 steps would otherwise put megabytes of SVG in the page.
+const PLOT_POINTS: usize = 1500;
+
+/// Every `k`-th point of `points` and the last, `k` the smallest stride that keeps at most
+/// `max` (plus the last).
+fn thin_points(points: Vec<(f64, f64)>, max: usize) -> Vec<(f64, f64)> {
+    let k = points.len().div_ceil(max.max(1)).max(1);
+    if k == 1 {
+        return points;
+    }
+    let last = points.len() - 1;
+    points
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % k == 0 || *i == last)
+        .map(|(_, p)| p)
+        .collect()
+}
+
 /// Writes `report.html` for a sweep: steps and samples against `B` with the fit and `B_crit`,
 /// best rate against `B`, `B_simple` over training, loss curves per batch, and every trial.
 pub fn sweep_report(
@@ -457,7 +477,8 @@ pub fn sweep_report(
         let series = |f: &dyn Fn(&batchlab_core::train::StepMetrics) -> Option<f64>,
                       x_samples: bool|
          -> Vec<(f64, f64)> {
-            rows.iter()
+            let points: Vec<(f64, f64)> = rows
+                .iter()
                 .filter_map(|r| {
                     f(r).map(|y| {
                         (
@@ -470,7 +491,8 @@ pub fn sweep_report(
                         )
                     })
                 })
-                .collect()
+                .collect();
+            thin_points(points, PLOT_POINTS)
         };
         if shown.contains(&b.batch) {
             b_simple.push((
@@ -562,4 +584,22 @@ pub fn sweep_report(
     let path = out.join("report.html");
     std::fs::write(&path, page)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thinned_curves_keep_their_ends_and_at_most_the_points_asked_for() {
+        let pts: Vec<(f64, f64)> = (0..20_001).map(|i| (i as f64, -(i as f64))).collect();
+        let thin = thin_points(pts.clone(), 1500);
+        assert!(thin.len() <= 1501, "{}", thin.len());
+        assert_eq!(thin.first(), pts.first());
+        assert_eq!(thin.last(), pts.last());
+        // Evenly spaced: stride ⌈20001/1500⌉ = 14.
+        assert_eq!(thin[1].0 - thin[0].0, 14.0);
+        let short: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 0.0)).collect();
+        assert_eq!(thin_points(short.clone(), 1500), short);
+    }
 }

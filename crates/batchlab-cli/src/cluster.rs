@@ -145,6 +145,10 @@ pub struct ReduceArgs {
     /// it, with the numbers of an uninterrupted run. Removed once the run ends.
     #[arg(long, default_value_t = 100, value_name = "STEPS")]
     checkpoint_every: u64,
+    /// Seconds to wait for the --workers N workers to join (local ones to start, or ones
+    /// started elsewhere to reach --listen) before giving up, saying how many joined.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    join_timeout: u64,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -164,10 +168,10 @@ impl ReduceArgs {
         if self.min_workers == Some(0) {
             bail!("--min-workers 0: expected at least 1");
         }
-        if let (Some(lo), Some(hi)) = (self.min_workers, self.max_workers) {
-            if lo > hi {
-                bail!("--min-workers {lo} is above --max-workers {hi}");
-            }
+        if let (Some(lo), Some(hi)) = (self.min_workers, self.max_workers)
+            && lo > hi
+        {
+            bail!("--min-workers {lo} is above --max-workers {hi}");
         }
         if self.elastic_flags() && self.reduce != "exact" {
             bail!(
@@ -232,6 +236,7 @@ impl ReduceArgs {
             max_workers: membership.1,
             pause_timeout: 300,
             checkpoint_every: 0,
+            join_timeout: 120,
         }
     }
 
@@ -257,9 +262,33 @@ impl ReduceArgs {
     }
 }
 
+const RUN_HELP: &str = "\
+Examples:
+  batchlab run --workers 4                            # the default NQM run on 4 local workers
+  batchlab run --workers 2 --task mlp --batch 256 --micro 32 --steps 200
+  batchlab run --workers 4 --allreduce tree --reduce fast
+The numbers equal `batchlab train`'s with the same flags (exact reduction), on any --workers.";
+
+const COORDINATOR_HELP: &str = "\
+Examples:
+  batchlab coordinator --listen 0.0.0.0:7070 --workers 4 --token $SECRET --steps 500
+      then on each host: batchlab worker --coordinator HOST:7070 --token $SECRET
+  batchlab coordinator --listen 0.0.0.0:7070 --workers 4 --min-workers 2 --max-workers 8 \\
+                       --token $SECRET              # elastic: go on while 2 remain
+  batchlab coordinator --workers 8 --join-timeout 600 ...   # wait up to 10 min for workers";
+
+const BENCH_STEP_HELP: &str = "\
+Examples:
+  batchlab bench step                                 # MLP 784-256-256-10, B = 256, on 1, 2, 4
+  batchlab bench step --workers 1,2 --compare-overlap
+  batchlab bench step --task nqm --set task.dim=100000 --batch 64";
+
 /// Flags of `batchlab run`.
 #[derive(Args, Debug)]
-#[command(mut_arg("out", |a| a.help("Output folder for config.toml, metrics.jsonl, metrics.csv, summary.json (and checkpoint.cbor while it runs). Default: runs/run-{task}-B{batch}-lr{lr}-s{seed}")))]
+#[command(mut_arg("out", |a| a.help("Output folder for config.toml, metrics.csv, summary.json (and checkpoint.cbor while it runs). Default: runs/run-{task}-B{batch}-lr{lr}-s{seed}")))]
+// Elastic membership needs workers started on their own (`coordinator --listen`).
+#[command(mut_arg("min_workers", |a| a.hide(true)), mut_arg("max_workers", |a| a.hide(true)), mut_arg("pause_timeout", |a| a.hide(true)))]
+#[command(after_long_help = RUN_HELP)]
 pub struct RunArgs {
     #[command(flatten)]
     train: TrainArgs,
@@ -272,12 +301,14 @@ pub struct RunArgs {
 
 /// Flags of `batchlab coordinator`.
 #[derive(Args, Debug)]
-#[command(mut_arg("out", |a| a.help("Output folder for the cluster's run: config.toml, metrics.jsonl, metrics.csv, summary.json (and checkpoint.cbor while it runs). Default: runs/run-{task}-B{batch}-lr{lr}-s{seed}")))]
+#[command(mut_arg("out", |a| a.help("Output folder for the cluster's run: config.toml, metrics.csv, summary.json (and checkpoint.cbor while it runs). Default: runs/run-{task}-B{batch}-lr{lr}-s{seed}")))]
+#[command(after_long_help = COORDINATOR_HELP)]
 pub struct CoordinatorArgs {
     #[command(flatten)]
     train: TrainArgs,
-    /// Address to listen on. A non-loopback address requires --token.
-    #[arg(long, default_value = "127.0.0.1:7070")]
+    /// Address to listen on, HOST:PORT (a name such as localhost is resolved). A non-loopback
+    /// address requires --token.
+    #[arg(long, default_value = "127.0.0.1:7070", value_parser = socket_addr)]
     listen: SocketAddr,
     /// Number of workers to wait for (default: WORLD_SIZE or SLURM_NTASKS, else 1).
     #[arg(short = 'w', long)]
@@ -308,8 +339,9 @@ pub struct WorkerArgs {
         default_value = ""
     )]
     token: String,
-    /// Where this worker's peer service listens.
-    #[arg(long, default_value = "0.0.0.0:0")]
+    /// Where this worker's peer service listens, HOST:PORT (a name such as localhost is
+    /// resolved).
+    #[arg(long, default_value = "0.0.0.0:0", value_parser = socket_addr)]
     listen: SocketAddr,
     /// Port of this worker's data plane (collective payloads), on the --listen interface
     /// (0: any free port; fix it where a firewall or a container's port list needs it).
@@ -336,6 +368,40 @@ pub struct WorkerArgs {
     rejoin: bool,
     #[command(flatten)]
     tls: TlsArgs,
+}
+
+/// Parses a `--listen` address: `HOST:PORT`, with HOST an IP address or a name (`localhost`)
+/// resolved to its first address.
+pub fn socket_addr(text: &str) -> std::result::Result<SocketAddr, String> {
+    if let Ok(a) = text.parse() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let expected = "expected HOST:PORT, e.g. 127.0.0.1:7070, [::1]:7070 or localhost:7070";
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        return Err(format!("`{text}`: {expected}"));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{text}`: the name resolves to no address; {expected}")),
+        Err(e) => Err(format!("`{text}`: {e}; {expected}")),
+    }
+}
+
+/// Checks a `--token`: empty (no token) or a secret with no blank at either end (one of spaces
+/// would look set and be trivially guessed).
+pub fn check_token(token: &str) -> Result<()> {
+    if !token.is_empty() && (token.trim().is_empty() || token.trim() != token) {
+        bail!(
+            "--token {token:?}: expected a secret with no blanks at either end (e.g. \
+             `openssl rand -hex 16`), or none at all for loopback-only runs"
+        );
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -377,6 +443,7 @@ fn env_number(names: &[&str]) -> Result<Option<u64>> {
 
 /// Runs `batchlab worker`.
 pub fn worker(args: WorkerArgs) -> Result<()> {
+    check_token(&args.token)?;
     if args.token.is_empty() && !args.listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {} without a token: anyone who reaches it could send this \
@@ -519,6 +586,7 @@ impl Cluster {
         token: &str,
         reduce: &ReduceArgs,
     ) -> Result<Self> {
+        check_token(token)?;
         if token.is_empty() && !listen.ip().is_loopback() {
             bail!(
                 "refusing to listen on {listen} without a token: anyone who reaches it could join. \
@@ -578,10 +646,13 @@ impl Cluster {
 
     fn wait_ready(&mut self) -> Result<()> {
         let coordinator = self.coordinator.clone();
+        let join_timeout = Duration::from_secs(self.reduce.join_timeout);
         let children = &mut self.children;
         self.rt.block_on(async {
             tokio::select! {
-                r = coordinator.wait_ready(Duration::from_secs(120)) => r.map(|_| ()).map_err(|e| anyhow!(e)),
+                r = coordinator.wait_ready(join_timeout) => r.map(|_| ()).map_err(|e| {
+                    anyhow!("{e} (raise --join-timeout, {} s now, to wait longer)", join_timeout.as_secs())
+                }),
                 e = dead_child(children) => Err(e),
                 sig = stop_signal() => bail!("interrupted by {sig}"),
             }
@@ -712,13 +783,12 @@ impl Cluster {
             }
             let _ = stop.send(true);
             // Graceful shutdown waits for open calls; a frozen worker's never end, so bound it.
-            if let Some(mut server) = server {
-                if tokio::time::timeout(Duration::from_secs(2), &mut server)
+            if let Some(mut server) = server
+                && tokio::time::timeout(Duration::from_secs(2), &mut server)
                     .await
                     .is_err()
-                {
-                    server.abort();
-                }
+            {
+                server.abort();
             }
         });
     }
@@ -932,6 +1002,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let Some(p) = args.train.prepare("run")? else {
         return Ok(());
     };
+    crate::exec::check_local_workers(
+        args.workers,
+        p.cfg.batch / p.plan.micro,
+        &format!("batch = {}, micro = {}", p.cfg.batch, p.plan.micro),
+    )?;
     run_local(&p, args.workers, &args.reduce).map(|_| ())
 }
 
@@ -947,6 +1022,7 @@ pub fn run_local(p: &Prepared, workers: usize, reduce: &ReduceArgs) -> Result<Ru
 /// Flags of `batchlab bench step`.
 #[derive(Args, Debug)]
 #[command(mut_arg("out", |a| a.help("Output folder: one run folder per worker count (w{N}/, w{N}-overlap/). Default: runs/bench-step-{task}-B{batch}-lr{lr}-s{seed}")))]
+#[command(after_long_help = BENCH_STEP_HELP)]
 pub struct BenchStepArgs {
     /// The run to time; defaults to a 784-256-256-10 MLP on teacher data, B = 256 in 8
     /// microbatches, 30 steps, no evaluation. Any train flag overrides it.
@@ -976,6 +1052,13 @@ pub fn bench_step(args: BenchStepArgs) -> Result<()> {
     let Some(p) = args.train.prepare_with_base("bench-step", BASE)? else {
         return Ok(());
     };
+    for &w in &args.workers {
+        crate::exec::check_local_workers(
+            w,
+            p.cfg.batch / p.plan.micro,
+            &format!("batch = {}, micro = {}", p.cfg.batch, p.plan.micro),
+        )?;
+    }
     let mut rows = Vec::new();
     let overlaps = if args.compare_overlap {
         vec![false, true]
@@ -1037,13 +1120,13 @@ pub fn bench_step(args: BenchStepArgs) -> Result<()> {
             t.step, t.compute, t.comm, t.exposed, t.apply
         );
     }
-    if let Some((_, _, _, first)) = rows.first() {
-        if let Some((w, o, _, d)) = rows.iter().find(|r| &r.3 != first) {
-            bail!(
-                "the runs disagree: {w} workers with overlap {o} ended with parameters {d}, the \
+    if let Some((_, _, _, first)) = rows.first()
+        && let Some((w, o, _, d)) = rows.iter().find(|r| &r.3 != first)
+    {
+        bail!(
+            "the runs disagree: {w} workers with overlap {o} ended with parameters {d}, the \
                  first with {first}"
-            );
-        }
+        );
     }
     println!(
         "(÷ max: (compute + exposed all-reduce) / max(compute, all-reduce); 1.00 is perfect overlap, \

@@ -122,12 +122,11 @@ pub fn apply_override(doc: &mut Table, item: &str) -> Result<()> {
     }
     // Choosing a different task kind starts that table afresh: the old kind's fields would be
     // refused by the new kind.
-    if last == "kind" {
-        if let Some(Value::String(old)) = table.get("kind") {
-            if Some(old.as_str()) != value.as_str() {
-                table.clear();
-            }
-        }
+    if last == "kind"
+        && let Some(Value::String(old)) = table.get("kind")
+        && Some(old.as_str()) != value.as_str()
+    {
+        table.clear();
     }
     table.insert(last.to_string(), value);
     Ok(())

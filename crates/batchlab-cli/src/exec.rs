@@ -22,7 +22,7 @@ use batchlab_core::train::{RunSummary, StepMetrics, TrainConfig, Trainer};
 use clap::Args;
 
 use crate::cluster::{CHECKPOINT, Cluster, ReduceArgs, load_checkpoint};
-use crate::output::MetricsWriter;
+use crate::output::{MetricsWriter, Rows};
 use batchlab_net::Checkpoint;
 
 /// Where an experiment's runs execute.
@@ -34,7 +34,7 @@ pub struct ExecArgs {
     workers: usize,
     /// With --workers N: wait on this address for N workers started elsewhere (`batchlab worker
     /// --coordinator HOST:PORT`) instead of starting local ones.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cluster::socket_addr)]
     listen: Option<SocketAddr>,
     /// The cluster's shared secret (with --listen); every worker must give the same.
     #[arg(
@@ -48,12 +48,111 @@ pub struct ExecArgs {
     reduce: ReduceArgs,
 }
 
+/// Set by the first Ctrl-C (or SIGTERM): experiments stop at their next run boundary.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An experiment stopped by a signal between two runs: the runs it finished are in its folder,
+/// and the same command run again reuses them.
+#[derive(Debug)]
+pub struct Interrupted {
+    /// SIGINT or SIGTERM.
+    pub signal: &'static str,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stopped by {} between two runs; the finished runs are kept: run the same command \
+             again to go on from them",
+            self.signal
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+static SIGNAL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Makes the first Ctrl-C (SIGINT) or SIGTERM stop an experiment between two runs (the runs
+/// under way finish and are written), and a second one stop it at once (exit status 130).
+/// `folder` is named in the message.
+pub fn stop_between_runs(folder: &Path) {
+    let folder = folder.display().to_string();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let sig = crate::cluster::stop_signal().await;
+            let _ = SIGNAL.set(sig);
+            STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+            eprintln!(
+                "\n{sig}: stopping once the runs under way finish (their results are kept in \
+                 {folder}); {sig} again stops at once"
+            );
+            let sig = crate::cluster::stop_signal().await;
+            eprintln!("{sig} again: stopped at once; the run under way is lost, finished runs are kept in {folder}");
+            std::process::exit(130);
+        });
+    });
+}
+
+/// `Err(Interrupted)` once a stop was asked for (see [`stop_between_runs`]).
+fn stop_point() -> Result<()> {
+    if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Interrupted {
+            signal: SIGNAL.get().copied().unwrap_or("a signal"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Checks a count of local worker processes before any is started: more workers than the
+/// microbatches of a step (`micros`, the most any trial has) would leave workers with nothing
+/// to compute, so it is refused; more than this machine's cores is allowed with a warning
+/// (the workers then share cores and a step is slower).
+pub fn check_local_workers(workers: usize, micros: u64, what: &str) -> Result<()> {
+    if workers as u64 > micros {
+        anyhow::bail!(
+            "--workers {workers}: expected at most {micros}, the microbatches of a step of {what}: \
+             a worker without a microbatch has nothing to compute (use fewer workers, a larger \
+             batch, or a smaller --micro)"
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers > cores {
+        tracing::warn!(
+            "--workers {workers} local worker processes on {cores} cores: they will share cores, \
+             and steps will be slower than on {cores} workers"
+        );
+    }
+    Ok(())
+}
+
+impl ExecArgs {
+    /// [`check_local_workers`] for local workers (none started elsewhere with --listen).
+    pub fn check_workers(&self, micros: u64, what: &str) -> Result<()> {
+        if self.workers > 0 && self.listen.is_none() {
+            check_local_workers(self.workers, micros, what)?;
+        }
+        Ok(())
+    }
+}
+
 /// A finished run: its summary and, when asked for, each member's final parameters.
 pub struct Finished {
     /// The run's (or the group's) summary.
     pub summary: RunSummary,
     /// Final parameters by member (one member for a single run); empty unless asked for.
     pub params: Vec<Vec<f64>>,
+    /// Every step's evaluation loss (NaN where none) by member, from the start; `None` for a
+    /// run resumed from a checkpoint without the losses saved beside it.
+    pub eval_losses: Option<Vec<Vec<f64>>>,
 }
 
 /// Runs experiments' trainings in this process or on a cluster.
@@ -104,10 +203,10 @@ impl Executor {
 
     /// Shuts the cluster's workers down, if any.
     pub fn close(self, error: Option<&anyhow::Error>) {
-        if let Self::Cluster(c) = self {
-            if let Ok(c) = (*c).into_inner() {
-                c.close(error);
-            }
+        if let Self::Cluster(c) = self
+            && let Ok(c) = (*c).into_inner()
+        {
+            c.close(error);
         }
     }
 
@@ -118,14 +217,17 @@ impl Executor {
         cfg: &TrainConfig,
         dir: &Path,
         want_params: bool,
+        rows: Rows,
         tick: &dyn Fn(&StepMetrics),
     ) -> Result<Finished> {
+        stop_point()?;
         let start = Instant::now();
         // On a cluster, an unfinished run's checkpoint in `dir` is resumed from.
         let resume = match self {
             Self::InProcess => None,
             Self::Cluster(_) => load_checkpoint(dir, cfg)?,
         };
+        let mut complete = true;
         let writer = RefCell::new(match &resume {
             Some(c) => {
                 tracing::warn!(
@@ -133,9 +235,14 @@ impl Executor {
                     dir.display(),
                     c.step()
                 );
-                MetricsWriter::resume(dir, cfg, c.step())?
+                let mut w = MetricsWriter::resume(dir, cfg, c.step(), rows)?;
+                complete = w.restore_eval(&eval_path(dir, 0), c.step())?;
+                w
             }
-            None => MetricsWriter::create(dir, cfg)?,
+            None => {
+                remove_saved_eval(dir, 1);
+                MetricsWriter::create(dir, cfg, rows)?
+            }
         });
         let err = RefCell::new(None);
         let write = |row: &StepMetrics| {
@@ -182,24 +289,32 @@ impl Executor {
         if let Some(e) = err.into_inner() {
             return Err(e);
         }
-        writer
-            .into_inner()
-            .finish(&summary, cfg, start.elapsed().as_secs_f64(), extra)?;
-        let _ = std::fs::remove_file(dir.join(CHECKPOINT));
-        Ok(Finished { summary, params })
+        let writer = writer.into_inner();
+        let eval_losses = complete.then(|| vec![writer.eval_losses().to_vec()]);
+        writer.finish(&summary, cfg, start.elapsed().as_secs_f64(), extra)?;
+        remove_checkpoint(dir, 1);
+        Ok(Finished {
+            summary,
+            params,
+            eval_losses,
+        })
     }
 
     /// Trains one replica of `cfg` per seed in lock step and ends them together on their mean
     /// evaluation loss ([`SeedMean`]). Seed `s` writes its rows to `dir/seed{s}`; every
-    /// member's `summary.json` holds the group's summary. `tick` sees the first member's rows.
+    /// member's `summary.json` holds the group's summary. The first member keeps `rows`, the
+    /// others no per-step table (they count through the group's mean). `tick` sees the first
+    /// member's rows.
     pub fn run_group(
         &self,
         cfg: &TrainConfig,
         seeds: &[u64],
         dir: &Path,
         want_params: bool,
+        rows: Rows,
         tick: &dyn Fn(&StepMetrics),
     ) -> Result<Finished> {
+        stop_point()?;
         let start = Instant::now();
         let configs: Vec<TrainConfig> = seeds
             .iter()
@@ -223,12 +338,24 @@ impl Executor {
             .enumerate()
             .map(|(m, (s, c))| {
                 let d = dir.join(format!("seed{s}"));
+                let keep = if m == 0 { rows } else { Rows::None };
                 match resume.as_ref().and_then(|r| r.rows.get(m)) {
-                    Some(&rows) => MetricsWriter::resume(&d, c, rows),
-                    None => MetricsWriter::create(&d, c),
+                    Some(&step) => MetricsWriter::resume(&d, c, step, keep),
+                    None => MetricsWriter::create(&d, c, keep),
                 }
             })
             .collect::<Result<Vec<_>>>()?;
+        // Every member's losses from the start: those before the checkpoint were saved beside it.
+        let mut complete = true;
+        if resume.is_none() {
+            remove_saved_eval(dir, seeds.len());
+        }
+        if let Some(r) = &resume {
+            for (m, w) in writers.iter_mut().enumerate() {
+                let step = r.rows.get(m).copied().unwrap_or(0);
+                complete &= w.restore_eval(&eval_path(dir, m), step)?;
+            }
+        }
         let (summary, params, extra) = match self {
             Self::InProcess => {
                 let (summary, params) = group_in_process(cfg, &configs, &mut writers, tick)?;
@@ -269,11 +396,17 @@ impl Executor {
                 (outcome.summary.clone(), params, timing(&outcome)?)
             }
         };
+        let eval_losses =
+            complete.then(|| writers.iter().map(|w| w.eval_losses().to_vec()).collect());
         for (w, c) in writers.into_iter().zip(&configs) {
             w.finish(&summary, c, start.elapsed().as_secs_f64(), extra.clone())?;
         }
-        let _ = std::fs::remove_file(dir.join(CHECKPOINT));
-        Ok(Finished { summary, params })
+        remove_checkpoint(dir, seeds.len());
+        Ok(Finished {
+            summary,
+            params,
+            eval_losses,
+        })
     }
 }
 
@@ -287,10 +420,32 @@ fn save(
 ) {
     let saved = writers
         .iter_mut()
-        .try_for_each(MetricsWriter::sync)
+        .enumerate()
+        .try_for_each(|(m, w)| {
+            w.sync()?;
+            w.save_eval(&eval_path(dir, m))
+        })
         .and_then(|_| crate::output::write_atomic_bytes(&dir.join(CHECKPOINT), &c.to_bytes()));
     if let Err(e) = saved {
         err.borrow_mut().get_or_insert(e);
+    }
+}
+
+/// Where member `m`'s evaluation losses are saved beside a checkpoint (removed with it).
+fn eval_path(dir: &Path, m: usize) -> std::path::PathBuf {
+    dir.join(format!(".eval-{m}.f64"))
+}
+
+/// Removes a finished run's checkpoint and the losses saved beside it.
+fn remove_checkpoint(dir: &Path, members: usize) {
+    let _ = std::fs::remove_file(dir.join(CHECKPOINT));
+    remove_saved_eval(dir, members);
+}
+
+/// Removes losses saved beside a checkpoint (a run that does not resume starts them afresh).
+fn remove_saved_eval(dir: &Path, members: usize) {
+    for m in 0..members {
+        let _ = std::fs::remove_file(eval_path(dir, m));
     }
 }
 

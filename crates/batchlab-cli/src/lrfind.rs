@@ -68,7 +68,7 @@ Outputs (in --out, default runs/lr-find-{task}):
   lr_find.csv    seed, step, lr, loss, smoothed_loss
   lr_find.json   α*, suggestion, 2/α*, λ_max and λ_min at θ₀ (Lanczos), per-seed results, settings
   report.html    loss vs rate (log-log) with α*, the Lanczos λ_max's edge and the suggestion
-  seed{s}/       each ramp's config.toml, metrics.csv, metrics.jsonl, summary.json
+  seed{s}/       each ramp's config.toml, metrics.csv, summary.json
 
 Examples:
   batchlab lr-find
@@ -178,7 +178,9 @@ fn run_ramp(
     dir: &Path,
 ) -> Result<(RunSummary, Vec<StepMetrics>)> {
     let rows = std::cell::RefCell::new(Vec::new());
-    let done = exec.run(cfg, dir, false, &|row| rows.borrow_mut().push(row.clone()))?;
+    let done = exec.run(cfg, dir, false, crate::output::Rows::Every, &|row| {
+        rows.borrow_mut().push(row.clone())
+    })?;
     Ok((done.summary, rows.into_inner()))
 }
 
@@ -230,7 +232,12 @@ pub fn run(args: LrFindArgs) -> Result<()> {
         .out_dir()
         .cloned()
         .unwrap_or_else(|| PathBuf::from(format!("runs/lr-find-{task}")));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    args.exec.check_workers(
+        cfg.batch / plan.micro,
+        &format!("batch = {}, micro = {}", cfg.batch, plan.micro),
+    )?;
+    let _lock = crate::output::FolderLock::acquire(&out, "batchlab lr-find")?;
+    crate::exec::stop_between_runs(&out);
 
     let ends = plan.replica().spectrum_ends(&mut Scratch::new());
     let lambda_power = ends.top.is_finite().then_some(ends.top);

@@ -79,9 +79,7 @@ fn main() -> std::process::ExitCode {
         Command::Sweep(args) => sweep::run(args),
         Command::LrFind(args) => lrfind::run(args),
         Command::Warmup(args) => warmup::run(args),
-        Command::Report { dir } if warmup::is_study(&dir) => warmup::report(&dir),
-        Command::Report { dir } if dir.join("lr_find.json").exists() => lrfind::report(&dir),
-        Command::Report { dir } => sweep::report(&dir),
+        Command::Report { dir } => report(&dir),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),
         Command::Bench(Bench::Step(args)) => cluster::bench_step(args),
@@ -89,10 +87,33 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<exec::Interrupted>().is_some() => {
+            let stop = e.downcast_ref::<exec::Interrupted>().expect("checked");
+            eprintln!("{stop}");
+            std::process::ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// `batchlab report DIR`: the study's own report, with the folder claimed while it is written.
+fn report(dir: &std::path::Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{}: no such folder: expected a study folder written by sweep, warmup or lr-find",
+            dir.display()
+        );
+    }
+    let _lock = output::FolderLock::acquire(dir, "batchlab report")?;
+    if warmup::is_study(dir) {
+        warmup::report(dir)
+    } else if dir.join("lr_find.json").exists() {
+        lrfind::report(dir)
+    } else {
+        sweep::report(dir)
     }
 }
 

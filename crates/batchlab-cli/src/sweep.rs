@@ -6,9 +6,15 @@
 //!
 //! ```text
 //!   OUT/study.json                  the sweep's settings
-//!   OUT/B00064/lr2.500000e-1-s0/    config.toml, metrics.csv, metrics.jsonl, summary.json
+//!   OUT/B00064/lr2.500000e-1-s0/    summary.json (the trial: its key and the seeds' mean)
+//!       seed0/                      config.toml, metrics.csv, summary.json (the first seed)
 //!   OUT/trials.csv, trials.json     every trial's record
+//!   OUT/analysis.json, report.html  the fit, the noise scale, the plots
 //! ```
+//!
+//! Only the first seed of a trial keeps a per-step table (the others count through the mean):
+//! every step for the trials the study reports (held-out measurements, fixed-rate policies),
+//! about [`SELECTION_ROWS`] for selection trials. The default sweep's folder is under 20 MB.
 //!
 //! A trial whose folder already holds a summary of the same configuration is not run again, so
 //! an interrupted sweep resumes where it stopped.
@@ -24,8 +30,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exec::{ExecArgs, Executor};
-use crate::output::cached_summary;
-use crate::train::{Prepared, TrainArgs};
+use crate::output::{FolderLock, Rows, cached_summary};
+
+/// Per-step rows kept by a selection trial (plus its last): enough to plot it, a fraction of
+/// its steps (the default sweep wrote 1.7 GB keeping them all).
+const SELECTION_ROWS: u64 = 100;
+use crate::train::TrainArgs;
 
 /// Flags of `batchlab sweep`.
 #[derive(Args, Debug)]
@@ -166,14 +176,6 @@ fn parse_grid(s: &str) -> Result<Vec<f64>> {
 
 impl SweepArgs {
     fn build(&self) -> Result<Option<Sweep>> {
-        let Some(p) = self.train.prepare_with_base("sweep", BASE)? else {
-            return Ok(None);
-        };
-        let Prepared { cfg, plan, .. } = p;
-        let policy: LrPolicy = self
-            .lr_policy
-            .parse()
-            .map_err(|e: String| anyhow!("--lr-policy: {e}"))?;
         let batches = if self.batches.is_empty() {
             powers_of_two(self.min_batch, self.max_batch)
         } else {
@@ -182,6 +184,42 @@ impl SweepArgs {
         if batches.is_empty() || batches.contains(&0) {
             bail!("batch sizes {batches:?}: expected at least one, all ≥ 1");
         }
+        if let Some(b) = self.train.batch_flag() {
+            bail!(
+                "--batch {b}: a sweep takes its batch sizes from --batches (or --min-batch and \
+                 --max-batch); --base-batch names the batch size --lr was chosen at"
+            );
+        }
+        // The base configuration is built without --micro, which must instead divide every
+        // batch size of the sweep (not the base's own batch, which no trial uses).
+        let mut cfg = self.train.load(BASE)?;
+        let micro = cfg.micro.take();
+        if let Some(m) = micro {
+            let bad: Vec<u64> = batches
+                .iter()
+                .copied()
+                .filter(|b| m == 0 || b % m != 0)
+                .collect();
+            if !bad.is_empty() {
+                bail!(
+                    "--micro {m}: expected a divisor of every batch size of the sweep; it does \
+                     not divide {bad:?} (give batch sizes that are multiples of {m}, or leave \
+                     --micro out: each batch size then splits into up to 16 microbatches)"
+                );
+            }
+        }
+        if self.train.print_config_requested() {
+            cfg.micro = micro;
+            crate::train::print_config(&cfg)?;
+            print!("{}", self.settings_comment(&batches));
+            return Ok(None);
+        }
+        let plan = cfg.build().context("invalid config")?;
+        cfg.micro = micro;
+        let policy: LrPolicy = self
+            .lr_policy
+            .parse()
+            .map_err(|e: String| anyhow!("--lr-policy: {e}"))?;
         if self.seeds == 0 {
             bail!("--seeds 0: expected at least 1 seed");
         }
@@ -241,6 +279,37 @@ impl SweepArgs {
         }))
     }
 
+    /// The sweep's own settings (flags, not config fields) as TOML comments, for
+    /// `--print-config`.
+    fn settings_comment(&self, batches: &[u64]) -> String {
+        format!(
+            "\n# The sweep's own settings (flags of `batchlab sweep`, not config fields):\n\
+             # batches = {batches:?}\n\
+             # seeds = {}\n\
+             # held_out_seeds = {}\n\
+             # lr_policy = {:?}\n\
+             # lr_grid = {:?}\n\
+             # refine = {}\n\
+             # patience = {}\n\
+             # target_fraction = {}   (of the initial loss, unless target_loss is set)\n\
+             # target_on = {:?}\n\
+             # target_window = {}\n\
+             # selection_window = {}\n\
+             # probe_samples = {}\n",
+            self.seeds,
+            self.held_out_seeds,
+            self.lr_policy,
+            self.lr_grid,
+            self.refine,
+            self.patience,
+            self.target_fraction,
+            self.target_on,
+            self.target_window,
+            self.selection_window,
+            self.probe_samples,
+        )
+    }
+
     fn train_out(&self) -> Option<PathBuf> {
         self.train.out_dir().cloned()
     }
@@ -290,14 +359,33 @@ impl Sweep {
         v
     }
 
+    /// The per-step rows a trial keeps: every step where the trial is a measurement the study
+    /// reports (a held-out measurement, or the one rate of a fixed policy), else about
+    /// [`SELECTION_ROWS`] (a selection trial, read for its summary only).
+    fn rows(&self, t: &TrialPlan) -> Rows {
+        if t.held_out || self.policy != LrPolicy::Tuned {
+            Rows::Every
+        } else {
+            Rows::Thin {
+                max: SELECTION_ROWS,
+            }
+        }
+    }
+
+    /// The microbatch of a trial of batch `b`: `--micro` (which divides every batch of the
+    /// sweep), else the default split of `b`.
+    fn micro_of(&self, b: u64) -> u64 {
+        match self.base.micro {
+            Some(m) if b.is_multiple_of(m) => m,
+            _ => default_micro(b),
+        }
+    }
+
     /// The configuration of one trial.
     fn trial_config(&self, t: &TrialPlan) -> TrainConfig {
         let mut c = self.base.clone();
         c.batch = t.batch;
-        c.micro = match self.base.micro {
-            Some(m) if t.batch % m == 0 => Some(m),
-            _ => Some(default_micro(t.batch)),
-        };
+        c.micro = Some(self.micro_of(t.batch));
         c.lr = t.lr;
         c.lr_scaling = batchlab_core::schedule::Scaling::None;
         c.base_batch = None;
@@ -467,7 +555,7 @@ fn run_trial(
     }
     let want = sweep.probe_samples > 0;
     let done = exec
-        .run(&cfg, &dir, want, tick)
+        .run(&cfg, &dir, want, sweep.rows(t), tick)
         .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
     let mut rec = record(t, &done.summary);
     if let Some(params) = done.params.first() {
@@ -510,7 +598,7 @@ fn run_trial_mean(
         (done, Some(crossings))
     } else {
         let done = exec
-            .run_group(&cfg, seeds, &dir, want, tick)
+            .run_group(&cfg, seeds, &dir, want, sweep.rows(t), tick)
             .with_context(|| format!("trial B={} lr={}", t.batch, t.lr))?;
         (done, None)
     };
@@ -550,17 +638,13 @@ fn measure_held_out(
     let mut run = cfg.clone();
     run.target_loss = None;
     loop {
-        let mut done = exec.run_group(&run, seeds, dir, want, tick)?;
-        let curves = seeds
-            .iter()
-            .map(|s| {
-                let rows = crate::output::read_rows(&dir.join(format!("seed{s}")))?;
-                Ok(rows
-                    .iter()
-                    .map(|r| r.eval_loss.unwrap_or(f64::NAN))
-                    .collect())
-            })
-            .collect::<Result<Vec<Vec<f64>>>>()?;
+        // The seeds' curves are taken in memory (only the first seed's rows are written; a
+        // resumed measurement has those before its checkpoint from beside it).
+        let mut done = exec.run_group(&run, seeds, dir, want, Rows::Every, tick)?;
+        let curves = done
+            .eval_losses
+            .take()
+            .context("a held-out measurement resumed without its seeds' saved losses")?;
         let crossings = batchlab_lab::fit::seed_crossings(&curves, sweep.target);
         let settled = crossings
             .steps
@@ -632,8 +716,21 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let Some(sweep) = args.build()? else {
         return Ok(());
     };
-    std::fs::create_dir_all(&sweep.out)
-        .with_context(|| format!("creating {}", sweep.out.display()))?;
+    let micros = sweep
+        .batches
+        .iter()
+        .map(|&b| b / sweep.micro_of(b))
+        .max()
+        .unwrap_or(1);
+    args.exec.check_workers(
+        micros,
+        &format!(
+            "the largest batch, {}",
+            sweep.batches.iter().max().unwrap_or(&1)
+        ),
+    )?;
+    let _lock = FolderLock::acquire(&sweep.out, "batchlab sweep")?;
+    crate::exec::stop_between_runs(&sweep.out);
     let settings = serde_json::json!({
         "batches": sweep.batches, "seeds": sweep.seeds, "lr_policy": args.lr_policy,
         "lr_grid": sweep.grid, "patience": sweep.patience, "refine": sweep.refine,
@@ -715,7 +812,7 @@ fn run_searches(
                     };
                     while let Some(t) = search.next_trial() {
                         let tick = |row: &batchlab_core::train::StepMetrics| {
-                            if row.step % 64 == 0 {
+                            if row.step.is_multiple_of(64) {
                                 bar.set_message(format!(
                                     "trial B={} lr {:.3e}: step {}",
                                     t.batch, t.lr, row.step

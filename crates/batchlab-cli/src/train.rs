@@ -1,6 +1,6 @@
 //! `batchlab train`: one run in one process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config;
-use crate::output::MetricsWriter;
+use crate::output::{MetricsWriter, Rows};
 
 /// Flags of `batchlab train`. Every flag overrides the config file's field of the same name.
 #[derive(Args, Debug)]
@@ -18,7 +18,7 @@ pub struct TrainArgs {
     /// TOML config file (see `--print-config` for every field and its default).
     #[arg(short, long)]
     config: Option<PathBuf>,
-    /// Output folder for config.toml, metrics.jsonl, metrics.csv and summary.json.
+    /// Output folder for config.toml, metrics.csv and summary.json.
     /// Default: runs/train-{task}-B{batch}-lr{lr}-s{seed}.
     #[arg(short, long)]
     out: Option<PathBuf>,
@@ -32,7 +32,7 @@ pub struct TrainArgs {
     #[arg(long)]
     micro: Option<u64>,
     /// Peak learning rate (at --base-batch when --lr-scaling is linear or sqrt).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     lr: Option<f64>,
     /// Learning-rate scaling from the base batch: none, linear, sqrt.
     #[arg(long)]
@@ -47,7 +47,7 @@ pub struct TrainArgs {
     #[arg(long)]
     steps: Option<u64>,
     /// Stop as soon as this loss is reached (see target_metric).
-    #[arg(long)]
+    #[arg(long, value_parser = finite)]
     target_loss: Option<f64>,
     /// Sampler seed.
     #[arg(long)]
@@ -64,8 +64,7 @@ pub struct TrainArgs {
 const TRAIN_HELP: &str = "\
 Outputs (in --out):
   config.toml    the resolved configuration, defaults filled in: rerun with --config
-  metrics.jsonl  one JSON object per step (pandas.read_json(path, lines=True))
-  metrics.csv    the same rows as CSV (pandas.read_csv)
+  metrics.csv    one row per step (pandas.read_csv; empty = not measured)
   summary.json   status (COMPLETE, INCOMPLETE, INFEASIBLE), steps, samples, final losses
 
 Examples:
@@ -106,6 +105,17 @@ impl TrainArgs {
         push("seed", self.seed.map(|v| v.to_string()));
         o.extend(self.set.iter().cloned());
         o
+    }
+}
+
+/// Parses a finite number (a flag's NaN or infinity is refused here, naming the flag, rather
+/// than as a TOML string the user never wrote).
+fn finite(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(format!(
+            "`{text}`: expected a finite number, e.g. 0.1 or 1e-3"
+        )),
     }
 }
 
@@ -165,6 +175,11 @@ impl TrainArgs {
         )
     }
 
+    /// The `--batch` flag, if given.
+    pub fn batch_flag(&self) -> Option<u64> {
+        self.batch
+    }
+
     /// Whether `--print-config` asks to print the configuration instead of running it.
     pub fn print_config_requested(&self) -> bool {
         self.print_config
@@ -192,12 +207,83 @@ impl TrainArgs {
     }
 }
 
-/// Prints a configuration as TOML (`--print-config`).
+/// The optional fields of a configuration, by table (`""`: the top level), with what leaving
+/// them out means: TOML has no null, so an unset field is shown as a comment.
+const OPTIONAL: &[(&str, &str, &str)] = &[
+    (
+        "",
+        "micro",
+        "unset: batch / k, with k the largest divisor of batch up to 16",
+    ),
+    ("", "base_batch", "unset: batch (the rate is not scaled)"),
+    (
+        "",
+        "target_loss",
+        "unset: no target; the run takes its whole step budget",
+    ),
+    (
+        "",
+        "memory_limit_gb",
+        "unset: 80 % of this machine's memory",
+    ),
+    ("optimizer", "clip_norm", "unset: no gradient clipping"),
+    (
+        "schedule",
+        "horizon",
+        "unset: the run's total steps (the decay ends with the run)",
+    ),
+];
+
+/// Renders a configuration as TOML with every field: the unset optional ones as comments
+/// (`# micro = …  (unset: …)`), so that the printout lists every setting there is.
+pub fn render_config(cfg: &TrainConfig) -> Result<String> {
+    let text = toml::to_string_pretty(cfg).context("rendering the config")?;
+    let doc: toml::Table = text.parse().context("reading back the rendered config")?;
+    // Sections in order: the top level, then each `[table]` header and its lines.
+    let mut sections: Vec<(String, Vec<String>)> = vec![(String::new(), Vec::new())];
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            sections.push((name.to_string(), vec![line.to_string()]));
+        } else {
+            sections
+                .last_mut()
+                .expect("one section")
+                .1
+                .push(line.to_string());
+        }
+    }
+    for (table, key, meaning) in OPTIONAL {
+        let present = if table.is_empty() {
+            doc.contains_key(*key)
+        } else {
+            doc.get(*table)
+                .and_then(toml::Value::as_table)
+                .is_none_or(|t| t.contains_key(*key))
+        };
+        if present {
+            continue;
+        }
+        if let Some((_, lines)) = sections.iter_mut().find(|(n, _)| n == table) {
+            let at = lines
+                .iter()
+                .rposition(|l| !l.trim().is_empty())
+                .map_or(0, |i| i + 1);
+            lines.insert(at, format!("# {key} =   ({meaning})"));
+        }
+    }
+    let mut out = String::new();
+    for (_, lines) in sections {
+        for l in lines {
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// Prints a configuration as TOML (`--print-config`), unset optional fields as comments.
 pub fn print_config(cfg: &TrainConfig) -> Result<()> {
-    print!(
-        "{}",
-        toml::to_string_pretty(cfg).context("rendering the config")?
-    );
+    print!("{}", render_config(cfg)?);
     Ok(())
 }
 
@@ -212,7 +298,10 @@ pub struct Sink {
 impl Sink {
     /// Creates the output folder and the progress bar.
     pub fn create(p: &Prepared) -> Result<Self> {
-        Ok(Self::create_with(p, MetricsWriter::create(&p.out, &p.cfg)?))
+        Ok(Self::create_with(
+            p,
+            MetricsWriter::create(&p.out, &p.cfg, Rows::Every)?,
+        ))
     }
 
     fn create_with(p: &Prepared, writer: MetricsWriter) -> Self {
@@ -231,7 +320,7 @@ impl Sink {
 
     /// [`Sink::create`] for a run resumed after its first `rows` rows.
     pub fn resume(p: &Prepared, rows: u64) -> Result<Self> {
-        let sink = Self::create_with(p, MetricsWriter::resume(&p.out, &p.cfg, rows)?);
+        let sink = Self::create_with(p, MetricsWriter::resume(&p.out, &p.cfg, rows, Rows::Every)?);
         sink.bar.set_position(rows);
         Ok(sink)
     }
@@ -245,9 +334,9 @@ impl Sink {
     pub fn row(&mut self, row: &StepMetrics) -> Result<()> {
         self.writer.write(row)?;
         self.bar.set_position(row.step + 1);
-        if row.step % 10 == 0 {
+        if row.step.is_multiple_of(10) {
             self.bar.set_message(format!(
-                "loss {:.4e}  B_simple {:.1}",
+                "minibatch loss {:.4e}  B_simple {:.1}",
                 row.train_loss, row.b_simple
             ));
         }
@@ -280,10 +369,8 @@ impl Sink {
             }
             println!();
         }
-        println!(
-            "results in {}",
-            path.parent().unwrap_or(&self.out).display()
-        );
+        let folder = path.as_deref().and_then(Path::parent).unwrap_or(&self.out);
+        println!("results in {}", folder.display());
         Ok(())
     }
 }

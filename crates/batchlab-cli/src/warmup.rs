@@ -13,7 +13,7 @@
 //!
 //! ```text
 //!   OUT/study.json                      "experiment": "warmup", grid, λ_max(θ₀), unit, target, base
-//!   OUT/runs/mu0.9/x2-linear-w100-s0/   config.toml, metrics.csv, metrics.jsonl, summary.json
+//!   OUT/runs/mu0.9/x2-linear-w100-s0/   config.toml, metrics.csv, summary.json
 //!   OUT/cells.csv, cells.json           every run's record
 //!   OUT/analysis.json                   stability per warmup, effects, representative runs
 //!   OUT/report.html                     maps, sharpness vs 2/η(t), cosines, dead ReLUs, losses
@@ -31,7 +31,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use batchlab_core::optim::OptimizerKind;
 use batchlab_core::schedule::Scaling;
-use batchlab_core::train::TrainConfig;
+use batchlab_core::train::{TrainConfig, default_micro};
 use batchlab_lab::report::{html_page, terminal_table};
 use batchlab_lab::warmup::{
     self, Cell, CellRecord, Grid, GridError, Reference, RunCurves, Shape, Unit, WarmupAnalysis,
@@ -304,7 +304,7 @@ fn cell_record(study: &Study, exec: &Executor, cell: &Cell) -> Result<(CellRecor
     let (summary, cached) = match cached_summary(&dir, &cfg) {
         Some(s) => (s, true),
         None => (
-            exec.run(&cfg, &dir, false, &|_| {})
+            exec.run(&cfg, &dir, false, crate::output::Rows::Every, &|_| {})
                 .with_context(|| format!("run {}", dir.display()))?
                 .summary,
             false,
@@ -333,8 +333,16 @@ pub fn run(args: WarmupArgs) -> Result<()> {
     let Some(study) = args.build()? else {
         return Ok(());
     };
-    std::fs::create_dir_all(&study.out)
-        .with_context(|| format!("creating {}", study.out.display()))?;
+    let micro = study
+        .base
+        .micro
+        .unwrap_or_else(|| default_micro(study.base.batch));
+    args.exec.check_workers(
+        study.base.batch / micro,
+        &format!("batch = {}, micro = {micro}", study.base.batch),
+    )?;
+    let _lock = crate::output::FolderLock::acquire(&study.out, "batchlab warmup")?;
+    crate::exec::stop_between_runs(&study.out);
     write_json(&study.out.join("study.json"), &study.document())?;
     print_reference(&study);
     let cells = study.grid.cells();

@@ -61,12 +61,34 @@ fn overlapped_runs_equal_train_even_when_a_rank_has_no_microbatch() {
         let o = batchlab(&a.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(o.status.success(), "{a:?}: {}", text(&o));
     };
+    // More local workers than microbatches are refused (`run`); workers started on their own
+    // may outnumber them, so the rank without one is reached through a coordinator.
+    let run_on_own_workers = |a: Vec<String>, workers: usize| {
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let coordinator = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+            .arg("coordinator")
+            .args(["--listen", &addr, "--token", "t"])
+            .args(&a[1..])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ws: Vec<_> = (0..workers)
+            .map(|_| common::worker(&addr, 30, &[]).spawn().unwrap())
+            .collect();
+        let o = coordinator.wait_with_output().unwrap();
+        for w in &mut ws {
+            let _ = w.wait();
+        }
+        assert!(o.status.success(), "{a:?}: {}", text(&o));
+    };
     // 64 samples in micros of 32 on 3 workers: one rank has none; in micros of 8 on 2 workers:
     // each rank has several, the last one streamed.
     for (micro, workers) in [("32", "3"), ("8", "2")] {
         let reference = dir.path().join(format!("train-{micro}"));
         run(args_with("train", &reference, micro, &[]));
-        let want = std::fs::read_to_string(reference.join("metrics.jsonl")).unwrap();
+        let want = std::fs::read_to_string(reference.join("metrics.csv")).unwrap();
         for (overlap, algo) in [
             ("false", "ring"),
             ("true", "ring"),
@@ -83,8 +105,12 @@ fn overlapped_runs_equal_train_even_when_a_rank_has_no_microbatch() {
                 "--allreduce",
                 algo,
             ];
-            run(args_with("run", &out, micro, &extra));
-            let got = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+            if workers == "3" {
+                run_on_own_workers(args_with("run", &out, micro, &extra), 3);
+            } else {
+                run(args_with("run", &out, micro, &extra));
+            }
+            let got = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
             assert!(
                 got == want,
                 "micro {micro}, overlap {overlap}, {algo}: metrics differ from batchlab train's"
@@ -102,7 +128,7 @@ fn mlp_runs_are_bit_identical_on_any_number_of_workers_and_algorithm_and_equal_t
     let o = batchlab(&args);
     assert!(o.status.success(), "{}", text(&o));
     let want = summary(&reference);
-    let want_rows = std::fs::read_to_string(reference.join("metrics.jsonl")).unwrap();
+    let want_rows = std::fs::read_to_string(reference.join("metrics.csv")).unwrap();
     assert_eq!(want["steps"], 200);
 
     let mut cases = vec![(1, "ring")];
@@ -135,7 +161,7 @@ fn mlp_runs_are_bit_identical_on_any_number_of_workers_and_algorithm_and_equal_t
             got["final_eval_loss"], want["final_eval_loss"],
             "{world} workers, {algo}"
         );
-        let rows = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let rows = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
         assert!(
             rows == want_rows,
             "{world} workers, {algo}: metrics differ from batchlab train's"
@@ -306,7 +332,7 @@ fn lose_rank_one(fault: &str, cause: &str, limit: std::time::Duration) {
         .collect();
     // Training is under way once metrics reach the file.
     let start = Instant::now();
-    let metrics = out.join("metrics.jsonl");
+    let metrics = out.join("metrics.csv");
     while std::fs::metadata(&metrics).map_or(0, |m| m.len()) == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
@@ -467,7 +493,7 @@ fn ctrl_c_on_run_stops_it_and_leaves_no_worker_process_behind() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while std::fs::metadata(out.join("metrics.jsonl")).map_or(0, |m| m.len()) == 0 {
+    while std::fs::metadata(out.join("metrics.csv")).map_or(0, |m| m.len()) == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "training never started"

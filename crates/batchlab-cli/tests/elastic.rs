@@ -99,7 +99,7 @@ impl Elastic {
     /// Waits until the run has written `rows` metrics rows.
     fn wait_rows(&self, rows: usize) {
         let start = Instant::now();
-        let metrics = self.out().join("metrics.jsonl");
+        let metrics = self.out().join("metrics.csv");
         while std::fs::read_to_string(&metrics).map_or(0, |s| s.lines().count()) < rows {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
@@ -159,7 +159,7 @@ fn alone(dir: &Path) -> (serde_json::Value, String) {
 fn read(out: &Path) -> (serde_json::Value, String) {
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let rows = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let rows = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     (s, rows)
 }
 
@@ -168,7 +168,7 @@ fn assert_equals_train(e: &Elastic) -> serde_json::Value {
     let (want, want_rows) = alone(e.dir.path());
     let (got, got_rows) = read(&e.out());
     assert_eq!(got["summary"], want["summary"], "{}", e.log());
-    assert_eq!(got_rows.lines().count(), 400);
+    assert_eq!(got_rows.lines().count(), 401, "a header and 400 rows");
     assert!(got_rows == want_rows, "the rows differ from train's");
     got
 }
@@ -274,7 +274,7 @@ fn a_coordinator_killed_mid_run_resumes_from_its_checkpoint_with_the_numbers_of_
     assert!(checkpoint.exists(), "no checkpoint after 150 rows");
     let _ = e.coordinator.kill();
     let _ = e.coordinator.wait();
-    let rows_at_kill = std::fs::read_to_string(e.out().join("metrics.jsonl"))
+    let rows_at_kill = std::fs::read_to_string(e.out().join("metrics.csv"))
         .unwrap()
         .lines()
         .count();
@@ -300,7 +300,7 @@ fn a_coordinator_killed_mid_run_resumes_from_its_checkpoint_with_the_numbers_of_
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no resume in: {said}"));
     assert!(
-        step % 40 == 0 && step > 0 && step <= rows_at_kill,
+        step.is_multiple_of(40) && step > 0 && step <= rows_at_kill,
         "{step} {rows_at_kill}"
     );
     assert_equals_train(&e);

@@ -233,7 +233,7 @@ fn a_sweeps_numbers_are_identical_in_process_and_on_1_and_4_workers() {
         assert!(
             numbers
                 .iter()
-                .filter(|(f, _)| f.ends_with("metrics.jsonl"))
+                .filter(|(f, _)| f.ends_with("metrics.csv"))
                 .count()
                 >= 6,
             "{name}: every trial's seeds wrote their rows: {:?}",

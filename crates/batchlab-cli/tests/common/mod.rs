@@ -29,7 +29,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Every number a study folder holds (each trial's `metrics.jsonl`, `trials.json`,
+/// Every number a study folder holds (each trial's `metrics.csv`, `trials.json`,
 /// `analysis.json`, `probe.json`), by path relative to `dir`, sorted.
 #[allow(dead_code)]
 pub fn study_numbers(dir: &std::path::Path) -> Vec<(String, String)> {
@@ -40,13 +40,8 @@ pub fn study_numbers(dir: &std::path::Path) -> Vec<(String, String)> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else if [
-                "metrics.jsonl",
-                "trials.json",
-                "analysis.json",
-                "probe.json",
-            ]
-            .contains(&p.file_name().unwrap().to_str().unwrap())
+            } else if ["metrics.csv", "trials.json", "analysis.json", "probe.json"]
+                .contains(&p.file_name().unwrap().to_str().unwrap())
             {
                 let rel = p.strip_prefix(dir).unwrap().display().to_string();
                 files.push((rel, std::fs::read_to_string(&p).unwrap()));
