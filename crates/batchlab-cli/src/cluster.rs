@@ -155,7 +155,7 @@ pub struct ReduceArgs {
 
 impl ReduceArgs {
     /// Checks the flags once, before any worker starts.
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         self.allreduce
             .parse::<batchlab_collective::Algorithm>()
             .map_err(|e| anyhow!("--allreduce {}: {e}", self.allreduce))?;

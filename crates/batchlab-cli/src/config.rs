@@ -35,14 +35,18 @@ pub fn load<T: DeserializeOwned>(
     for b in base {
         apply_override(&mut doc, b)?;
     }
-    let file: Table = match path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading config {}", p.display()))?;
-            text.parse()
-                .with_context(|| format!("parsing config {}", p.display()))?
-        }
-        None => Table::new(),
+    let file_text = match path {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let file: Table = match (&file_text, path) {
+        (Some(text), Some(p)) => text
+            .parse()
+            .with_context(|| format!("parsing config {}", p.display()))?,
+        _ => Table::new(),
     };
     merge(&mut doc, file);
     for o in overrides {
@@ -61,15 +65,96 @@ pub fn load<T: DeserializeOwned>(
                 .or_insert_with(|| Value::String(t.default.clone()));
         }
     }
-    // Deserialize from the rendered text, not the table, so that an error quotes the offending
-    // line (which names the field) with a caret under the bad value.
+    // Deserialize from the rendered text, not the table, so that an error has a place: the
+    // rendered line names the field, which is then traced back to where the user gave it.
     let text = toml::to_string(&doc).context("rendering the config")?;
-    let source = match (path, overrides.is_empty()) {
-        (Some(p), true) => p.display().to_string(),
-        (Some(p), false) => format!("{} with the command-line overrides", p.display()),
-        (None, _) => "the command-line overrides".to_string(),
+    let file = path.zip(file_text.as_deref());
+    toml::from_str(&text).map_err(|e| explain(&e, &text, file, overrides))
+}
+
+/// A deserialization error of the merged, rendered config, told in the user's terms: the
+/// field's dotted path, its value, what is wrong, and where the value came from (a line of the
+/// config file, the command line, or a default).
+fn explain(
+    e: &toml::de::Error,
+    rendered: &str,
+    file: Option<(&Path, &str)>,
+    overrides: &[String],
+) -> anyhow::Error {
+    let message = e.message().trim();
+    let Some(span) = e.span().filter(|s| s.start <= rendered.len()) else {
+        return anyhow::anyhow!("invalid config: {message}");
     };
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config ({source}): {e}"))
+    let before = &rendered[..span.start];
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let end = rendered[span.start..]
+        .find('\n')
+        .map_or(rendered.len(), |i| span.start + i);
+    let line = rendered[start..end].trim();
+    let header = |l: &str| {
+        l.trim()
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+            .map(str::to_string)
+    };
+    let table = before[..start]
+        .lines()
+        .rev()
+        .find_map(header)
+        .unwrap_or_default();
+    let (dotted, value) = match (header(line), line.split_once('=')) {
+        (Some(t), _) => (t, None),
+        (None, Some((k, v))) => {
+            let k = k.trim().trim_matches('"');
+            let dotted = if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            };
+            (dotted, Some(v.trim().to_string()))
+        }
+        (None, None) => (table.clone(), None),
+    };
+    let on_command_line = overrides
+        .iter()
+        .any(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == dotted));
+    let origin = if on_command_line {
+        "given on the command line".to_string()
+    } else if let Some(n) = file.and_then(|(_, text)| line_of(text, &dotted)) {
+        format!("{}, line {n}", file.expect("found in the file").0.display())
+    } else {
+        "a default".to_string()
+    };
+    match value {
+        Some(v) => anyhow::anyhow!("invalid config: {dotted} = {v}: {message} ({origin})"),
+        None => anyhow::anyhow!("invalid config: [{dotted}]: {message} ({origin})"),
+    }
+}
+
+/// The 1-based line of `text` (a TOML file) that sets `dotted` (`table.key`, or a table
+/// header `table`), if it is written there one key per line.
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = h.trim().to_string();
+            if table == dotted {
+                return Some(i + 1);
+            }
+        } else if let Some((k, _)) = l.split_once('=') {
+            let k = k.trim().trim_matches('"');
+            let full = if table.is_empty() {
+                k.to_string()
+            } else {
+                format!("{table}.{k}")
+            };
+            if full == dotted {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
 }
 
 /// Merges `over` into `doc`, table by table; `over`'s values win. A table whose tag (`kind`,
@@ -199,6 +284,60 @@ mod tests {
         assert!(doc["task"].get("dim").is_none());
         apply_override(&mut doc, "task.kind=linreg").unwrap();
         assert_eq!(doc["task"]["kind"].as_str(), Some("linreg"));
+    }
+
+    #[test]
+    fn a_bad_value_is_traced_to_its_line_in_the_users_file_or_the_command_line() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Cfg {
+            batch: u64,
+            lr: f64,
+            task: Task,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Task {
+            dim: u64,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        // Three lines of the user's; the merged document has the defaults too.
+        std::fs::write(&path, "[task]\ndim = 3\nfoo = 1\n").unwrap();
+        let base = ["batch=64", "lr=0.5", "task.dim=10"];
+        let e = load::<Cfg>(Some(&path), &base, &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid config: task.foo = 1: unknown field `foo`"),
+            "{e}"
+        );
+        assert!(e.ends_with(&format!("({}, line 3)", path.display())), "{e}");
+        std::fs::write(&path, "batch = \"many\"\n").unwrap();
+        let e = load::<Cfg>(Some(&path), &base, &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid config: batch = \"many\": invalid type"),
+            "{e}"
+        );
+        assert!(e.ends_with(&format!("({}, line 1)", path.display())), "{e}");
+        let e = load::<Cfg>(
+            Some(&path),
+            &base,
+            &["lr=fast".into(), "batch=1".into()],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "invalid config: lr = \"fast\": invalid type: string \"fast\", expected f64"
+            ),
+            "{e}"
+        );
+        assert!(e.ends_with("(given on the command line)"), "{e}");
     }
 
     #[test]

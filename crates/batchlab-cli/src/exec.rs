@@ -135,8 +135,16 @@ pub fn check_local_workers(workers: usize, micros: u64, what: &str) -> Result<()
 }
 
 impl ExecArgs {
-    /// [`check_local_workers`] for local workers (none started elsewhere with --listen).
+    /// Checks the cluster flags before an experiment makes its folder: the reduction flags
+    /// when there are workers, --listen only with --workers, and [`check_local_workers`] for
+    /// local workers (none started elsewhere with --listen).
     pub fn check_workers(&self, micros: u64, what: &str) -> Result<()> {
+        if let (0, Some(addr)) = (self.workers, self.listen) {
+            anyhow::bail!("--listen {addr} needs --workers N: how many workers to wait for");
+        }
+        if self.workers > 0 {
+            self.reduce.validate()?;
+        }
         if self.workers > 0 && self.listen.is_none() {
             check_local_workers(self.workers, micros, what)?;
         }

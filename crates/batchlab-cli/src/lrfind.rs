@@ -583,6 +583,10 @@ pub fn report(dir: &Path) -> Result<()> {
         .collect::<Result<Vec<CsvRow>, _>>()
         .with_context(|| format!("parsing {}", csv_path.display()))?;
     let page = render(dir, &doc, &rows)?;
-    println!("report: {}", page.display());
+    println!(
+        "report: {} (the study: {})",
+        page.display(),
+        crate::output::folder_size(dir)
+    );
     Ok(())
 }

@@ -13,6 +13,8 @@ mod warmup;
 
 #[cfg(test)]
 mod deploy_check;
+#[cfg(test)]
+mod fuzz_tests;
 
 use clap::{Parser, Subcommand};
 

@@ -383,6 +383,28 @@ pub fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write().with_context(|| format!("writing {}", path.display()))
 }
 
+/// `"16.2 MB in 862 files"`: what a study folder holds, said when a study ends.
+pub fn folder_size(dir: &Path) -> String {
+    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => {
+                    bytes += m.len();
+                    files += 1;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    format!(
+        "{} in {files} files",
+        batchlab_core::footprint::human_bytes(bytes.into())
+    )
+}
+
 /// A finished run's summary from its folder, if it ran with exactly `config`.
 pub fn cached_summary(dir: &Path, config: &TrainConfig) -> Option<RunSummary> {
     let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;

@@ -434,7 +434,11 @@ impl Sweep {
                 held_out: false,
             })
         })?;
-        println!("report: {}", report.display());
+        println!(
+            "report: {} (the study: {})",
+            report.display(),
+            crate::output::folder_size(&self.out)
+        );
         Ok(())
     }
 }

@@ -395,7 +395,11 @@ pub fn run(args: WarmupArgs) -> Result<()> {
     );
     let analysis = analyse_and_print(&study.out, &records, study.reference, study.target)?;
     let report = write_report(&study.out, &analysis, &records, study.grid.seeds[0])?;
-    println!("report: {}", report.display());
+    println!(
+        "report: {} (the study: {})",
+        report.display(),
+        crate::output::folder_size(&study.out)
+    );
     Ok(())
 }
 
@@ -551,6 +555,10 @@ pub fn report(dir: &Path) -> Result<()> {
     let a = analyse_and_print(dir, &records, reference, target)?;
     let seed = grid.seeds.first().copied().unwrap_or(0);
     let path = write_report(dir, &a, &records, seed)?;
-    println!("report: {}", path.display());
+    println!(
+        "report: {} (the study: {})",
+        path.display(),
+        crate::output::folder_size(dir)
+    );
     Ok(())
 }

@@ -515,3 +515,72 @@ fn a_full_disk_is_reported_naming_the_file_that_could_not_be_written() {
     );
     assert!(t.contains("No space left on device"), "{t}");
 }
+
+#[test]
+fn an_experiments_settings_are_checked_before_its_folder_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    for cmd in ["sweep", "warmup", "lr-find"] {
+        refused(
+            &[cmd, "--workers", "2", "--allreduce", "bogus", "--out", o],
+            &["--allreduce bogus"],
+            &out,
+        );
+        refused(
+            &[cmd, "--listen", "127.0.0.1:0", "--out", o],
+            &["--listen 127.0.0.1:0 needs --workers N"],
+            &out,
+        );
+    }
+    refused(
+        &["sweep", "--seeds", "0", "--out", o],
+        &["--seeds 0: expected at least 1 seed"],
+        &out,
+    );
+}
+
+/// The default sweep's folder stays small (it wrote 1.7 GB when every seed of every trial kept
+/// every step as JSON lines and CSV), and keeps every step where the report looks.
+#[test]
+fn the_default_sweep_writes_under_20_mb_and_every_step_of_the_trials_it_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let r = batchlab(&["sweep", "--out", out.to_str().unwrap()]);
+    let t = text(&r);
+    assert!(r.status.success(), "{t}");
+    let (mut bytes, mut full_tables) = (0u64, 0);
+    let mut stack = vec![out.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            bytes += e.metadata().unwrap().len();
+            assert_ne!(p.extension().and_then(|x| x.to_str()), Some("jsonl"));
+            // A held-out measurement's first seed (seeds 4 to 19 are held out).
+            if p.ends_with("seed4/metrics.csv") {
+                let mut r = csv::Reader::from_path(&p).unwrap();
+                let steps: Vec<u64> = r
+                    .records()
+                    .map(|rec| rec.unwrap()[0].parse().unwrap())
+                    .collect();
+                assert!(
+                    steps.iter().enumerate().all(|(i, &s)| s == i as u64),
+                    "{}",
+                    p.display()
+                );
+                full_tables += 1;
+            }
+        }
+    }
+    assert!(bytes < 20_000_000, "{bytes} bytes");
+    assert_eq!(
+        full_tables, 11,
+        "one full table per batch size's held-out measurement"
+    );
+    assert!(t.contains("(the study: "), "{t}");
+    assert!(out.join("analysis.json").exists() && out.join("report.html").exists());
+}

@@ -321,7 +321,7 @@ pub fn warmup_map(trials: &[(u64, f64, Option<f64>)]) -> Heatmap {
 /// The terminal summary of trials, one row each in the given order: batch, rate, seed, status,
 /// steps, samples, measured and exact `B_simple`, exact `B_noise`, final loss (`-` where absent).
 /// A negative measured `B_simple` (the unbiased estimate of `|G|²` came out below zero) is
-/// marked, and the table's footnote says how to read it (see [`NEGATIVE_B_SIMPLE`]).
+/// marked †, and the table's footnote says how to read it.
 pub fn trials_table(records: &[TrialRecord]) -> Table {
     let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), fmt_num);
     let measured = |v: Option<f64>| match v {
