@@ -102,8 +102,19 @@ fn explain(
         .rev()
         .find_map(header)
         .unwrap_or_default();
+    // An unknown field of a tagged table is reported on the table: name the field itself.
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split_once('`'))
+        .map(|(f, _)| f.to_string());
     let (dotted, value) = match (header(line), line.split_once('=')) {
-        (Some(t), _) => (t, None),
+        (Some(t), _) => match unknown {
+            Some(f) => {
+                let value = doc_value(rendered, &t, &f);
+                (format!("{t}.{f}"), value)
+            }
+            None => (t, None),
+        },
         (None, Some((k, v))) => {
             let k = k.trim().trim_matches('"');
             let dotted = if table.is_empty() {
@@ -129,6 +140,16 @@ fn explain(
         Some(v) => anyhow::anyhow!("invalid config: {dotted} = {v}: {message} ({origin})"),
         None => anyhow::anyhow!("invalid config: [{dotted}]: {message} ({origin})"),
     }
+}
+
+/// The value of `table.key` as rendered in `text`, if it is there.
+fn doc_value(text: &str, table: &str, key: &str) -> Option<String> {
+    let doc: Table = text.parse().ok()?;
+    let mut t = &doc;
+    for part in table.split('.') {
+        t = t.get(part)?.as_table()?;
+    }
+    t.get(key).map(ToString::to_string)
 }
 
 /// The 1-based line of `text` (a TOML file) that sets `dotted` (`table.key`, or a table
@@ -307,6 +328,26 @@ mod tests {
         std::fs::write(&path, "[task]\ndim = 3\nfoo = 1\n").unwrap();
         let base = ["batch=64", "lr=0.5", "task.dim=10"];
         let e = load::<Cfg>(Some(&path), &base, &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid config: task.foo = 1: unknown field `foo`"),
+            "{e}"
+        );
+        assert!(e.ends_with(&format!("({}, line 3)", path.display())), "{e}");
+        // The same in a tagged table (as the task is), where serde names the table.
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+        #[allow(dead_code)]
+        enum Tagged {
+            Nqm { dim: u64 },
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct WithTagged {
+            task: Tagged,
+        }
+        let e = load::<WithTagged>(Some(&path), &["task.kind=\"nqm\""], &[], &[])
             .unwrap_err()
             .to_string();
         assert!(
