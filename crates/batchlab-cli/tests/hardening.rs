@@ -40,6 +40,23 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Every file under `dir` (none if it does not exist yet).
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -281,19 +298,10 @@ fn a_stop_signal_ends_an_in_process_sweep_between_trials_and_the_same_command_re
     ];
     let child = spawn(&args);
     let finished = |dir: &Path| -> usize {
-        let mut n = 0;
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.file_name().is_some_and(|f| f == "summary.json") {
-                    n += 1;
-                }
-            }
-        }
-        n
+        files_under(dir)
+            .iter()
+            .filter(|p| p.ends_with("summary.json"))
+            .count()
     };
     wait_for("a finished trial", Duration::from_secs(120), || {
         finished(&out) >= 1
@@ -313,23 +321,19 @@ fn a_stop_signal_ends_an_in_process_sweep_between_trials_and_the_same_command_re
     );
     // Every run folder that was begun (a config.toml) was finished (a summary.json beside it):
     // no half-written trial.
-    let mut begun = 0;
-    let mut stack = vec![out.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.file_name().is_some_and(|f| f == "config.toml") {
-                begun += 1;
-                assert!(
-                    d.join("summary.json").exists(),
-                    "{} was left half-written",
-                    d.display()
-                );
-            }
-        }
+    let begun: Vec<_> = files_under(&out)
+        .into_iter()
+        .filter(|p| p.ends_with("config.toml"))
+        .collect();
+    for config in &begun {
+        let d = config.parent().unwrap();
+        assert!(
+            d.join("summary.json").exists(),
+            "{} was left half-written",
+            d.display()
+        );
     }
+    let begun = begun.len();
     assert!(begun >= 1 && finished(&out) >= begun);
     assert!(
         !out.join("analysis.json").exists(),
@@ -550,30 +554,22 @@ fn the_default_sweep_writes_under_20_mb_and_every_step_of_the_trials_it_reports(
     let t = text(&r);
     assert!(r.status.success(), "{t}");
     let (mut bytes, mut full_tables) = (0u64, 0);
-    let mut stack = vec![out.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            bytes += e.metadata().unwrap().len();
-            assert_ne!(p.extension().and_then(|x| x.to_str()), Some("jsonl"));
-            // A held-out measurement's first seed (seeds 4 to 19 are held out).
-            if p.ends_with("seed4/metrics.csv") {
-                let mut r = csv::Reader::from_path(&p).unwrap();
-                let steps: Vec<u64> = r
-                    .records()
-                    .map(|rec| rec.unwrap()[0].parse().unwrap())
-                    .collect();
-                assert!(
-                    steps.iter().enumerate().all(|(i, &s)| s == i as u64),
-                    "{}",
-                    p.display()
-                );
-                full_tables += 1;
-            }
+    for p in files_under(&out) {
+        bytes += std::fs::metadata(&p).unwrap().len();
+        assert_ne!(p.extension().and_then(|x| x.to_str()), Some("jsonl"));
+        // A held-out measurement's first seed (seeds 4 to 19 are held out).
+        if p.ends_with("seed4/metrics.csv") {
+            let mut r = csv::Reader::from_path(&p).unwrap();
+            let steps: Vec<u64> = r
+                .records()
+                .map(|rec| rec.unwrap()[0].parse().unwrap())
+                .collect();
+            assert!(
+                steps.iter().enumerate().all(|(i, &s)| s == i as u64),
+                "{}",
+                p.display()
+            );
+            full_tables += 1;
         }
     }
     assert!(bytes < 20_000_000, "{bytes} bytes");
