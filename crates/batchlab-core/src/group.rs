@@ -17,9 +17,10 @@
 //! workers) feeds it the rows in member order and gets the same decision, so the group's
 //! result does not depend on where it ran.
 
+use crate::driver::{Output, RunDriver, Settings, lone_step};
 use crate::train::{
-    EvalWindow, Progress, RunPlan, RunSummary, STALL_MIN_EVALS, STALL_TOLERANCE, Status,
-    StepMetrics, TrainConfig, Trainer, params_digest,
+    EvalWindow, RunPlan, RunSummary, STALL_MIN_EVALS, STALL_TOLERANCE, Status, StepMetrics,
+    TrainConfig, params_digest,
 };
 
 /// How a group ended: status, steps to the end, and why.
@@ -176,36 +177,19 @@ impl SeedMean {
 /// `on_row(member, row)` first: the group's summary and each member's final parameters. An
 /// error from `on_row` stops the run and is returned.
 pub fn run_in_process<E>(
-    mut rule: SeedMean,
+    rule: SeedMean,
     plans: &[RunPlan],
     mut on_row: impl FnMut(usize, &StepMetrics) -> Result<(), E>,
 ) -> Result<(RunSummary, Vec<Vec<f64>>), E> {
-    let mut trainers: Vec<Trainer> = plans.iter().map(Trainer::new).collect();
-    let end = 'run: loop {
-        for (i, trainer) in trainers.iter_mut().enumerate() {
-            match trainer.step() {
-                Progress::Step(row) => {
-                    on_row(i, &row)?;
-                    rule.record(i, &row);
-                }
-                Progress::Done(row, summary) => {
-                    if let Some(row) = row {
-                        on_row(i, &row)?;
-                        rule.record(i, &row);
-                    }
-                    break 'run rule.member_ended(i, &summary);
-                }
-            }
+    let mut driver = RunDriver::from_plans(plans.to_vec(), Some(rule), Settings::default(), 0, 1)
+        .expect("a group of at least one member, exact reduction");
+    while let Some(out) = lone_step(&mut driver) {
+        if let Output::Row { member, row } = out {
+            on_row(member, &row)?;
         }
-        if let Some(end) = rule.check() {
-            break 'run end;
-        }
-    };
-    let params: Vec<Vec<f64>> = trainers
-        .iter()
-        .map(|t| t.replica().params.clone())
-        .collect();
-    let summary = rule.summary(end, params.iter().map(Vec::as_slice));
+    }
+    let summary = driver.summary().expect("the run ended").clone();
+    let params = driver.params().map(<[f64]>::to_vec).collect();
     Ok((summary, params))
 }
 

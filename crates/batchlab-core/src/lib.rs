@@ -9,12 +9,17 @@
 //! - [`theory`]: closed forms of the noisy quadratic model.
 //! - [`exact`]: the order-independent (fixed-point) reduction that makes a run bit-identical on
 //!   any number of workers.
-//! - [`train`]: the training step as a pure state machine, and a single-process driver.
+//! - [`train`]: the run's configuration, the replica (state every rank holds identically) and
+//!   a rank's share of a step.
+//! - [`driver`]: one rank's part of a run, sequenced without I/O ([`driver::RunDriver`]), its
+//!   single-process executor ([`driver::Trainer`]) and an in-memory cluster of N ranks with
+//!   scripted faults ([`driver::memory`]).
 //! - [`group`]: several seeds' runs in lock step, ended on their mean evaluation loss.
 //!
 //! This crate does no I/O beyond reading a dataset file it is handed, and never spawns threads
 //! or sockets.
 
+pub mod driver;
 pub mod error;
 pub mod estimate;
 pub mod exact;

@@ -16,8 +16,9 @@
 //!
 //! [`Replica`] holds everything every replica has identically (parameters, optimizer state,
 //! estimators, the fixed-point scale). [`compute_micros`] is the worker's share of a step.
-//! [`Trainer`] drives both in one process; the networked runner drives the same pieces across
-//! processes, which is why `batchlab train` and a run on N workers end bit-identical.
+//! [`crate::driver::RunDriver`] sequences them for one rank of any number (a [`Trainer`] is the
+//! driver of a lone rank; a worker executes the same driver over the network), which is why
+//! `batchlab train` and a run on N workers end bit-identical.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -580,6 +581,16 @@ impl Replica {
         &self.plan
     }
 
+    /// What a rank computes its share of the current step from.
+    pub fn input(&self) -> StepInput<'_> {
+        StepInput {
+            task: self.plan.task.as_ref(),
+            params: &self.params,
+            t: self.t,
+            scale: self.scale,
+        }
+    }
+
     /// A copy of everything this replica holds besides its plan.
     pub fn state(&self) -> ReplicaState {
         ReplicaState {
@@ -911,19 +922,45 @@ pub struct WorkerScratch {
     acc: Vec<f64>,
 }
 
-/// The worker's share of step `t`: the gradient sums and stats of microbatches `micros`,
-/// quantized at `scale` into `packet` (which is cleared first).
-#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
+/// What a rank computes its share of a step from: the task and the replica's state at the
+/// step's start ([`Replica::input`]).
+#[derive(Clone, Copy)]
+pub struct StepInput<'a> {
+    /// The task.
+    pub task: &'a dyn Task,
+    /// `θ_t`.
+    pub params: &'a [f64],
+    /// The step `t`.
+    pub t: u64,
+    /// The fixed-point scale of the step's packet.
+    pub scale: FixedScale,
+}
+
+impl std::fmt::Debug for StepInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepInput")
+            .field("task", &self.task.name())
+            .field("t", &self.t)
+            .field("scale", &self.scale)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The worker's share of step `input.t`: the gradient sums and stats of microbatches `micros`,
+/// quantized at `input.scale` into `packet` (which is cleared first).
 pub fn compute_micros(
-    task: &dyn Task,
-    params: &[f64],
+    input: StepInput<'_>,
     sampler: &mut Sampler,
-    t: u64,
     micros: Range<usize>,
-    scale: FixedScale,
     packet: &mut Packet,
     scratch: &mut WorkerScratch,
 ) {
+    let StepInput {
+        task,
+        params,
+        t,
+        scale,
+    } = input;
     packet.clear();
     scratch.grad.resize(params.len(), 0.0);
     for j in micros {
@@ -942,14 +979,10 @@ pub fn compute_micros(
 /// [`compute_micros`] split for overlapping the reduction with the backward pass (as DDP
 /// does): this computes every micro of `micros` but the last into `packet` (cleared first)
 /// and returns the last one's index, for [`compute_last_micro_streamed`].
-#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
 pub fn compute_micros_but_last(
-    task: &dyn Task,
-    params: &[f64],
+    input: StepInput<'_>,
     sampler: &mut Sampler,
-    t: u64,
     micros: Range<usize>,
-    scale: FixedScale,
     packet: &mut Packet,
     scratch: &mut WorkerScratch,
 ) -> Option<usize> {
@@ -957,16 +990,7 @@ pub fn compute_micros_but_last(
         packet.clear();
         return None;
     };
-    compute_micros(
-        task,
-        params,
-        sampler,
-        t,
-        micros.start..last,
-        scale,
-        packet,
-        scratch,
-    );
+    compute_micros(input, sampler, micros.start..last, packet, scratch);
     Some(last)
 }
 
@@ -975,18 +999,20 @@ pub fn compute_micros_but_last(
 /// already hold the other micros' sums) and handed to `ready(k, words)` as soon as it is final.
 /// Returns the micro's stats for [`Packet::add_stats`]. The words and stats are those of
 /// [`compute_micros`], bit for bit.
-#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
 pub fn compute_last_micro_streamed<'a>(
-    task: &dyn Task,
-    params: &[f64],
+    input: StepInput<'_>,
     sampler: &mut Sampler,
-    t: u64,
     micro: usize,
-    scale: FixedScale,
     buckets: Vec<&'a mut [i64]>,
     scratch: &mut WorkerScratch,
     ready: &mut dyn FnMut(usize, &'a mut [i64]),
 ) -> MicroStats {
+    let StepInput {
+        task,
+        params,
+        t,
+        scale,
+    } = input;
     let ranges = task.buckets();
     assert_eq!(ranges.len(), buckets.len(), "one word slice per bucket");
     let mut slots: Vec<Option<&'a mut [i64]>> = buckets.into_iter().map(Some).collect();
@@ -1015,7 +1041,7 @@ pub fn compute_last_micro_streamed<'a>(
     MicroStats::measure(stats, &scratch.grad)
 }
 
-/// Fast mode's share of step `t`: the sum over microbatches `micros` of their gradient sums,
+/// Fast mode's share of step `input.t`: the sum over microbatches `micros` of their gradient sums,
 /// accumulated in `f64` and rounded once to `f32` into `grad_sum`, and their stats in `stats`
 /// (a packet with no gradient words; cleared first).
 ///
@@ -1023,17 +1049,17 @@ pub fn compute_last_micro_streamed<'a>(
 /// the result differs from the exact sum by at most `W · 2⁻²⁴ · Σ_r |s_r|` (to first order),
 /// `s_r` being rank `r`'s local sum: one rounding per rank, and at most `W − 1` rounded
 /// additions of partial sums each bounded by `Σ_r |s_r|`.
-#[allow(clippy::too_many_arguments)] // each argument is one independent input of the step
 pub fn compute_micros_fast(
-    task: &dyn Task,
-    params: &[f64],
+    input: StepInput<'_>,
     sampler: &mut Sampler,
-    t: u64,
     micros: Range<usize>,
     grad_sum: &mut [f32],
     stats: &mut Packet,
     scratch: &mut WorkerScratch,
 ) {
+    let StepInput {
+        task, params, t, ..
+    } = input;
     stats.clear();
     scratch.grad.resize(params.len(), 0.0);
     scratch.acc.clear();
@@ -1055,90 +1081,7 @@ pub fn compute_micros_fast(
     }
 }
 
-/// One training run in one process: the replica and the worker's computation, driven step by
-/// step. `batchlab train` is this loop.
-#[derive(Debug)]
-pub struct Trainer {
-    replica: Replica,
-    sampler: Sampler,
-    packet: Packet,
-    scratch: WorkerScratch,
-    finished: Option<RunSummary>,
-}
-
-/// What one call of [`Trainer::step`] produced.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Progress {
-    /// A step was applied.
-    Step(Box<StepMetrics>),
-    /// The run ended; the metrics row of the step that ended it comes with it, if one did.
-    Done(Option<Box<StepMetrics>>, Box<RunSummary>),
-}
-
-impl Trainer {
-    /// A trainer at step 0.
-    pub fn new(plan: &RunPlan) -> Self {
-        Self {
-            replica: plan.replica(),
-            sampler: plan.sampler(),
-            packet: Packet::zeroed(plan.task.num_params(), plan.num_micro()),
-            scratch: WorkerScratch::default(),
-            finished: None,
-        }
-    }
-
-    /// The replica's state.
-    pub fn replica(&self) -> &Replica {
-        &self.replica
-    }
-
-    /// Runs one step (or finishes the run).
-    pub fn step(&mut self) -> Progress {
-        if let Some(s) = &self.finished {
-            return Progress::Done(None, Box::new(s.clone()));
-        }
-        if let Begin::Finished(summary) = self.replica.begin(&mut self.scratch.task) {
-            self.finished = Some((*summary).clone());
-            return Progress::Done(None, summary);
-        }
-        let num_micro = self.replica.plan.num_micro();
-        loop {
-            compute_micros(
-                self.replica.plan.task.as_ref(),
-                &self.replica.params,
-                &mut self.sampler,
-                self.replica.t,
-                0..num_micro,
-                self.replica.scale,
-                &mut self.packet,
-                &mut self.scratch,
-            );
-            match self.replica.apply(&self.packet) {
-                Applied::Redo => continue,
-                Applied::Step(row) => return Progress::Step(row),
-                Applied::Finished(row, summary) => {
-                    self.finished = Some((*summary).clone());
-                    return Progress::Done(Some(row), summary);
-                }
-            }
-        }
-    }
-
-    /// Runs to the end, handing each metrics row to `on_step`.
-    pub fn run(&mut self, mut on_step: impl FnMut(&StepMetrics)) -> RunSummary {
-        loop {
-            match self.step() {
-                Progress::Step(row) => on_step(&row),
-                Progress::Done(row, summary) => {
-                    if let Some(row) = row {
-                        on_step(&row);
-                    }
-                    return *summary;
-                }
-            }
-        }
-    }
-}
+pub use crate::driver::{Progress, Trainer};
 
 #[cfg(test)]
 mod tests {

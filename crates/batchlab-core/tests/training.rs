@@ -3,7 +3,6 @@
 
 use batchlab_core::exact::Packet;
 use batchlab_core::optim::OptimizerKind;
-use batchlab_core::sampler::balanced_range;
 use batchlab_core::tasks::TaskConfig;
 use batchlab_core::tasks::linreg::LinregConfig;
 use batchlab_core::tasks::logreg::LogregConfig;
@@ -382,54 +381,16 @@ fn the_same_seed_gives_bit_identical_metrics() {
 /// Drives a run with the step's microbatches split over `world` in-memory workers whose packets
 /// are merged in reverse rank order: the data-parallel step without the network.
 fn run_split(cfg: &TrainConfig, world: usize) -> (Vec<StepMetrics>, RunSummary) {
-    let plan = cfg.build().unwrap();
-    let mut replica = plan.replica();
-    let n = plan.num_micro();
-    let mut workers: Vec<_> = (0..world)
-        .map(|_| {
-            (
-                plan.sampler(),
-                Packet::zeroed(plan.task.num_params(), n),
-                WorkerScratch::default(),
-            )
-        })
-        .collect();
-    let mut total = Packet::zeroed(plan.task.num_params(), n);
-    let mut rows = Vec::new();
-    let mut eval_scratch = batchlab_core::Scratch::new();
-    loop {
-        if let Begin::Finished(s) = replica.begin(&mut eval_scratch) {
-            return (rows, *s);
-        }
-        loop {
-            for (rank, (sampler, packet, scratch)) in workers.iter_mut().enumerate() {
-                let range = balanced_range(n, rank, world);
-                compute_micros(
-                    plan.task.as_ref(),
-                    &replica.params,
-                    sampler,
-                    replica.t,
-                    range,
-                    replica.scale,
-                    packet,
-                    scratch,
-                );
-            }
-            total.clear();
-            for (_, packet, _) in workers.iter().rev() {
-                total.merge(packet);
-            }
-            match replica.apply(&total) {
-                Applied::Redo => continue,
-                Applied::Step(r) => rows.push(*r),
-                Applied::Finished(r, s) => {
-                    rows.push(*r);
-                    return (rows, *s);
-                }
-            }
-            break;
-        }
-    }
+    use batchlab_core::driver::memory::Cluster;
+    use batchlab_core::driver::{RunDriver, Settings};
+    let cfg = cfg.clone();
+    let make = move |_, rank, world| {
+        RunDriver::new(&cfg, &[], Settings::default(), rank, world).expect("valid config")
+    };
+    let mut out = Cluster::new(make, world, vec![])
+        .run()
+        .expect("a clean run");
+    (out.rows.swap_remove(0), out.summary)
 }
 
 #[test]
@@ -554,10 +515,8 @@ fn a_nan_in_the_reduced_gradient_ends_the_run_infeasible_without_applying_it() {
     let mut stats = Packet::zeroed(0, plan.num_micro());
     let mut sampler = plan.sampler();
     compute_micros_fast(
-        plan.task.as_ref(),
-        &replica.params,
+        replica.input(),
         &mut sampler,
-        0,
         0..plan.num_micro(),
         &mut grad,
         &mut stats,
@@ -702,28 +661,17 @@ fn the_streamed_last_micro_gives_the_same_packet_word_for_word() {
         let task = plan.task.as_ref();
         let mut want = Packet::zeroed(dim, n);
         compute_micros(
-            task,
-            &replica.params,
+            replica.input(),
             &mut plan.sampler(),
-            0,
             1..n,
-            replica.scale,
             &mut want,
             &mut WorkerScratch::default(),
         );
         let mut got = Packet::zeroed(dim, n);
         let (mut sampler, mut scratch) = (plan.sampler(), WorkerScratch::default());
-        let last = compute_micros_but_last(
-            task,
-            &replica.params,
-            &mut sampler,
-            0,
-            1..n,
-            replica.scale,
-            &mut got,
-            &mut scratch,
-        )
-        .unwrap();
+        let last =
+            compute_micros_but_last(replica.input(), &mut sampler, 1..n, &mut got, &mut scratch)
+                .unwrap();
         assert_eq!(last, n - 1);
         let ranges = task.buckets();
         let (grad, _) = got.grad_and_stats_mut();
@@ -740,12 +688,9 @@ fn the_streamed_last_micro_gives_the_same_packet_word_for_word() {
         assert!(rest.is_empty());
         let mut finished = Vec::new();
         let stats = compute_last_micro_streamed(
-            task,
-            &replica.params,
+            replica.input(),
             &mut sampler,
-            0,
             last,
-            replica.scale,
             slices.into_iter().map(Option::unwrap).collect(),
             &mut scratch,
             &mut |k, _| finished.push(k),
@@ -819,12 +764,9 @@ fn a_replica_restored_from_its_state_at_any_step_continues_bit_identically() {
         assert_eq!(replica.begin(&mut eval_scratch), Begin::Compute);
         loop {
             compute_micros(
-                plan.task.as_ref(),
-                &replica.params,
+                replica.input(),
                 &mut sampler,
-                replica.t,
                 0..n,
-                replica.scale,
                 &mut packet,
                 &mut scratch,
             );

@@ -889,7 +889,7 @@ impl Coordinator {
                     on_row(member, row);
                 }
                 Event::Checkpoint { task: t, bytes } if t == task => {
-                    let w: crate::worker::RunWire = crate::decode(&bytes).map_err(|e| {
+                    let w = batchlab_core::driver::RunState::from_bytes(&bytes).map_err(|e| {
                         fail(refuse(
                             Reason::Malformed,
                             "rank 0",

@@ -11,14 +11,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use batchlab_collective::{Algorithm, PlanConfig};
-use batchlab_core::exact::Packet;
-use batchlab_core::group::SeedMean;
-use batchlab_core::sampler::balanced_range;
-use batchlab_core::train::{
-    Applied, Begin, ReplicaState, RunPlan, RunSummary, StepMetrics, TrainConfig, WorkerScratch,
-    compute_last_micro_streamed, compute_micros, compute_micros_but_last, compute_micros_fast,
+use batchlab_core::driver::{
+    Action, Buf, DriverError, Event, Output, Reduction, RunDriver, RunState, Settings, Streamed,
 };
+use batchlab_core::train::{RunSummary, TrainConfig};
 use batchlab_proto::v1::coordinator_client::CoordinatorClient;
 use batchlab_proto::v1::{
     BenchSpec, HeartbeatRequest, JoinReply, JoinRequest, RegroupRequest, RunReport, RunSpec,
@@ -431,7 +427,7 @@ async fn work(ctx: &mut Ctx<'_>, reply: &JoinReply) -> Result<(), NetError> {
     // A run this worker finished, kept while the coordinator may still need it: when a new
     // generation takes that run up again (a peer failed before finishing), this worker's final
     // state is the freshest.
-    let mut finished: Option<(u64, RunLocal)> = None;
+    let mut finished: Option<(u64, RunDriver)> = None;
     loop {
         let mut client = ctx.client.clone();
         let ask = client.next_task(TaskRequest {
@@ -709,8 +705,8 @@ async fn train(
     task: u64,
     spec: &RunSpec,
     mesh: &mut Mesh,
-    kept: Option<RunLocal>,
-) -> Result<Option<RunLocal>, NetError> {
+    kept: Option<RunDriver>,
+) -> Result<Option<RunDriver>, NetError> {
     let (tx, rx) = mpsc::channel::<RunReport>(1024);
     let mut client = ctx.client.clone();
     let reporter = tokio::spawn(async move {
@@ -785,237 +781,42 @@ pub(crate) async fn unless_aborted<T>(
     }
 }
 
-/// One replica of a run (a seed-mean group has one per seed) and its sampler.
-struct Member {
-    replica: batchlab_core::train::Replica,
-    sampler: batchlab_core::sampler::Sampler,
-}
-
-/// A run as this worker holds it: its replicas, the seed-mean rule, where the run is.
-struct RunLocal {
-    members: Vec<Member>,
-    group: Option<SeedMean>,
-    /// The member whose step comes next.
-    next: usize,
-    /// Applies so far (steps and redos): two workers at the same count hold the same state.
-    version: u64,
-    /// Rows produced that the coordinator has not acknowledged (a new rank 0 sends them).
-    unconfirmed: std::collections::VecDeque<(usize, StepMetrics)>,
-    /// Rows produced, per member.
-    rows: Vec<u64>,
-    /// The run's summary, once it ended.
-    ended: Option<RunSummary>,
-}
-
-/// [`RunLocal`] as plain data: what a worker hands the others when it holds the freshest state,
-/// and what the coordinator's checkpoints hold.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct RunWire {
-    members: Vec<ReplicaState>,
-    group: Option<SeedMean>,
-    next: usize,
-    version: u64,
-    unconfirmed: Vec<(usize, StepMetrics)>,
-    /// Rows produced, per member.
-    pub(crate) rows: Vec<u64>,
-    ended: Option<RunSummary>,
-}
-
-impl RunLocal {
-    /// The run at its start: one replica (or one per seed of a group).
-    fn fresh(cfg: &TrainConfig, plan: &RunPlan, seeds: &[u64]) -> Result<Self, NetError> {
-        let members = Self::plans(cfg, plan, seeds)?
-            .iter()
-            .map(|p| Member {
-                replica: p.replica(),
-                sampler: p.sampler(),
-            })
-            .collect::<Vec<_>>();
-        let n = members.len();
-        Ok(Self {
-            members,
-            group: (!seeds.is_empty()).then(|| SeedMean::new(cfg, plan.micro, seeds.len())),
-            next: 0,
-            version: 0,
-            unconfirmed: Default::default(),
-            rows: vec![0; n],
-            ended: None,
-        })
-    }
-
-    fn plans(cfg: &TrainConfig, plan: &RunPlan, seeds: &[u64]) -> Result<Vec<RunPlan>, NetError> {
-        if seeds.is_empty() {
-            return Ok(vec![plan.clone()]);
-        }
-        seeds
-            .iter()
-            .map(|&seed| {
-                SeedMean::member_config(cfg, seed)
-                    .build()
-                    .map_err(|e| NetError::Config(e.to_string()))
-            })
-            .collect()
-    }
-
-    fn wire(&self) -> RunWire {
-        RunWire {
-            members: self.members.iter().map(|m| m.replica.state()).collect(),
-            group: self.group.clone(),
-            next: self.next,
-            version: self.version,
-            unconfirmed: self.unconfirmed.iter().cloned().collect(),
-            rows: self.rows.clone(),
-            ended: self.ended.clone(),
-        }
-    }
-
-    /// The run a peer handed over, on this worker's plans.
-    fn from_wire(
-        w: RunWire,
-        cfg: &TrainConfig,
-        plan: &RunPlan,
-        seeds: &[u64],
-    ) -> Result<Self, NetError> {
-        let plans = Self::plans(cfg, plan, seeds)?;
-        if w.members.len() != plans.len() || w.next >= plans.len() {
-            return Err(NetError::Peer(format!(
-                "a peer handed over a run of {} members (next {}); this run has {}",
-                w.members.len(),
-                w.next,
-                plans.len()
-            )));
-        }
-        let members = plans
-            .iter()
-            .zip(w.members)
-            .map(|(p, state)| {
-                Ok(Member {
-                    replica: p
-                        .restore(state)
-                        .map_err(|e| NetError::Peer(format!("a peer's run state: {e}")))?,
-                    sampler: p.sampler(),
-                })
-            })
-            .collect::<Result<Vec<_>, NetError>>()?;
-        Ok(Self {
-            members,
-            group: w.group,
-            next: w.next,
-            version: w.version,
-            unconfirmed: w.unconfirmed.into(),
-            rows: w.rows,
-            ended: w.ended,
-        })
-    }
-
-    /// Forgets the rows the coordinator acknowledged for `task`.
-    fn confirmed(&mut self, task: u64, confirmed: &(u64, Vec<u64>)) {
-        if confirmed.0 != task {
-            return;
-        }
-        while let Some((m, row)) = self.unconfirmed.front() {
-            if confirmed.1.get(*m).is_some_and(|&next| row.step < next) {
-                self.unconfirmed.pop_front();
-            } else {
-                break;
-            }
-        }
-    }
-
-    /// The run's summary from how it ended.
-    fn conclude(&self, end: Ended) -> RunSummary {
-        let params = || self.members.iter().map(|m| m.replica.params.as_slice());
-        match (end, &self.group) {
-            (Ended::Member(_, s), None) => *s,
-            (Ended::Member(i, s), Some(g)) => g.summary(g.member_ended(i, &s), params()),
-            (Ended::Group(end), Some(g)) => g.summary(end, params()),
-            (Ended::Group(_), None) => unreachable!("only a group ends as a group"),
-        }
-    }
-}
-
-/// Agrees with the other ranks on the freshest run state: every rank offers its apply count,
-/// and the first rank with the highest hands its state to the others (an all-reduce in
-/// which only it contributes: a broadcast on the data plane). Nothing moves when all agree.
-async fn sync_run(
+/// The run a spec describes, as this rank's driver: fresh, from the spec's checkpoint, or the
+/// run this worker kept (rejoined to the current mesh).
+fn driver_for(
     ctx: &Ctx<'_>,
-    mesh: &mut Mesh,
-    run: &mut RunLocal,
-    cfg: &TrainConfig,
-    plan: &RunPlan,
-    seeds: &[u64],
-) -> Result<(), NetError> {
+    spec: &RunSpec,
+    mesh: &Mesh,
+    kept: Option<RunDriver>,
+) -> Result<RunDriver, NetError> {
+    let config = |e: &dyn std::fmt::Display| NetError::Config(e.to_string());
+    let cfg: TrainConfig = toml::from_str(&spec.config_toml).map_err(|e| config(&e))?;
+    let reduction = Reduction {
+        mode: spec.reduce.parse().map_err(|e| config(&e))?,
+        algorithm: spec
+            .allreduce
+            .parse()
+            .map_err(|e: batchlab_collective::ParseAlgorithmError| config(&e))?,
+        chunk_bytes: spec.chunk_bytes,
+        overlap: spec.overlap,
+    };
+    let settings = Settings {
+        reduction,
+        elastic: ctx.elastic,
+        checkpoint_every: spec.checkpoint_every,
+    };
     let (rank, world) = (mesh.rank(), mesh.world());
-    if world == 1 {
-        return Ok(());
+    if let Some(mut driver) = kept {
+        driver.handle(Event::Joined { rank, world }).map_err(peer)?;
+        return Ok(driver);
     }
-    let plan_of = |len: usize| {
-        batchlab_collective::plan(
-            &PlanConfig {
-                algorithm: Algorithm::Ring,
-                chunk_elems: 1 << 19,
-            },
-            rank,
-            world,
-            len,
-        )
-    };
-    let mut offers = vec![0i64; world];
-    offers[rank] = run.version as i64 + 1;
-    unless_aborted(
-        mesh.all_reduce(offers.as_mut_slice(), &plan_of(world)),
-        &ctx.abort,
-    )
-    .await?;
-    let best = offers.iter().copied().max().unwrap_or(0);
-    if offers.iter().all(|&o| o == best) {
-        return Ok(());
+    if spec.resume.is_empty() {
+        return RunDriver::new(&cfg, &spec.seeds, settings, rank, world).map_err(|e| config(&e));
     }
-    let src = offers.iter().position(|&o| o == best).expect("a maximum");
-    let blob = if rank == src {
-        crate::encode(&run.wire())
-    } else {
-        Vec::new()
-    };
-    let mut len = [blob.len() as i64];
-    unless_aborted(mesh.all_reduce(len.as_mut_slice(), &plan_of(1)), &ctx.abort).await?;
-    let bytes = usize::try_from(len[0])
-        .ok()
-        .filter(|&b| b <= transport::MAX_MESSAGE * 16)
-        .ok_or_else(|| {
-            NetError::Peer(format!(
-                "rank {src} offered a run state of {} bytes",
-                len[0]
-            ))
-        })?;
-    let mut words = vec![0i64; bytes.div_ceil(8)];
-    for (w, c) in words.iter_mut().zip(blob.chunks(8)) {
-        let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
-        *w = i64::from_le_bytes(b);
-    }
-    let words_plan = plan_of(words.len());
-    unless_aborted(
-        mesh.all_reduce(words.as_mut_slice(), &words_plan),
-        &ctx.abort,
-    )
-    .await?;
-    if offers[rank] != best {
-        let raw: Vec<u8> = words
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .take(bytes)
-            .collect();
-        let w: RunWire = crate::decode(&raw)
-            .map_err(|e| NetError::Peer(format!("rank {src}'s run state: {e}")))?;
-        let behind = best - offers[rank];
-        *run = RunLocal::from_wire(w, cfg, plan, seeds)?;
-        tracing::warn!(
-            rank,
-            "took the run's state from rank {src} ({behind} applies ahead of this worker's, {bytes} bytes)"
-        );
-    }
-    Ok(())
+    let resume =
+        |e: &dyn std::fmt::Display| NetError::Config(format!("the checkpoint to resume from: {e}"));
+    let state = RunState::from_bytes(&spec.resume).map_err(|e| resume(&e))?;
+    RunDriver::resume(&cfg, &spec.seeds, settings, state, (rank, world)).map_err(|e| resume(&e))
 }
 
 async fn train_steps(
@@ -1023,32 +824,9 @@ async fn train_steps(
     task: u64,
     spec: &RunSpec,
     mesh: &mut Mesh,
-    kept: Option<RunLocal>,
+    kept: Option<RunDriver>,
     tx: &mpsc::Sender<RunReport>,
-) -> Result<Option<RunLocal>, NetError> {
-    let cfg: TrainConfig =
-        toml::from_str(&spec.config_toml).map_err(|e| NetError::Config(e.to_string()))?;
-    let plan = cfg.build().map_err(|e| NetError::Config(e.to_string()))?;
-    let algorithm: Algorithm = spec
-        .allreduce
-        .parse()
-        .map_err(|e: batchlab_collective::ParseAlgorithmError| NetError::Config(e.to_string()))?;
-    let fast = match spec.reduce.as_str() {
-        "exact" => false,
-        "fast" => true,
-        other => {
-            return Err(NetError::Config(format!(
-                "reduce = {other:?}: expected \"exact\" or \"fast\""
-            )));
-        }
-    };
-    if fast && ctx.elastic {
-        return Err(NetError::Config(
-            "reduce = \"fast\" in an elastic cluster: f32 sums depend on the number of workers, \
-             so a run that loses or gains one would change; use \"exact\""
-                .into(),
-        ));
-    }
+) -> Result<Option<RunDriver>, NetError> {
     let transport: crate::mesh::Transport = spec.transport.parse()?;
     let setup = |mesh: &mut Mesh| {
         if spec.peer_timeout_ms > 0 {
@@ -1057,476 +835,214 @@ async fn train_steps(
         mesh.set_transport(transport)
     };
     setup(mesh)?;
+    let mut driver = driver_for(ctx, spec, mesh, kept)?;
+    let mut timing = RankTiming::default();
+    let (started, counted) = (Instant::now(), driver.counts());
+    let summary = loop {
+        match drive(ctx, task, &mut driver, mesh, &mut timing, tx).await {
+            Ok(summary) => break summary,
+            Err(e) if ctx.elastic && recoverable(&e) => {
+                let (member, step) = driver.position();
+                tracing::warn!(rank = ctx.rank, member, step, "{e}; regrouping");
+                let (m, open) = ctx.regroup().await?;
+                *mesh = m;
+                setup(mesh)?;
+                if open != task {
+                    // The coordinator closed the run meanwhile: nothing is left to do.
+                    return Ok(Some(driver));
+                }
+                let (rank, world) = (mesh.rank(), mesh.world());
+                driver.handle(Event::Joined { rank, world }).map_err(peer)?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let counts = driver.counts();
+    timing.steps = counts.steps - counted.steps;
+    timing.redos = counts.redos - counted.redos;
+    timing.rank = ctx.rank;
+    timing.wall_s = started.elapsed().as_secs_f64();
+    timing.refused = crate::refused::counts();
     let send = |msg: RunReport| async move {
         tx.send(msg)
             .await
             .map_err(|_| NetError::Peer("the report stream to the coordinator closed".into()))
     };
-    let n = plan.num_micro();
-    let dim = plan.task.num_params();
-    let build_reducer = |rank: usize, world: usize| {
-        let plan_for = |len: usize, elem: usize| {
-            let chunk_elems = (spec.chunk_bytes as usize / elem).max(1);
-            batchlab_collective::plan(
-                &PlanConfig {
-                    algorithm,
-                    chunk_elems,
-                },
-                rank,
-                world,
-                len,
-            )
-        };
-        if fast {
-            let stats = Packet::zeroed(0, n);
-            Reducer::Fast {
-                grad_plan: plan_for(dim, 4),
-                stats_plan: plan_for(stats.len(), 8),
-                grad: vec![0.0; dim],
-                stats,
-            }
-        } else {
-            let packet = Packet::zeroed(dim, n);
-            let buckets = plan.task.buckets();
-            // One rank has nothing to overlap: its all-reduce is a no-op.
-            let overlap = (spec.overlap && buckets.len() > 1 && world > 1).then(|| Overlap {
-                plans: buckets.iter().map(|b| plan_for(b.len(), 8)).collect(),
-                stats_plan: plan_for(packet.len() - dim, 8),
-                buckets,
-            });
-            Reducer::Exact {
-                plan: plan_for(packet.len(), 8),
-                packet,
-                overlap,
-            }
-        }
-    };
-    let mut run = match kept {
-        Some(run) => run,
-        None if spec.resume.is_empty() => RunLocal::fresh(&cfg, &plan, &spec.seeds)?,
-        None => {
-            let w: RunWire = crate::decode(&spec.resume)
-                .map_err(|e| NetError::Config(format!("the checkpoint to resume from: {e}")))?;
-            RunLocal::from_wire(w, &cfg, &plan, &spec.seeds)
-                .map_err(|e| NetError::Config(format!("the checkpoint to resume from: {e}")))?
-        }
-    };
-    let mut scratch = WorkerScratch::default();
-    let mut eval_scratch = batchlab_core::Scratch::new();
-    let mut timing = RankTiming::default();
-    let started = Instant::now();
-    // Elastic: the ranks start from the freshest state among them (a new worker has none; a
-    // worker that finished the run before a peer failed has the last).
-    let mut needs_sync = ctx.elastic;
-    let (mut reducer, mut mine) = (None, 0..0);
-    let members_n = run.members.len();
-    loop {
-        if needs_sync {
-            let synced = sync_run(ctx, mesh, &mut run, &cfg, &plan, &spec.seeds).await;
-            match synced {
-                Ok(()) => {
-                    needs_sync = false;
-                    if ctx.generation() > 1 && run.version > 0 {
-                        // The step in flight when the generation changed is redone from here
-                        // (a run that starts in a later generation has nothing to say).
-                        let m = &run.members[run.next].replica;
-                        tracing::warn!(
-                            rank = ctx.rank,
-                            generation = ctx.generation(),
-                            "generation {}: resuming at step {} of member {} (apply {})",
-                            ctx.generation(),
-                            m.t,
-                            run.next,
-                            run.version
-                        );
-                    }
-                    if ctx.rank == 0 {
-                        run.confirmed(task, &ctx.confirmed.borrow());
-                        for (m, row) in &run.unconfirmed {
-                            let kind = run_report::Kind::Step(crate::encode(row));
-                            send(ctx.report(task, kind, *m)).await?;
-                        }
-                    }
-                }
-                Err(e) if recoverable(&e) => {
-                    tracing::warn!(rank = ctx.rank, "{e}; regrouping");
-                    let (m, open) = ctx.regroup().await?;
-                    *mesh = m;
-                    setup(mesh)?;
-                    reducer = None;
-                    if open != task {
-                        // The coordinator closed the run meanwhile: nothing is left to do.
-                        return Ok(Some(run));
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if run.ended.is_some() {
-            break;
-        }
-        if reducer.is_none() {
-            mine = balanced_range(n, mesh.rank(), mesh.world());
-            reducer = Some(build_reducer(mesh.rank(), mesh.world()));
-        }
-        let red = reducer.as_mut().expect("built");
-        let i = run.next;
-        let stepped: Result<Option<Ended>, NetError> = async {
-            if let Some(reason) = ctx.abort.borrow().clone() {
-                return Err(NetError::Aborted(reason));
-            }
-            let m = &mut run.members[i];
-            let t0 = Instant::now();
-            let begun = tokio::task::block_in_place(|| m.replica.begin(&mut eval_scratch));
-            timing.eval_s += t0.elapsed().as_secs_f64();
-            if let Begin::Finished(summary) = begun {
-                return Ok(Some(Ended::Member(i, summary)));
-            }
-            loop {
-                let t0 = Instant::now();
-                if !ctx.inject_delay.is_zero() {
-                    // Counted as computation: this rank is simply slower.
-                    unless_aborted(
-                        async {
-                            tokio::time::sleep(ctx.inject_delay).await;
-                            Ok(())
-                        },
-                        &ctx.abort,
-                    )
-                    .await?;
-                }
-                let (t1, busy) = if red.overlaps() {
-                    red.compute_and_reduce_overlapped(
-                        &plan,
-                        &m.replica,
-                        &mut m.sampler,
-                        mine.clone(),
-                        &mut scratch,
-                        mesh,
-                        &ctx.abort,
-                    )
-                    .await?
-                } else {
-                    tokio::task::block_in_place(|| {
-                        red.compute(
-                            &plan,
-                            &m.replica,
-                            &mut m.sampler,
-                            mine.clone(),
-                            &mut scratch,
-                        )
-                    });
-                    let t1 = Instant::now();
-                    // A peer that froze keeps its streams open: the coordinator's abort (from
-                    // the heartbeats) ends the wait before the receive deadline does.
-                    unless_aborted(red.all_reduce(mesh), &ctx.abort).await?;
-                    (t1, t1.elapsed().as_secs_f64())
-                };
-                let t2 = Instant::now();
-                let applied = red.apply(&mut m.replica);
-                run.version += 1;
-                timing.compute_s += (t1 - t0).as_secs_f64();
-                timing.comm_s += (t2 - t1).as_secs_f64();
-                timing.comm_busy_s += busy;
-                timing.apply_s += t2.elapsed().as_secs_f64();
-                let (row, ended) = match applied {
-                    Applied::Redo => {
-                        timing.redos += 1;
-                        continue;
-                    }
-                    Applied::Step(row) => (row, None),
-                    Applied::Finished(row, summary) => (row, Some(summary)),
-                };
-                timing.steps += 1;
-                if let Some(g) = &mut run.group {
-                    g.record(i, &row);
-                }
-                run.rows[i] = row.step + 1;
-                if ctx.elastic {
-                    run.confirmed(task, &ctx.confirmed.borrow());
-                    run.unconfirmed.push_back((i, (*row).clone()));
-                }
-                if ctx.rank == 0 {
-                    send(ctx.report(task, run_report::Kind::Step(crate::encode(&row)), i)).await?;
-                }
-                if let Some(summary) = ended {
-                    return Ok(Some(Ended::Member(i, summary)));
-                }
-                break;
-            }
-            run.next = (i + 1) % members_n;
-            if run.next == 0 {
-                if let Some(end) = run.group.as_mut().and_then(SeedMean::check) {
-                    return Ok(Some(Ended::Group(end)));
-                }
-                let every = spec.checkpoint_every;
-                if ctx.rank == 0 && every > 0 && run.rows[0] % every == 0 {
-                    // After the rows it covers, on the same stream: the coordinator holds them.
-                    let mut wire = run.wire();
-                    wire.unconfirmed.clear();
-                    let kind = run_report::Kind::Checkpoint(crate::encode(&wire));
-                    send(ctx.report(task, kind, 0)).await?;
-                }
-            }
-            Ok(None)
-        }
-        .await;
-        match stepped {
-            Ok(Some(end)) => run.ended = Some(run.conclude(end)),
-            Ok(None) => {}
-            Err(e) if ctx.elastic && recoverable(&e) => {
-                tracing::warn!(
-                    rank = ctx.rank,
-                    step = run.members[i].replica.t,
-                    "{e}; regrouping"
-                );
-                let (m, open) = ctx.regroup().await?;
-                *mesh = m;
-                setup(mesh)?;
-                reducer = None;
-                if open != task {
-                    return Ok(Some(run));
-                }
-                needs_sync = true;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let summary = run.ended.clone().expect("the loop ends with the run");
-    timing.rank = ctx.rank;
-    timing.wall_s = started.elapsed().as_secs_f64();
-    timing.refused = crate::refused::counts();
     if spec.return_params && ctx.rank == 0 {
-        let bytes = run
-            .members
-            .iter()
-            .flat_map(|m| m.replica.params.iter().flat_map(|p| p.to_le_bytes()))
+        let bytes = driver
+            .params()
+            .flat_map(|p| p.iter().flat_map(|x| x.to_le_bytes()))
             .collect::<Vec<u8>>();
         send(ctx.report(task, run_report::Kind::Params(bytes), 0)).await?;
     }
     let result = crate::encode(&RankResult {
         summary,
         timing,
-        rows: run.rows.clone(),
+        rows: driver.rows().to_vec(),
     });
     send(ctx.report(task, run_report::Kind::Summary(result), 0)).await?;
-    Ok(ctx.elastic.then_some(run))
+    Ok(ctx.elastic.then_some(driver))
 }
 
-/// How a run's step loop ended.
-enum Ended {
-    /// A member's own end (the run's, when it is alone).
-    Member(usize, Box<RunSummary>),
-    /// The seed-mean rule.
-    Group(batchlab_core::group::GroupEnd),
-}
-
-/// `grad` cut into the words of each bucket, in bucket order (the buckets partition it).
-fn split_buckets<'a>(
-    grad: &'a mut [i64],
-    buckets: &[std::ops::Range<usize>],
-) -> Vec<&'a mut [i64]> {
-    let mut order: Vec<usize> = (0..buckets.len()).collect();
-    order.sort_by_key(|&k| buckets[k].start);
-    let mut slots: Vec<Option<&'a mut [i64]>> = (0..buckets.len()).map(|_| None).collect();
-    let mut rest = grad;
-    for k in order {
-        let (words, tail) = std::mem::take(&mut rest).split_at_mut(buckets[k].len());
-        slots[k] = Some(words);
-        rest = tail;
-    }
-    slots.into_iter().map(|s| s.expect("a partition")).collect()
-}
-
-/// Buckets of an overlapped exact step.
-struct Overlap {
-    buckets: Vec<std::ops::Range<usize>>,
-    plans: Vec<batchlab_collective::Plan>,
-    stats_plan: batchlab_collective::Plan,
-}
-
-/// The reduction of one step, exact or fast.
-enum Reducer {
-    /// Fixed-point words, bit-identical on any number of workers.
-    Exact {
-        packet: Packet,
-        plan: batchlab_collective::Plan,
-        /// With overlap: the task's gradient buckets (in the order the backward pass finishes
-        /// them), their plans, and the stats words' plan.
-        overlap: Option<Overlap>,
-    },
-    /// `f32` gradient sums plus the exact per-micro stats.
-    Fast {
-        grad: Vec<f32>,
-        stats: Packet,
-        grad_plan: batchlab_collective::Plan,
-        stats_plan: batchlab_collective::Plan,
-    },
-}
-
-impl Reducer {
-    fn compute(
-        &mut self,
-        plan: &batchlab_core::train::RunPlan,
-        replica: &batchlab_core::train::Replica,
-        sampler: &mut batchlab_core::sampler::Sampler,
-        micros: std::ops::Range<usize>,
-        scratch: &mut WorkerScratch,
-    ) {
-        let task = plan.task.as_ref();
-        match self {
-            Self::Exact { packet, .. } => compute_micros(
-                task,
-                &replica.params,
-                sampler,
-                replica.t,
-                micros,
-                replica.scale,
-                packet,
-                scratch,
-            ),
-            Self::Fast { grad, stats, .. } => compute_micros_fast(
-                task,
-                &replica.params,
-                sampler,
-                replica.t,
-                micros,
-                grad,
-                stats,
-                scratch,
-            ),
-        }
-    }
-
-    /// Whether steps overlap the reduction with the backward pass.
-    fn overlaps(&self) -> bool {
-        matches!(
-            self,
-            Self::Exact {
-                overlap: Some(_),
-                ..
+/// Runs one run's driver to its end over the mesh: the worker's part is I/O alone (the
+/// all-reduces, the reports, the clock); the driver decides every number. Returns the summary.
+async fn drive(
+    ctx: &Ctx<'_>,
+    task: u64,
+    driver: &mut RunDriver,
+    mesh: &mut Mesh,
+    timing: &mut RankTiming,
+    tx: &mpsc::Sender<RunReport>,
+) -> Result<RunSummary, NetError> {
+    let send = |msg: RunReport| async move {
+        tx.send(msg)
+            .await
+            .map_err(|_| NetError::Peer("the report stream to the coordinator closed".into()))
+    };
+    loop {
+        if ctx.elastic {
+            let confirmed = ctx.confirmed.borrow().clone();
+            if confirmed.0 == task {
+                driver
+                    .handle(Event::Confirmed(&confirmed.1))
+                    .map_err(peer)?;
             }
-        )
-    }
-
-    /// An exact step with the reduction overlapped with the backward pass, as DDP does: every
-    /// micro but the last is computed, then the last one's backward pass runs on a thread of
-    /// its own while each finished bucket of the gradient is all-reduced here; the stats go
-    /// last. The words are those of [`Reducer::compute`] + [`Reducer::all_reduce`], so the
-    /// step is bit-identical. Returns when the computation ended and the seconds spent in
-    /// all-reduces.
-    #[allow(clippy::too_many_arguments)] // the step's inputs, as for `compute`
-    async fn compute_and_reduce_overlapped(
-        &mut self,
-        plan: &batchlab_core::train::RunPlan,
-        replica: &batchlab_core::train::Replica,
-        sampler: &mut batchlab_core::sampler::Sampler,
-        micros: std::ops::Range<usize>,
-        scratch: &mut WorkerScratch,
-        mesh: &mut Mesh,
-        abort: &watch::Receiver<Option<String>>,
-    ) -> Result<(Instant, f64), NetError> {
-        let Self::Exact {
-            packet,
-            overlap: Some(o),
-            ..
-        } = self
-        else {
-            unreachable!("only called when overlapping");
-        };
-        let task = plan.task.as_ref();
-        let (params, t, scale) = (&replica.params, replica.t, replica.scale);
-        let last = tokio::task::block_in_place(|| {
-            compute_micros_but_last(task, params, sampler, t, micros, scale, packet, scratch)
-        });
-        let handle = tokio::runtime::Handle::current();
-        let (comm, stats, computed, mut busy) = tokio::task::block_in_place(|| {
-            let (grad, _) = packet.grad_and_stats_mut();
-            let slices = split_buckets(grad, &o.buckets);
-            std::thread::scope(|sc| {
-                let (tx, mut rx) = mpsc::unbounded_channel::<(usize, &mut [i64])>();
-                let compute = sc.spawn(move || {
-                    let stats = match last {
-                        Some(j) => Some(compute_last_micro_streamed(
-                            task,
-                            params,
-                            sampler,
-                            t,
-                            j,
-                            scale,
-                            slices,
-                            scratch,
-                            &mut |k, words| {
-                                // A closed channel means the reduction failed; it reports.
-                                let _ = tx.send((k, words));
-                            },
-                        )),
-                        None => {
-                            for (k, words) in slices.into_iter().enumerate() {
-                                let _ = tx.send((k, words));
-                            }
-                            None
-                        }
+        }
+        match driver.poll() {
+            Action::Begin => {
+                if let Some(reason) = ctx.abort.borrow().clone() {
+                    return Err(NetError::Aborted(reason));
+                }
+                let t0 = Instant::now();
+                tokio::task::block_in_place(|| driver.begin());
+                timing.eval_s += t0.elapsed().as_secs_f64();
+            }
+            Action::Compute => {
+                let t0 = Instant::now();
+                if !ctx.inject_delay.is_zero() {
+                    // Counted as computation: this rank is simply slower.
+                    let delay = async {
+                        tokio::time::sleep(ctx.inject_delay).await;
+                        Ok(())
                     };
-                    (stats, Instant::now())
-                });
-                let mut busy = 0.0;
-                let comm = handle.block_on(async {
-                    let mut ready = std::collections::BTreeMap::new();
-                    for (k, bucket_plan) in o.plans.iter().enumerate() {
-                        while !ready.contains_key(&k) {
-                            let Some((i, words)) = rx.recv().await else {
-                                return Err(NetError::Peer(
-                                    "the backward pass stopped before finishing its buckets".into(),
-                                ));
-                            };
-                            ready.insert(i, words);
-                        }
-                        let words = ready.remove(&k).expect("present");
-                        let started = Instant::now();
-                        unless_aborted(mesh.all_reduce(words, bucket_plan), abort).await?;
-                        busy += started.elapsed().as_secs_f64();
-                    }
-                    Ok(())
-                });
-                drop(rx);
-                let (stats, computed) = compute.join().expect("the backward pass panicked");
-                (comm, stats, computed, busy)
-            })
-        });
-        comm?;
-        if let (Some(j), Some(stats)) = (last, stats) {
-            packet.add_stats(j, &stats);
-        }
-        let started = Instant::now();
-        let (_, stats_words) = packet.grad_and_stats_mut();
-        unless_aborted(mesh.all_reduce(stats_words, &o.stats_plan), abort).await?;
-        busy += started.elapsed().as_secs_f64();
-        Ok((computed, busy))
-    }
-
-    async fn all_reduce(&mut self, mesh: &mut Mesh) -> Result<(), NetError> {
-        match self {
-            Self::Exact { packet, plan, .. } => mesh.all_reduce(packet.words_mut(), plan).await,
-            Self::Fast {
-                grad,
-                stats,
-                grad_plan,
-                stats_plan,
-            } => {
-                mesh.all_reduce(grad.as_mut_slice(), grad_plan).await?;
-                mesh.all_reduce(stats.words_mut(), stats_plan).await
+                    unless_aborted(delay, &ctx.abort).await?;
+                }
+                if driver.overlaps() {
+                    let (computed, busy) = overlapped(driver, mesh, &ctx.abort).await?;
+                    timing.compute_s += (computed - t0).as_secs_f64();
+                    timing.comm_s += computed.elapsed().as_secs_f64();
+                    timing.comm_busy_s += busy;
+                } else {
+                    tokio::task::block_in_place(|| driver.compute());
+                    timing.compute_s += t0.elapsed().as_secs_f64();
+                }
             }
+            Action::Reduce => {
+                let (t0, step) = (Instant::now(), !driver.syncing());
+                for (buf, plan) in driver.reduction() {
+                    // A peer that froze keeps its streams open: the coordinator's abort (from
+                    // the heartbeats) ends the wait before the receive deadline does.
+                    match buf {
+                        Buf::I64(x) => unless_aborted(mesh.all_reduce(x, plan), &ctx.abort).await?,
+                        Buf::F32(x) => unless_aborted(mesh.all_reduce(x, plan), &ctx.abort).await?,
+                    }
+                }
+                let t1 = Instant::now();
+                driver.handle(Event::Reduced).map_err(peer)?;
+                if step {
+                    timing.comm_s += (t1 - t0).as_secs_f64();
+                    timing.comm_busy_s += (t1 - t0).as_secs_f64();
+                    timing.apply_s += t1.elapsed().as_secs_f64();
+                }
+            }
+            Action::Emit(Output::Row { member, row }) => {
+                let kind = run_report::Kind::Step(crate::encode(&row));
+                send(ctx.report(task, kind, member)).await?;
+            }
+            Action::Emit(Output::Checkpoint(state)) => {
+                // After the rows it covers, on the same stream: the coordinator holds them.
+                let kind = run_report::Kind::Checkpoint(state.to_bytes());
+                send(ctx.report(task, kind, 0)).await?;
+            }
+            Action::Emit(Output::Synced(s)) => {
+                if let Some((src, behind, bytes)) = s.took {
+                    tracing::warn!(
+                        rank = ctx.rank,
+                        "took the run's state from rank {src} ({behind} applies ahead of this worker's, {bytes} bytes)"
+                    );
+                }
+                if ctx.generation() > 1 && s.version > 0 {
+                    // The step in flight when the generation changed is redone from here (a
+                    // run that starts in a later generation has nothing to say).
+                    tracing::warn!(
+                        rank = ctx.rank,
+                        generation = ctx.generation(),
+                        "generation {}: resuming at step {} of member {} (apply {})",
+                        ctx.generation(),
+                        s.step,
+                        s.member,
+                        s.version
+                    );
+                }
+            }
+            Action::Done(summary) => return Ok(*summary),
         }
     }
+}
 
-    fn apply(&self, replica: &mut batchlab_core::train::Replica) -> Applied {
-        match self {
-            Self::Exact { packet, .. } => replica.apply(packet),
-            Self::Fast { grad, stats, .. } => replica.apply_fast(grad, stats),
-        }
-    }
+/// A peer's run state that does not fit: the run can regroup and try again.
+fn peer(e: DriverError) -> NetError {
+    NetError::Peer(e.to_string())
+}
+
+/// An overlapped step (DDP's): the driver computes every micro but the last, then the last
+/// one's backward pass runs on a thread of its own while each finished bucket of the gradient
+/// is all-reduced here, in the driver's order. Returns when the computation ended and the
+/// seconds spent in all-reduces.
+async fn overlapped(
+    driver: &mut RunDriver,
+    mesh: &mut Mesh,
+    abort: &watch::Receiver<Option<String>>,
+) -> Result<(Instant, f64), NetError> {
+    let handle = tokio::runtime::Handle::current();
+    let (comm, stats, computed, busy) = tokio::task::block_in_place(|| {
+        let Streamed { last, plans } = driver.stream();
+        std::thread::scope(|sc| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<(usize, &mut [i64])>();
+            let compute = sc.spawn(move || {
+                // A closed channel means the reduction failed; it reports.
+                let stats = last.run(&mut |k, words| {
+                    let _ = tx.send((k, words));
+                });
+                (stats, Instant::now())
+            });
+            let mut busy = 0.0;
+            let comm = handle.block_on(async {
+                let mut ready = std::collections::BTreeMap::new();
+                for (k, bucket_plan) in plans.iter().enumerate() {
+                    while !ready.contains_key(&k) {
+                        let Some((i, words)) = rx.recv().await else {
+                            return Err(NetError::Peer(
+                                "the backward pass stopped before finishing its buckets".into(),
+                            ));
+                        };
+                        ready.insert(i, words);
+                    }
+                    let words = ready.remove(&k).expect("present");
+                    let started = Instant::now();
+                    unless_aborted(mesh.all_reduce(words, bucket_plan), abort).await?;
+                    busy += started.elapsed().as_secs_f64();
+                }
+                Ok(())
+            });
+            drop(rx);
+            let (stats, computed) = compute.join().expect("the backward pass panicked");
+            (comm, stats, computed, busy)
+        })
+    });
+    comm?;
+    driver.streamed(stats);
+    Ok((computed, busy))
 }
 
 #[cfg(test)]
