@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use batchlab_collective::{Algorithm, bus_bandwidth_factor, fit_alpha_beta};
+use batchlab_core::driver::ReduceMode;
 use batchlab_core::rng::{Stream, rng};
+use batchlab_core::stats;
 use batchlab_net::bench::{BenchRankResult, TraceEvent};
-use batchlab_proto::v1::{BenchOp, BenchSpec};
+use batchlab_net::{BenchOp, BenchOrder, Transport};
 use clap::Args;
 use rand::Rng;
 use serde::Serialize;
@@ -67,8 +69,8 @@ pub struct AllreduceArgs {
     )]
     algorithms: Vec<String>,
     /// Elements: exact (int64, wrapping sum) or fast (float32; integer inputs keep it exact).
-    #[arg(long, default_value = "exact")]
-    reduce: String,
+    #[arg(long, value_enum, default_value_t = ReduceMode::Exact)]
+    reduce: ReduceMode,
     /// Number of worker processes started on this machine (with --listen: the number to wait for).
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -88,8 +90,8 @@ pub struct AllreduceArgs {
     tls: crate::cluster::TlsArgs,
     /// How payloads travel: auto (Unix sockets between workers on the same host, TCP between
     /// hosts), tcp (TCP only, as Gloo and MPI's TCP transport) or grpc (gRPC streams).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "grpc"])]
-    transport: String,
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    transport: Transport,
     /// Largest piece of a collective message, in bytes (K, M suffixes).
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     chunk_bytes: u64,
@@ -144,11 +146,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Elements of the chosen reduction: (bytes per element, nccl-tests' type name).
-fn element(reduce: &str) -> Result<(u64, &'static str)> {
+fn element(reduce: ReduceMode) -> (u64, &'static str) {
     match reduce {
-        "exact" => Ok((8, "int64")),
-        "fast" => Ok((4, "float")),
-        other => bail!("--reduce {other}: expected exact (int64) or fast (float32)"),
+        ReduceMode::Exact => (8, "int64"),
+        ReduceMode::Fast => (4, "float"),
     }
 }
 
@@ -220,15 +221,6 @@ struct Row {
     max_us: f64,
 }
 
-/// The value at quantile `q` of sorted `xs` (nearest rank).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let k = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[k - 1]
-}
-
 /// Folds every member's result of a one-op spec into a row; errors if a member's result is
 /// missing or short (a lost result).
 fn row(
@@ -278,8 +270,8 @@ fn row(
         wrong,
         checked,
         min_us: times.first().copied().unwrap_or(f64::NAN),
-        p50_us: percentile(&times, 0.5),
-        p99_us: percentile(&times, 0.99),
+        p50_us: stats::nearest_rank(&times, 0.5),
+        p99_us: stats::nearest_rank(&times, 0.99),
         max_us: times.last().copied().unwrap_or(f64::NAN),
     })
 }
@@ -377,7 +369,7 @@ fn chrome_events(
 
 /// Runs `batchlab bench allreduce`.
 pub fn run(args: AllreduceArgs) -> Result<()> {
-    let elem = element(&args.reduce)?;
+    let elem = element(args.reduce);
     let sizes = sizes(args.min_bytes, args.max_bytes, args.step_factor, elem.0)?;
     let algorithms = algorithms(&args.algorithms)?;
     if args.iters == 0 && args.stress.is_none() {
@@ -401,7 +393,7 @@ pub fn run(args: AllreduceArgs) -> Result<()> {
     });
     let _lock = crate::output::FolderLock::acquire(&out, "batchlab bench allreduce")?;
     let reduce = ReduceArgs::for_bench(
-        &args.transport,
+        args.transport,
         args.chunk_bytes,
         args.peer_timeout_ms,
         args.heartbeat_timeout_ms,
@@ -436,18 +428,18 @@ pub fn run(args: AllreduceArgs) -> Result<()> {
     result
 }
 
-fn spec(args: &AllreduceArgs, ops: Vec<BenchOp>, members: Vec<u32>, check_all: bool) -> BenchSpec {
-    BenchSpec {
+fn spec(args: &AllreduceArgs, ops: Vec<BenchOp>, members: Vec<u32>, check_all: bool) -> BenchOrder {
+    BenchOrder {
         ops,
-        reduce: args.reduce.clone(),
+        reduce: args.reduce,
         chunk_bytes: args.chunk_bytes,
         peer_timeout_ms: args.peer_timeout_ms,
         check_all,
         seed: args.seed,
         members,
         trace_every: args.trace_every,
-        corrupt_rank: args.corrupt_rank.map_or(0, |r| r + 1),
-        transport: args.transport.clone(),
+        corrupt_rank: args.corrupt_rank,
+        transport: args.transport,
     }
 }
 
@@ -507,7 +499,7 @@ fn sweep(
         for &bytes in sizes {
             let op = BenchOp {
                 bytes,
-                algorithm: a.name().to_string(),
+                algorithm: a,
                 warmup: args.warmup,
                 iters: args.iters,
             };
@@ -690,7 +682,7 @@ fn stress(
                 let a = algorithms[g.random_range(0..algorithms.len())];
                 BenchOp {
                     bytes: b,
-                    algorithm: a.name().to_string(),
+                    algorithm: a,
                     warmup: 0,
                     iters: 1,
                 }
@@ -745,14 +737,17 @@ fn stress(
         for op in &ops {
             report.all_reduces += 1;
             report.bytes_reduced += op.bytes;
-            *report.by_algorithm.entry(op.algorithm.clone()).or_default() += 1;
+            *report
+                .by_algorithm
+                .entry(op.algorithm.name().to_string())
+                .or_default() += 1;
             report.smallest_bytes = report.smallest_bytes.min(op.bytes);
             report.largest_bytes = report.largest_bytes.max(op.bytes);
         }
         *report.by_members.entry(ranks.len()).or_default() += 1;
         if args.trace_every > 0 {
             for (i, op) in ops.iter().enumerate() {
-                let a: Algorithm = op.algorithm.parse().map_err(|e| anyhow!("{e}"))?;
+                let a = op.algorithm;
                 let one: Vec<BenchRankResult> = results
                     .iter()
                     .map(|r| BenchRankResult {
@@ -894,7 +889,7 @@ mod tests {
         short[3].ops[0].times_s.pop();
         let e = row(Algorithm::Ring, 1_000_000, (8, "int64"), 2, &short).unwrap_err();
         assert!(e.to_string().contains("rank 3"), "{e}");
-        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
-        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
+        assert_eq!(stats::nearest_rank(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
+        assert_eq!(stats::nearest_rank(&[1.0, 2.0, 3.0, 4.0], 0.99), 4.0);
     }
 }

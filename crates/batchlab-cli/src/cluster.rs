@@ -10,12 +10,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use batchlab_collective::Algorithm;
+use batchlab_core::ConfigError;
+use batchlab_core::driver::{ReduceMode, Reduction};
 use batchlab_core::train::{StepMetrics, TrainConfig};
 use batchlab_net::bench::BenchRankResult;
+use batchlab_net::{BenchOrder, RunOrder, Transport};
 use batchlab_net::{
     Checkpoint, Coordinator, CoordinatorConfig, RankTiming, RunOutcome, WorkerConfig,
 };
-use batchlab_proto::v1::{BenchSpec, RunSpec};
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -99,18 +102,18 @@ impl TlsArgs {
 /// How the workers reduce gradients.
 #[derive(Args, Debug, Clone)]
 pub struct ReduceArgs {
-    /// All-reduce algorithm: ring, tree, rhd (recursive halving-doubling), centralized.
-    #[arg(long, default_value = "ring")]
-    allreduce: String,
+    /// All-reduce algorithm (rhd: recursive halving-doubling).
+    #[arg(long, value_enum, default_value_t = Algorithm::Ring)]
+    allreduce: Algorithm,
     /// Reduction: exact (fixed point: bit-identical on any number of workers) or fast (f32
     /// sums: per element within W·2⁻²⁴·Σ|rank sums| of the exact sum; half the bytes).
-    #[arg(long, default_value = "exact")]
-    reduce: String,
+    #[arg(long, value_enum, default_value_t = ReduceMode::Exact)]
+    reduce: ReduceMode,
     /// How collective payloads travel: auto (the data plane: Unix sockets between workers on
     /// the same host, TCP between hosts), tcp (the data plane on TCP only) or grpc (gRPC
     /// streams; about half the bandwidth).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "grpc"])]
-    transport: String,
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    transport: Transport,
     /// Exact mode: all-reduce the gradient layer by layer while the backward pass of the last
     /// microbatch still runs on a thread of its own (DDP-style buckets; MLP tasks). The numbers
     /// are the same either way. Off by default: it needs cores to spare (on 2 cores it made
@@ -156,15 +159,6 @@ pub struct ReduceArgs {
 impl ReduceArgs {
     /// Checks the flags once, before any worker starts.
     pub(crate) fn validate(&self) -> Result<()> {
-        self.allreduce
-            .parse::<batchlab_collective::Algorithm>()
-            .map_err(|e| anyhow!("--allreduce {}: {e}", self.allreduce))?;
-        if !matches!(self.transport.as_str(), "auto" | "tcp" | "grpc") {
-            bail!("--transport {}: expected auto, tcp or grpc", self.transport);
-        }
-        if !matches!(self.reduce.as_str(), "exact" | "fast") {
-            bail!("--reduce {}: expected exact or fast", self.reduce);
-        }
         if self.min_workers == Some(0) {
             bail!("--min-workers 0: expected at least 1");
         }
@@ -173,21 +167,27 @@ impl ReduceArgs {
         {
             bail!("--min-workers {lo} is above --max-workers {hi}");
         }
-        if self.elastic_flags() && self.reduce != "exact" {
-            bail!(
-                "--reduce {} with --min-workers/--max-workers: f32 sums depend on the number of \
-                 workers, so a run that lost or gained one would change; use --reduce exact",
-                self.reduce
-            );
+        // The core names the setting; here it is a flag.
+        self.reduction()
+            .check(self.elastic_flags())
+            .map_err(|e| match e {
+                ConfigError::Invalid {
+                    field,
+                    value,
+                    expected,
+                } => anyhow!("--{} {value}: expected {expected}", field.replace('_', "-")),
+                other => anyhow!(other),
+            })
+    }
+
+    /// The reduction the flags describe.
+    pub(crate) fn reduction(&self) -> Reduction {
+        Reduction {
+            mode: self.reduce,
+            algorithm: self.allreduce,
+            chunk_bytes: self.chunk_bytes,
+            overlap: self.overlap,
         }
-        if !(1..=(64 << 20)).contains(&self.chunk_bytes) {
-            bail!(
-                "--chunk-bytes {}: expected 1 to {} bytes",
-                self.chunk_bytes,
-                64 << 20
-            );
-        }
-        Ok(())
     }
 
     /// Whether --min-workers or --max-workers was given.
@@ -195,28 +195,20 @@ impl ReduceArgs {
         self.min_workers.is_some() || self.max_workers.is_some()
     }
 
-    /// The spec of a run of `cfg` (a seed-mean group when `seeds` is not empty).
-    fn spec(&self, cfg: &TrainConfig, seeds: &[u64], return_params: bool) -> Result<RunSpec> {
+    /// The order of a run of `cfg` (a seed-mean group when `seeds` is not empty).
+    fn spec(&self, cfg: &TrainConfig, seeds: &[u64], return_params: bool) -> Result<RunOrder> {
         self.validate()?;
-        Ok(RunSpec {
-            config_toml: toml::to_string(cfg).context("rendering the config")?,
-            allreduce: self.allreduce.clone(),
-            reduce: self.reduce.clone(),
-            chunk_bytes: self.chunk_bytes,
-            peer_timeout_ms: self.peer_timeout_ms,
-            seeds: seeds.to_vec(),
-            return_params,
-            transport: self.transport.clone(),
-            overlap: self.overlap,
-            checkpoint_every: 0,
-            resume: Vec::new(),
-        })
+        let mut order = RunOrder::new(cfg.clone(), seeds.to_vec(), self.reduction());
+        order.peer_timeout_ms = self.peer_timeout_ms;
+        order.return_params = return_params;
+        order.transport = self.transport;
+        Ok(order)
     }
 
     /// Settings for a cluster that only benchmarks collectives (the algorithm and reduction
     /// come with each benchmark spec).
     pub fn for_bench(
-        transport: &str,
+        transport: Transport,
         chunk_bytes: u64,
         peer_timeout_ms: u64,
         heartbeat_timeout_ms: u64,
@@ -226,9 +218,9 @@ impl ReduceArgs {
         Self {
             tls,
             overlap: false,
-            transport: transport.into(),
-            allreduce: "ring".into(),
-            reduce: "exact".into(),
+            transport,
+            allreduce: Algorithm::Ring,
+            reduce: ReduceMode::Exact,
             chunk_bytes,
             peer_timeout_ms,
             heartbeat_timeout_ms,
@@ -254,7 +246,7 @@ impl ReduceArgs {
         }
         c.pause_timeout = Duration::from_secs(self.pause_timeout);
         c.tls = self.tls.load()?;
-        c.unix_sockets = self.transport == "auto";
+        c.unix_sockets = self.transport.unix_sockets();
         c.heartbeat_timeout = Duration::from_millis(self.heartbeat_timeout_ms.max(100));
         c.heartbeat_interval =
             (c.heartbeat_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(500));
@@ -686,12 +678,12 @@ impl Cluster {
     }
 
     /// Runs an all-reduce benchmark spec on the workers; every rank's result, by rank.
-    pub fn bench(&mut self, spec: BenchSpec) -> Result<Vec<BenchRankResult>> {
+    pub fn bench(&mut self, spec: BenchOrder) -> Result<Vec<BenchRankResult>> {
         let coordinator = self.coordinator.clone();
         let children = &mut self.children;
         self.rt.block_on(async {
             tokio::select! {
-                r = coordinator.bench(spec) => r.map_err(|e| anyhow!(e)),
+                r = coordinator.bench(&spec) => r.map_err(|e| anyhow!(e)),
                 e = dead_child(children) => Err(e),
                 sig = stop_signal() => bail!("interrupted by {sig}"),
             }
@@ -815,12 +807,38 @@ async fn dead_child(children: &mut [Child]) -> anyhow::Error {
     }
 }
 
+/// Checks a count of local worker processes before any is started: more workers than the
+/// microbatches of a step (`micros`, the most any trial has) would leave workers with nothing
+/// to compute, so it is refused; more than this machine's cores is allowed with a warning
+/// (the workers then share cores and a step is slower).
+pub fn check_local_workers(workers: usize, micros: u64, what: &str) -> Result<()> {
+    if workers as u64 > micros {
+        anyhow::bail!(
+            "--workers {workers}: expected at most {micros}, the microbatches of a step of {what}: \
+             a worker without a microbatch has nothing to compute (use fewer workers, a larger \
+             batch, or a smaller --micro)"
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers > cores {
+        tracing::warn!(
+            "--workers {workers} local worker processes on {cores} cores: they will share cores, \
+             and steps will be slower than on {cores} workers"
+        );
+    }
+    Ok(())
+}
+
 /// The name of a run's checkpoint in its folder.
 pub(crate) const CHECKPOINT: &str = "checkpoint.cbor";
 
-/// The checkpoint saved in `dir` by an unfinished run of `cfg` (one of another configuration
+/// The checkpoint saved in `dir` by an unfinished run of `cfg` over `seeds` (one of another run
 /// is ignored, and removed; an unreadable one is an error that says what to do).
-pub(crate) fn load_checkpoint(dir: &Path, cfg: &TrainConfig) -> Result<Option<Checkpoint>> {
+pub(crate) fn load_checkpoint(
+    dir: &Path,
+    cfg: &TrainConfig,
+    seeds: &[u64],
+) -> Result<Option<Checkpoint>> {
     let path = dir.join(CHECKPOINT);
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(None);
@@ -831,7 +849,7 @@ pub(crate) fn load_checkpoint(dir: &Path, cfg: &TrainConfig) -> Result<Option<Ch
             path.display()
         )
     })?;
-    if c.config_toml != toml::to_string(cfg).context("rendering the config")? {
+    if c.run != batchlab_net::protocol::run_id(cfg, seeds) {
         tracing::warn!(
             "{} is of another configuration: starting from step 0",
             path.display()
@@ -847,7 +865,7 @@ pub(crate) fn load_checkpoint(dir: &Path, cfg: &TrainConfig) -> Result<Option<Ch
 fn drive(cluster: &mut Cluster, p: &Prepared) -> Result<RunOutcome> {
     // A checkpoint of this very run (same configuration) is resumed from.
     let path = p.out.join(CHECKPOINT);
-    let resume = load_checkpoint(&p.out, &p.cfg)?;
+    let resume = load_checkpoint(&p.out, &p.cfg, &[])?;
     let sink = std::cell::RefCell::new(match &resume {
         Some(c) => {
             println!(
@@ -1002,7 +1020,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let Some(p) = args.train.prepare("run")? else {
         return Ok(());
     };
-    crate::exec::check_local_workers(
+    check_local_workers(
         args.workers,
         p.cfg.batch / p.plan.micro,
         &format!("batch = {}, micro = {}", p.cfg.batch, p.plan.micro),
@@ -1053,7 +1071,7 @@ pub fn bench_step(args: BenchStepArgs) -> Result<()> {
         return Ok(());
     };
     for &w in &args.workers {
-        crate::exec::check_local_workers(
+        check_local_workers(
             w,
             p.cfg.batch / p.plan.micro,
             &format!("batch = {}, micro = {}", p.cfg.batch, p.plan.micro),

@@ -17,11 +17,12 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
+use batchlab_core::driver::Trainer;
 use batchlab_core::group::SeedMean;
-use batchlab_core::train::{RunSummary, StepMetrics, TrainConfig, Trainer};
+use batchlab_core::train::{RunSummary, StepMetrics, TrainConfig};
 use clap::Args;
 
-use crate::cluster::{CHECKPOINT, Cluster, ReduceArgs, load_checkpoint};
+use crate::cluster::{CHECKPOINT, Cluster, ReduceArgs, check_local_workers, load_checkpoint};
 use crate::output::{MetricsWriter, Rows};
 use batchlab_net::Checkpoint;
 
@@ -108,28 +109,6 @@ fn stop_point() -> Result<()> {
             signal: SIGNAL.get().copied().unwrap_or("a signal"),
         }
         .into());
-    }
-    Ok(())
-}
-
-/// Checks a count of local worker processes before any is started: more workers than the
-/// microbatches of a step (`micros`, the most any trial has) would leave workers with nothing
-/// to compute, so it is refused; more than this machine's cores is allowed with a warning
-/// (the workers then share cores and a step is slower).
-pub fn check_local_workers(workers: usize, micros: u64, what: &str) -> Result<()> {
-    if workers as u64 > micros {
-        anyhow::bail!(
-            "--workers {workers}: expected at most {micros}, the microbatches of a step of {what}: \
-             a worker without a microbatch has nothing to compute (use fewer workers, a larger \
-             batch, or a smaller --micro)"
-        );
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if workers > cores {
-        tracing::warn!(
-            "--workers {workers} local worker processes on {cores} cores: they will share cores, \
-             and steps will be slower than on {cores} workers"
-        );
     }
     Ok(())
 }
@@ -233,7 +212,7 @@ impl Executor {
         // On a cluster, an unfinished run's checkpoint in `dir` is resumed from.
         let resume = match self {
             Self::InProcess => None,
-            Self::Cluster(_) => load_checkpoint(dir, cfg)?,
+            Self::Cluster(_) => load_checkpoint(dir, cfg, &[])?,
         };
         let mut complete = true;
         let writer = RefCell::new(match &resume {
@@ -331,7 +310,7 @@ impl Executor {
         // On a cluster, an unfinished group's checkpoint in `dir` is resumed from.
         let resume = match self {
             Self::InProcess => None,
-            Self::Cluster(_) => load_checkpoint(dir, cfg)?,
+            Self::Cluster(_) => load_checkpoint(dir, cfg, seeds)?,
         };
         if let Some(c) = &resume {
             tracing::warn!(
@@ -482,7 +461,7 @@ fn group_in_process(
         .collect::<Result<Vec<_>>>()?;
     let micro = plans.last().map_or(1, |p| p.micro);
     let rule = SeedMean::new(cfg, micro, configs.len());
-    batchlab_core::group::run_in_process(rule, &plans, |i, row| {
+    batchlab_core::driver::run_in_process(rule, &plans, |i, row| {
         if i == 0 {
             tick(row);
         }

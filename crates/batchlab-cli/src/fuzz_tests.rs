@@ -53,7 +53,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         put(dir.path(), crate::cluster::CHECKPOINT, &bytes);
         // Not this run's checkpoint, or not one at all: never a panic.
-        let _ = crate::cluster::load_checkpoint(dir.path(), &TrainConfig::default());
+        let _ = crate::cluster::load_checkpoint(dir.path(), &TrainConfig::default(), &[]);
     }
 
     #[test]

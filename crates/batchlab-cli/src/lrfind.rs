@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use batchlab_core::Scratch;
 use batchlab_core::train::{RunSummary, Status, StepMetrics, TrainConfig};
-use batchlab_lab::lrfind::{self, Cause, LossSource, RampConfig, Rule};
-use batchlab_lab::report::{self, Section, Table};
+use batchlab_lab::lrfind::study::{
+    self, CsvRow, LrFindDoc, SeedResult, Settings, SharpnessAt, seed_table, summary_lines,
+};
+use batchlab_lab::lrfind::{self, LossSource, RampConfig, Rule};
+use batchlab_lab::report;
 use clap::Args;
-use serde::{Deserialize, Serialize};
 
 use crate::exec::{ExecArgs, Executor};
 use crate::train::TrainArgs;
@@ -88,88 +90,6 @@ const BASE: &[&str] = &[
     "eval_every=0",
 ];
 
-/// One seed's result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SeedResult {
-    seed: u64,
-    alpha_star: Option<f64>,
-    suggestion: Option<f64>,
-    /// The step whose loss (after it) first counted as blown up.
-    blowup_step: Option<u64>,
-    cause: Option<Cause>,
-    /// The rate of the smallest smoothed loss before the blow-up.
-    min_loss_lr: Option<f64>,
-    /// The last sharpness measured during the ramp (`sharpness_every > 0`) at or before the
-    /// step of `α*`.
-    sharpness_near_alpha: Option<SharpnessAt>,
-    status: Status,
-    message: String,
-}
-
-/// A sharpness measured during the ramp.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct SharpnessAt {
-    step: u64,
-    lr: f64,
-    lambda_max: f64,
-}
-
-/// `lr_find.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LrFindDoc {
-    task: String,
-    optimizer: String,
-    /// Median of the seeds' `α*` (log space).
-    alpha_star: Option<f64>,
-    suggestion: Option<f64>,
-    two_over_alpha_star: Option<f64>,
-    /// The optimizer's stability edge solved for `λ_max` (`2/α*` for SGD).
-    edge_formula: String,
-    edge_lambda_max: Option<f64>,
-    /// `λ_max` at `θ₀`, the largest algebraic Hessian eigenvalue, by the Lanczos method (the
-    /// key keeps its name from when power iteration measured it).
-    lambda_max_power: Option<f64>,
-    /// `λ_min` at `θ₀`, the most negative Hessian eigenvalue, by the same Lanczos run.
-    #[serde(default)]
-    lambda_min: Option<f64>,
-    /// The rate at which the optimizer's edge lies for `lambda_max_power`.
-    edge_rate_power: Option<f64>,
-    /// `edge_lambda_max / lambda_max_power`.
-    ratio: Option<f64>,
-    /// `α*·λ/2` expected on a quadratic from the ramp's lag (closed form for GD, `δ = ½`).
-    quadratic_lag: f64,
-    loss_source: LossSource,
-    seeds: Vec<SeedResult>,
-    settings: Settings,
-    /// The first seed's run configuration.
-    config: TrainConfig,
-}
-
-/// The finder's settings, as used.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Settings {
-    lr_min: f64,
-    lr_max: f64,
-    ramp_steps: u64,
-    /// The factor between consecutive rates.
-    ratio: f64,
-    /// The blow-up rule: `k`, `span`, the median's half width.
-    factor: f64,
-    span: f64,
-    half_width: usize,
-    seeds: Vec<u64>,
-}
-
-/// A row of `lr_find.csv`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct CsvRow {
-    seed: u64,
-    step: u64,
-    lr: f64,
-    loss: f64,
-    smoothed_loss: f64,
-}
-
 /// Runs one ramp on `exec` (this process or the cluster's workers) and writes its folder
 /// (`dir`); returns its summary and rows.
 fn run_ramp(
@@ -182,19 +102,6 @@ fn run_ramp(
         rows.borrow_mut().push(row.clone())
     })?;
     Ok((done.summary, rows.into_inner()))
-}
-
-/// A number for the terminal and the report: 4 decimals in [0.01, 10⁴), else scientific.
-fn num(x: f64) -> String {
-    if (0.01..1e4).contains(&x.abs()) {
-        format!("{x:.4}")
-    } else {
-        format!("{x:.4e}")
-    }
-}
-
-fn opt_num(x: Option<f64>) -> String {
-    x.map_or_else(|| "—".to_string(), num)
 }
 
 /// Runs `batchlab lr-find`.
@@ -362,138 +269,15 @@ pub fn run(args: LrFindArgs) -> Result<()> {
         serde_json::to_string_pretty(&doc)? + "\n",
     )
     .with_context(|| format!("writing {}/lr_find.json", out.display()))?;
+    // What `batchlab report` reads first: which experiment wrote the folder.
+    crate::output::write_atomic(
+        &out.join("study.json"),
+        &(serde_json::json!({ "experiment": crate::output::Experiment::LrFind }).to_string()
+            + "\n"),
+    )?;
     print_summary(&doc);
     // The page is drawn from the files just written, as `report` draws it again later.
     report(&out)
-}
-
-/// The per-seed table.
-fn seed_table(doc: &LrFindDoc) -> Table {
-    Table {
-        header: [
-            "seed",
-            "α*",
-            "2/α*",
-            "blow-up step",
-            "cause",
-            "min-loss rate",
-            "run",
-        ]
-        .map(String::from)
-        .to_vec(),
-        rows: doc
-            .seeds
-            .iter()
-            .map(|r| {
-                vec![
-                    r.seed.to_string(),
-                    opt_num(r.alpha_star),
-                    opt_num(r.alpha_star.map(|a| 2.0 / a)),
-                    r.blowup_step.map_or_else(|| "—".into(), |s| s.to_string()),
-                    r.cause
-                        .map_or("none", |c| match c {
-                            Cause::Rise => "4× rise",
-                            Cause::NonFinite => "non-finite",
-                            Cause::RunDiverged => "run's bound",
-                        })
-                        .to_string(),
-                    opt_num(r.min_loss_lr),
-                    serde_json::to_value(r.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(String::from))
-                        .unwrap_or_default(),
-                ]
-            })
-            .collect(),
-    }
-}
-
-/// What the finder found, in a few lines (the terminal and the report's text).
-fn summary_lines(doc: &LrFindDoc) -> Vec<String> {
-    let s = &doc.settings;
-    let mut lines = vec![format!(
-        "{} with {}, B = {}: {} steps from {} to {} (×{:.5} per step), {} seed{}, {} loss",
-        doc.task,
-        doc.optimizer,
-        doc.config.batch,
-        s.ramp_steps,
-        num(s.lr_min),
-        num(s.lr_max),
-        s.ratio,
-        s.seeds.len(),
-        if s.seeds.len() == 1 { "" } else { "s" },
-        match doc.loss_source {
-            LossSource::Eval => "held-out",
-            LossSource::Train => "training",
-        }
-    )];
-    let Some(alpha) = doc.alpha_star else {
-        let blew_at_once = doc
-            .seeds
-            .iter()
-            .any(|r| r.cause.is_some() && r.alpha_star.is_none());
-        lines.push(if blew_at_once {
-            format!(
-                "α*: none, the loss blew up at the first step: lower --lr-min (now {})",
-                num(s.lr_min)
-            )
-        } else {
-            format!(
-                "α*: none, the loss did not blow up below --lr-max {}: raise it",
-                num(s.lr_max)
-            )
-        });
-        if let Some(p) = doc.lambda_max_power {
-            lines.push(format!(
-                "Lanczos at θ₀: λ_max = {}, λ_min = {}",
-                num(p),
-                opt_num(doc.lambda_min)
-            ));
-        }
-        return lines;
-    };
-    lines.push(format!(
-        "α* = {} (median over {} seed{}), suggested rate α*/10 = {}",
-        num(alpha),
-        doc.seeds.iter().filter(|r| r.alpha_star.is_some()).count(),
-        if s.seeds.len() == 1 { "" } else { "s" },
-        opt_num(doc.suggestion)
-    ));
-    let mut est = format!("λ_max estimates: 2/α* = {}", num(2.0 / alpha));
-    if doc.edge_formula != "2/α*" {
-        est += &format!(", {} = {}", doc.edge_formula, opt_num(doc.edge_lambda_max));
-    }
-    est += &format!(
-        "; Lanczos at θ₀: λ_max = {} (λ_min = {})",
-        opt_num(doc.lambda_max_power),
-        opt_num(doc.lambda_min)
-    );
-    if let Some(r) = doc.ratio {
-        est += &format!("; ratio {} / Lanczos = {r:.3}", doc.edge_formula);
-    }
-    lines.push(est);
-    if let Some(first) = doc.seeds.iter().find_map(|r| r.sharpness_near_alpha) {
-        lines.push(format!(
-            "Lanczos during the ramp (sharpness_every), seed {}: λ_max = {} at step {} \
-             (η = {}, 2/η = {}), the last measurement up to α*",
-            doc.seeds
-                .iter()
-                .find(|r| r.sharpness_near_alpha.is_some())
-                .map_or(0, |r| r.seed),
-            num(first.lambda_max),
-            first.step,
-            num(first.lr),
-            num(2.0 / first.lr)
-        ));
-    }
-    if doc.optimizer == "sgd" {
-        lines.push(format!(
-            "(on a quadratic this ramp overshoots the edge by ×{:.3} before the loss has grown \
-             {}-fold: closed form for GD)",
-            doc.quadratic_lag, s.factor
-        ));
-    }
-    lines
 }
 
 fn print_summary(doc: &LrFindDoc) {
@@ -503,69 +287,6 @@ fn print_summary(doc: &LrFindDoc) {
     for l in &lines[1..] {
         println!("{l}");
     }
-}
-
-/// Writes `report.html` from the document and the curves.
-fn render(dir: &Path, doc: &LrFindDoc, rows: &[CsvRow]) -> Result<PathBuf> {
-    let mut curves = Vec::new();
-    for &seed in &doc.settings.seeds {
-        let of = |f: fn(&CsvRow) -> f64| -> Vec<(f64, f64)> {
-            rows.iter()
-                .filter(|r| r.seed == seed)
-                .map(|r| (r.lr, f(r)))
-                .collect()
-        };
-        curves.push((format!("loss, seed {seed}"), of(|r| r.loss)));
-        curves.push((format!("smoothed, seed {seed}"), of(|r| r.smoothed_loss)));
-    }
-    let mut marks = Vec::new();
-    if let Some(a) = doc.alpha_star {
-        marks.push((a, format!("α* = {}", num(a))));
-    }
-    if let Some(rate) = doc.edge_rate_power {
-        // λ_p: the Lanczos λ_max at θ₀ (legend entries are short).
-        // The edge's rate for λ_p: with coupled weight decay the optimizer sees λ_p + wd.
-        let formula = match doc.edge_formula.strip_suffix(" − wd") {
-            Some(f) => f.replace("α*", "(λ_p + wd)"),
-            None => doc.edge_formula.replace("α*", "λ_p"),
-        };
-        marks.push((rate, format!("{formula} = {}", num(rate))));
-    }
-    if let Some(s) = doc.suggestion {
-        marks.push((s, format!("suggested α*/10 = {}", num(s))));
-    }
-    let plot = report::loss_vs_rate(&curves, &marks);
-    let text = summary_lines(doc).join("\n\n")
-        + "\n\nThe loss after each step is plotted against that step's rate; λ_p is the Lanczos \
-           λ_max at θ₀, and the line it marks is where the edge would lie if the \
-           sharpness stayed λ_p (on a quadratic α* lies one ramp lag above it). Blow-up: the \
-           running median of the loss exceeds 4× its smallest value at rates at least half the \
-           current one (or a loss is not finite, or the run stopped on its own divergence \
-           bound); α* is the rate of the step before.";
-    let sections = vec![
-        Section {
-            title: "Loss against the learning rate".into(),
-            text,
-            figures: vec![report::svg(&plot, 760, 460)],
-            table: None,
-        },
-        Section {
-            title: "Per seed".into(),
-            text: String::new(),
-            figures: vec![],
-            table: Some(seed_table(doc)),
-        },
-    ];
-    let page = report::html_page(
-        "batchlab lr-find",
-        "Learning-rate finder: the rate rises exponentially every step; α* is the largest rate \
-         before the loss blows up, and the stability edge of the optimizer (2/λ_max for SGD) \
-         turns it into an estimate of the sharpness.",
-        &sections,
-    );
-    let path = dir.join("report.html");
-    std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
 }
 
 /// Renders `report.html` of an lr-find folder from its `lr_find.json` and `lr_find.csv` (after
@@ -582,7 +303,10 @@ pub fn report(dir: &Path) -> Result<()> {
         .deserialize()
         .collect::<Result<Vec<CsvRow>, _>>()
         .with_context(|| format!("parsing {}", csv_path.display()))?;
-    let page = render(dir, &doc, &rows)?;
+    let path = dir.join("report.html");
+    std::fs::write(&path, study::page(&doc, &rows))
+        .with_context(|| format!("writing {}", path.display()))?;
+    let page = path;
     println!(
         "report: {} (the study: {})",
         page.display(),

@@ -110,12 +110,10 @@ fn report(dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     let _lock = output::FolderLock::acquire(dir, "batchlab report")?;
-    if warmup::is_study(dir) {
-        warmup::report(dir)
-    } else if dir.join("lr_find.json").exists() {
-        lrfind::report(dir)
-    } else {
-        sweep::report(dir)
+    match output::Experiment::of(dir)? {
+        output::Experiment::Sweep => sweep::report(dir),
+        output::Experiment::Warmup => warmup::report(dir),
+        output::Experiment::LrFind => lrfind::report(dir),
     }
 }
 

@@ -425,6 +425,51 @@ pub fn read_rows(dir: &Path) -> Result<Vec<StepMetrics>> {
         .with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Which experiment wrote a study folder: its `study.json`'s `"experiment"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Experiment {
+    /// `batchlab sweep`.
+    Sweep,
+    /// `batchlab warmup`.
+    Warmup,
+    /// `batchlab lr-find`.
+    LrFind,
+}
+
+impl Experiment {
+    /// The experiment of the study in `dir`. Sweeps written before studies named themselves
+    /// have a `study.json` without it; lr-find folders of then, none (only `lr_find.json`).
+    pub fn of(dir: &Path) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Study {
+            #[serde(default = "sweep")]
+            experiment: Experiment,
+        }
+        fn sweep() -> Experiment {
+            Experiment::Sweep
+        }
+        let path = dir.join("study.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(_) if dir.join("lr_find.json").exists() => return Ok(Self::LrFind),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "{}: {e}: expected a study folder written by sweep, warmup or lr-find",
+                    path.display()
+                ));
+            }
+        };
+        let study: Study = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "parsing {}: expected \"experiment\": \"sweep\", \"warmup\" or \"lr-find\"",
+                path.display()
+            )
+        })?;
+        Ok(study.experiment)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

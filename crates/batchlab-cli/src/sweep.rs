@@ -30,7 +30,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exec::{ExecArgs, Executor};
-use crate::output::{FolderLock, Rows, cached_summary};
+use crate::output::{Experiment, FolderLock, Rows, cached_summary};
 
 /// Per-step rows kept by a selection trial (plus its last): enough to plot it, a fraction of
 /// its steps (the default sweep wrote 1.7 GB keeping them all).
@@ -422,7 +422,7 @@ impl Sweep {
     /// Writes `report.html` of the study from its analysis and records, and says where.
     fn render_report(
         &self,
-        analysis: &crate::analysis::SweepAnalysis,
+        analysis: &batchlab_lab::sweep::study::SweepAnalysis,
         records: &[TrialRecord],
     ) -> Result<()> {
         let report = crate::analysis::sweep_report(&self.out, analysis, records, |b, lr, seed| {
@@ -736,6 +736,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let _lock = FolderLock::acquire(&sweep.out, "batchlab sweep")?;
     crate::exec::stop_between_runs(&sweep.out);
     let settings = serde_json::json!({
+        "experiment": Experiment::Sweep,
         "batches": sweep.batches, "seeds": sweep.seeds, "lr_policy": args.lr_policy,
         "lr_grid": sweep.grid, "patience": sweep.patience, "refine": sweep.refine,
         "target_loss": sweep.target,

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use batchlab_core::train::{Progress, RunPlan, RunSummary, StepMetrics, TrainConfig, Trainer};
+use batchlab_core::driver::{Progress, Trainer};
+use batchlab_core::train::{RunPlan, RunSummary, StepMetrics, TrainConfig};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -12,7 +12,7 @@
 //! The study is a folder:
 //!
 //! ```text
-//!   OUT/study.json                      "experiment": "warmup", grid, λ_max(θ₀), unit, target, base
+//!   OUT/study.json                      "experiment": crate::output::Experiment::Warmup, grid, λ_max(θ₀), unit, target, base
 //!   OUT/runs/mu0.9/x2-linear-w100-s0/   config.toml, metrics.csv, summary.json
 //!   OUT/cells.csv, cells.json           every run's record
 //!   OUT/analysis.json                   stability per warmup, effects, representative runs
@@ -286,7 +286,7 @@ impl Study {
     /// The `study.json` document: what `batchlab report` needs to analyse the folder again.
     fn document(&self) -> serde_json::Value {
         serde_json::json!({
-            "experiment": "warmup",
+            "experiment": crate::output::Experiment::Warmup,
             "grid": self.grid,
             "reference": self.reference,
             "target_loss": self.target,
@@ -524,14 +524,6 @@ fn write_report(
     let path = out.join("report.html");
     std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
-}
-
-/// Whether `dir` holds a warmup study (its `study.json` says so).
-pub fn is_study(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("study.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|d| d["experiment"] == "warmup")
 }
 
 /// Runs `batchlab report DIR` on a warmup study: analyses its records again and renders

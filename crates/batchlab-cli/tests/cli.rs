@@ -1,8 +1,6 @@
 //! The `batchlab` binary as a user runs it.
 
-mod common;
-
-use common::{batchlab, text};
+use batchlab_tests::{batchlab, text};
 
 use std::path::Path;
 

@@ -1,11 +1,9 @@
 //! Experiments other than the batch-size sweep, as a user runs them, checked against closed
 //! forms from docs/science.md: `batchlab warmup`.
 
-mod common;
-
 use std::path::Path;
 
-use common::{batchlab, text};
+use batchlab_tests::{batchlab, text};
 use serde_json::Value;
 
 fn json(path: &Path) -> Value {

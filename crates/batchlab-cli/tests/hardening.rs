@@ -2,13 +2,11 @@
 //! that names the value and what is accepted, a non-zero exit status, and nothing written or
 //! left half-written.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{batchlab, text};
+use batchlab_tests::{batchlab, text};
 
 /// Runs `batchlab args` expecting exit status 2, a message containing every one of `needles`,
 /// and no folder at `out`.
@@ -24,7 +22,7 @@ fn refused(args: &[&str], needles: &[&str], out: &Path) -> String {
 }
 
 fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    Command::new(batchlab_tests::exe())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -357,7 +355,10 @@ fn a_stop_signal_ends_an_in_process_sweep_between_trials_and_the_same_command_re
     args2[last] = fresh.to_str().unwrap();
     let o3 = batchlab(&args2);
     assert!(o3.status.success(), "{}", text(&o3));
-    assert_eq!(common::study_numbers(&out), common::study_numbers(&fresh));
+    assert_eq!(
+        batchlab_tests::study_numbers(&out),
+        batchlab_tests::study_numbers(&fresh)
+    );
 }
 
 #[test]
@@ -528,7 +529,10 @@ fn an_experiments_settings_are_checked_before_its_folder_is_made() {
     for cmd in ["sweep", "warmup", "lr-find"] {
         refused(
             &[cmd, "--workers", "2", "--allreduce", "bogus", "--out", o],
-            &["--allreduce bogus"],
+            &[
+                "invalid value 'bogus' for '--allreduce <ALLREDUCE>'",
+                "possible values: ring, tree, rhd, centralized",
+            ],
             &out,
         );
         refused(

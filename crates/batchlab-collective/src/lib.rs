@@ -75,6 +75,7 @@ pub use validate::{PlanError, validate};
 /// An all-reduce algorithm. Serialized (and parsed, and displayed) as its lowercase name:
 /// `"ring"`, `"tree"`, `"rhd"`, `"centralized"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     /// Ring: reduce-scatter then all-gather around the ring `r → r+1`, `n − 1` steps each.

@@ -48,6 +48,7 @@ use crate::{ConfigError, Scratch};
 
 /// How the ranks' gradient sums are added up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ReduceMode {
     /// Fixed-point words, wrapping integer addition: bit-identical on any number of workers.
@@ -121,9 +122,9 @@ impl Reduction {
         ensure(
             !(elastic && self.mode == ReduceMode::Fast),
             "reduce",
-            "\"fast\" in an elastic cluster",
-            "\"exact\" (f32 sums depend on the number of workers, so a run that loses or gains \
-             one would change)",
+            "fast, in an elastic cluster",
+            "exact (f32 sums depend on the number of workers, so a run that loses or gains one \
+             would change)",
         )?;
         ensure(
             (1..=64 << 20).contains(&self.chunk_bytes),
@@ -1133,4 +1134,25 @@ pub(crate) fn lone_step(driver: &mut RunDriver) -> Option<Output> {
             Action::Done(_) => return None,
         }
     }
+}
+
+/// Trains one replica per plan (the members, e.g. [`SeedMean::member_config`] of each seed) in
+/// lock step in this process and ends them together under `rule`, handing every row to
+/// `on_row(member, row)` first: the group's summary and each member's final parameters. An
+/// error from `on_row` stops the run and is returned.
+pub fn run_in_process<E>(
+    rule: SeedMean,
+    plans: &[RunPlan],
+    mut on_row: impl FnMut(usize, &StepMetrics) -> Result<(), E>,
+) -> Result<(RunSummary, Vec<Vec<f64>>), E> {
+    let mut driver = RunDriver::from_plans(plans.to_vec(), Some(rule), Settings::default(), 0, 1)
+        .expect("a group of at least one member, exact reduction");
+    while let Some(out) = lone_step(&mut driver) {
+        if let Output::Row { member, row } = out {
+            on_row(member, &row)?;
+        }
+    }
+    let summary = driver.summary().expect("the run ended").clone();
+    let params = driver.params().map(<[f64]>::to_vec).collect();
+    Ok((summary, params))
 }

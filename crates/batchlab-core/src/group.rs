@@ -13,14 +13,13 @@
 //!                                                     stalled: INCOMPLETE
 //! ```
 //!
-//! [`SeedMean`] is the rule alone: whoever runs the members (one process or a cluster of
-//! workers) feeds it the rows in member order and gets the same decision, so the group's
-//! result does not depend on where it ran.
+//! [`SeedMean`] is the rule alone: the run driver (`crate::driver`) feeds it the rows in member
+//! order wherever the members run (one process, a cluster of workers), so the group's result
+//! does not depend on where it ran.
 
-use crate::driver::{Output, RunDriver, Settings, lone_step};
 use crate::train::{
-    EvalWindow, RunPlan, RunSummary, STALL_MIN_EVALS, STALL_TOLERANCE, Status, StepMetrics,
-    TrainConfig, params_digest,
+    EvalWindow, RunSummary, STALL_MIN_EVALS, STALL_TOLERANCE, Status, StepMetrics, TrainConfig,
+    params_digest,
 };
 
 /// How a group ended: status, steps to the end, and why.
@@ -142,14 +141,13 @@ impl SeedMean {
         params: impl IntoIterator<Item = &'a [f64]>,
     ) -> RunSummary {
         let median = |f: &dyn Fn(&StepMetrics) -> Option<f64>| {
-            let mut v: Vec<f64> = self
-                .last
-                .iter()
-                .filter_map(|r| r.as_ref().and_then(f))
-                .filter(|x| x.is_finite())
-                .collect();
-            v.sort_by(f64::total_cmp);
-            (!v.is_empty()).then(|| v[v.len() / 2])
+            let v = crate::stats::sorted(
+                self.last
+                    .iter()
+                    .filter_map(|r| r.as_ref().and_then(f))
+                    .filter(|x| x.is_finite()),
+            );
+            crate::stats::upper_median(&v)
         };
         let all: Vec<f64> = params.into_iter().flatten().copied().collect();
         RunSummary {
@@ -170,27 +168,6 @@ impl SeedMean {
             params_digest: params_digest(&all),
         }
     }
-}
-
-/// Trains one replica per plan (the members, e.g. [`SeedMean::member_config`] of each seed) in
-/// lock step in this process and ends them together under `rule`, handing every row to
-/// `on_row(member, row)` first: the group's summary and each member's final parameters. An
-/// error from `on_row` stops the run and is returned.
-pub fn run_in_process<E>(
-    rule: SeedMean,
-    plans: &[RunPlan],
-    mut on_row: impl FnMut(usize, &StepMetrics) -> Result<(), E>,
-) -> Result<(RunSummary, Vec<Vec<f64>>), E> {
-    let mut driver = RunDriver::from_plans(plans.to_vec(), Some(rule), Settings::default(), 0, 1)
-        .expect("a group of at least one member, exact reduction");
-    while let Some(out) = lone_step(&mut driver) {
-        if let Output::Row { member, row } = out {
-            on_row(member, &row)?;
-        }
-    }
-    let summary = driver.summary().expect("the run ended").clone();
-    let params = driver.params().map(<[f64]>::to_vec).collect();
-    Ok((summary, params))
 }
 
 #[cfg(test)]

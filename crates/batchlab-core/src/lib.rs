@@ -15,6 +15,7 @@
 //!   single-process executor ([`driver::Trainer`]) and an in-memory cluster of N ranks with
 //!   scripted faults ([`driver::memory`]).
 //! - [`group`]: several seeds' runs in lock step, ended on their mean evaluation loss.
+//! - [`stats`]: order statistics (medians, quantiles), each convention named once.
 //!
 //! This crate does no I/O beyond reading a dataset file it is handed, and never spawns threads
 //! or sockets.
@@ -29,6 +30,7 @@ pub mod optim;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod stats;
 pub mod task;
 pub mod tasks;
 pub mod theory;

@@ -16,7 +16,7 @@
 //!
 //! [`Replica`] holds everything every replica has identically (parameters, optimizer state,
 //! estimators, the fixed-point scale). [`compute_micros`] is the worker's share of a step.
-//! [`crate::driver::RunDriver`] sequences them for one rank of any number (a [`Trainer`] is the
+//! `crate::driver::RunDriver` sequences them for one rank of any number (a `Trainer` is the
 //! driver of a lone rank; a worker executes the same driver over the network), which is why
 //! `batchlab train` and a run on N workers end bit-identical.
 
@@ -893,8 +893,17 @@ pub fn curvature_hvp(
 
 /// FNV-1a 64 of the parameters' little-endian bytes, as 16 hex digits.
 pub fn params_digest(params: &[f64]) -> String {
+    fnv1a(params.iter().flat_map(|p| p.to_le_bytes()))
+}
+
+/// FNV-1a 64 of `bytes`, as 16 hex digits.
+pub fn digest(bytes: &[u8]) -> String {
+    fnv1a(bytes.iter().copied())
+}
+
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in params.iter().flat_map(|p| p.to_le_bytes()) {
+    for b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -1080,8 +1089,6 @@ pub fn compute_micros_fast(
         *o = a as f32;
     }
 }
-
-pub use crate::driver::{Progress, Trainer};
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! Whole training runs against closed forms (docs/science.md), stability edges, and the
 //! independence of the result from how the work is split.
 
+use batchlab_core::driver::Trainer;
 use batchlab_core::exact::Packet;
 use batchlab_core::optim::OptimizerKind;
 use batchlab_core::tasks::TaskConfig;
@@ -8,8 +9,8 @@ use batchlab_core::tasks::linreg::LinregConfig;
 use batchlab_core::tasks::logreg::LogregConfig;
 use batchlab_core::tasks::nqm::NqmConfig;
 use batchlab_core::train::{
-    Applied, Begin, RunSummary, Status, StepMetrics, TargetMetric, TrainConfig, Trainer,
-    WorkerScratch, compute_micros,
+    Applied, Begin, RunSummary, Status, StepMetrics, TargetMetric, TrainConfig, WorkerScratch,
+    compute_micros,
 };
 
 fn nqm(dim: usize, noise_scale: f64) -> TaskConfig {

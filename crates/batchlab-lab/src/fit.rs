@@ -21,6 +21,7 @@
 //!
 //! Every function here is pure: no I/O, and the bootstrap's randomness comes from its `seed`.
 
+use batchlab_core::stats;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
@@ -225,18 +226,17 @@ pub fn median_over_seeds(best: &[BestTrial]) -> Vec<MedianPoint> {
         .collect()
 }
 
-/// Median of a non-empty slice (sorts it); the mean of the middle two for an even length.
+/// Median of a non-empty slice (sorts it): [`stats::median`], the mean of the middle two for
+/// an even length.
 fn median(v: &mut [f64]) -> f64 {
     quantile(v, 0.5)
 }
 
-/// The `q`-quantile of a non-empty slice with linear interpolation between order statistics
-/// (Hyndman & Fan type 7, NumPy's default); sorts the slice.
+/// The `q`-quantile of a non-empty slice (sorts it): [`stats::quantile`], linear
+/// interpolation between order statistics.
 fn quantile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    let h = (v.len() - 1) as f64 * q;
-    let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
-    v[lo] + (h - lo as f64) * (v[hi] - v[lo])
+    stats::quantile(v, q).expect("a non-empty slice")
 }
 
 // ------------------------------------------------------------------------ the log-space fit

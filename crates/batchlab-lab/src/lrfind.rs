@@ -75,6 +75,8 @@
 //! before `2/h` where the top mode's noise dominates the loss. On the noisy quadratic
 //! (`d = 100`, `h_i = c_i = 1/i`, `B ≥ 256`, `r ≈ 1.01`) `2/α*` reads `h_max = 1` within 15%.
 
+pub mod study;
+
 use batchlab_core::ConfigError;
 use batchlab_core::error::ensure;
 use batchlab_core::optim::{OptimizerConfig, OptimizerKind};
@@ -502,22 +504,15 @@ pub fn optimizer_memory(optimizer: &OptimizerConfig) -> f64 {
 /// The median of positive rates, in log space: the middle rate itself for an odd count, the
 /// geometric mean of the middle two for an even one; `None` for none.
 pub fn median_rate(rates: &[f64]) -> Option<f64> {
-    let mut sorted = rates.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(sorted[n / 2]),
-        _ => Some((sorted[n / 2 - 1] * sorted[n / 2]).sqrt()),
-    }
+    batchlab_core::stats::log_median(&batchlab_core::stats::sorted(rates.iter().copied()))
 }
 
 #[cfg(test)]
 mod tests {
     use approx::assert_relative_eq;
+    use batchlab_core::driver::Trainer;
     use batchlab_core::tasks::TaskConfig;
     use batchlab_core::tasks::nqm::NqmConfig;
-    use batchlab_core::train::Trainer;
 
     use super::*;
 

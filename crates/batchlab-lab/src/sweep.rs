@@ -19,6 +19,8 @@
 //! many searches, in parallel or not; the outcome does not depend on the order in which the
 //! searches of different `(B, seed)` are advanced.
 
+pub mod study;
+
 use batchlab_core::train::Status;
 use serde::{Deserialize, Serialize};
 

@@ -22,6 +22,7 @@
 //! Nothing here runs a model or touches a file: the binary executes the cells (in process or
 //! elsewhere) and hands back each run's summary and rows.
 
+use batchlab_core::stats;
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
@@ -513,9 +514,8 @@ impl CellSummary {
 
 /// The median of `values`, `None` standing for `+∞` (the upper median for an even count).
 fn median_with_infinity(values: &[Option<f64>]) -> Option<f64> {
-    let mut v: Vec<f64> = values.iter().map(|x| x.unwrap_or(f64::INFINITY)).collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().filter(|x| x.is_finite())
+    let v = stats::sorted(values.iter().map(|x| x.unwrap_or(f64::INFINITY)));
+    stats::upper_median(&v).filter(|x| x.is_finite())
 }
 
 /// The records grouped by cell (seeds together), in the order of [`sort_records`].

@@ -8,7 +8,8 @@
 //! and on each pair's. The studies differ only in their seeds, so their points carry the
 //! real sampling noise, correlations across batch sizes included.
 
-use batchlab_core::group::{SeedMean, run_in_process};
+use batchlab_core::driver::run_in_process;
+use batchlab_core::group::SeedMean;
 use batchlab_core::tasks::TaskConfig;
 use batchlab_core::tasks::nqm::NqmConfig;
 use batchlab_core::theory::{NqmTheory, log_grid};

@@ -1,4 +1,4 @@
-//! The all-reduce benchmark on a worker: runs a [`BenchSpec`]'s ops through the mesh, times
+//! The all-reduce benchmark on a worker: runs a [`BenchOrder`]'s ops through the mesh, times
 //! every iteration and checks every result against the exact sum.
 //!
 //! Inputs are integers so that every sum is exact in `i64` and in `f32` (the sums stay below
@@ -15,10 +15,11 @@
 
 use std::time::Instant;
 
-use batchlab_collective::{Algorithm, PlanConfig};
-use batchlab_proto::v1::BenchSpec;
+use batchlab_collective::PlanConfig;
+use batchlab_core::driver::ReduceMode;
+
+use crate::protocol::BenchOrder;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::NetError;
 use crate::mesh::{Mesh, Phase, Wire};
@@ -130,24 +131,21 @@ fn salt(seed: u64, op: usize, iter: u64) -> u64 {
 }
 
 /// Runs `spec` on this rank's mesh.
-pub async fn run(
-    spec: &BenchSpec,
+pub(crate) async fn run(
+    spec: &BenchOrder,
     mesh: &mut Mesh,
-    abort: watch::Receiver<Option<String>>,
+    abort: crate::abort::AbortWatch,
 ) -> Result<BenchRankResult, NetError> {
-    match spec.reduce.as_str() {
-        "exact" => run_typed::<i64>(spec, mesh, abort).await,
-        "fast" => run_typed::<f32>(spec, mesh, abort).await,
-        other => Err(NetError::Config(format!(
-            "reduce = {other:?}: expected \"exact\" or \"fast\""
-        ))),
+    match spec.reduce {
+        ReduceMode::Exact => run_typed::<i64>(spec, mesh, abort).await,
+        ReduceMode::Fast => run_typed::<f32>(spec, mesh, abort).await,
     }
 }
 
 async fn run_typed<T: BenchElem + Default>(
-    spec: &BenchSpec,
+    spec: &BenchOrder,
     mesh: &mut Mesh,
-    abort: watch::Receiver<Option<String>>,
+    abort: crate::abort::AbortWatch,
 ) -> Result<BenchRankResult, NetError> {
     let rank = mesh.rank();
     let world = mesh.world();
@@ -177,11 +175,11 @@ async fn run_typed<T: BenchElem + Default>(
     if spec.peer_timeout_ms > 0 {
         mesh.set_recv_timeout(std::time::Duration::from_millis(spec.peer_timeout_ms));
     }
-    mesh.set_transport(spec.transport.parse()?)?;
+    mesh.set_transport(spec.transport.carrier())?;
     let n = group.len();
     let largest = spec.ops.iter().map(|o| o.bytes).max().unwrap_or(0) as usize / T::SIZE;
     let mut buf = vec![T::default(); largest];
-    let corrupt = spec.corrupt_rank > 0 && spec.corrupt_rank as usize - 1 == rank;
+    let corrupt = spec.corrupt_rank.is_some_and(|r| r as usize == rank);
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -195,12 +193,7 @@ async fn run_typed<T: BenchElem + Default>(
     };
     let mut phases: Vec<Phase> = Vec::new();
     for (o, op) in spec.ops.iter().enumerate() {
-        let algorithm: Algorithm =
-            op.algorithm
-                .parse()
-                .map_err(|e: batchlab_collective::ParseAlgorithmError| {
-                    NetError::Config(e.to_string())
-                })?;
+        let algorithm = op.algorithm;
         let elems = op.bytes as usize / T::SIZE;
         let plan = batchlab_collective::plan(
             &PlanConfig {
@@ -218,8 +211,8 @@ async fn run_typed<T: BenchElem + Default>(
         };
         let iters = u64::from(op.warmup) + u64::from(op.iters);
         for it in 0..iters {
-            if let Some(reason) = abort.borrow().clone() {
-                return Err(NetError::Aborted(reason));
+            if let Some(a) = &*abort.borrow() {
+                return Err(a.error());
             }
             let timed = it >= u64::from(op.warmup);
             let k = (it - u64::from(op.warmup).min(it)) as u32;
@@ -230,7 +223,7 @@ async fn run_typed<T: BenchElem + Default>(
             let t0 = Instant::now();
             let reduced =
                 mesh.all_reduce_in(buf, &plan, Some(&group), traced.then_some(&mut phases));
-            crate::worker::unless_aborted(reduced, &abort).await?;
+            crate::abort::unless_aborted(reduced, &abort).await?;
             let t1 = Instant::now();
             if !timed {
                 continue;

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use batchlab_core::train::StepMetrics;
 
 use crate::bench::BenchRankResult;
-use crate::worker::{RankResult, RankTiming};
+pub use crate::collect::{Checkpoint, RunOutcome};
+use crate::collect::{Collected, Failed, Report, RunCollection};
+use crate::protocol::{BenchOrder, RunOrder};
 use batchlab_proto::v1::coordinator_server::{self, CoordinatorServer};
 use batchlab_proto::v1::{
-    BenchSpec, HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, RegroupNow,
-    RegroupRequest, ReportAck, RunReport, RunSpec, Shutdown, TaskAssignment, TaskRequest,
-    run_report, task_assignment,
+    HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, RegroupNow, RegroupRequest,
+    ReportAck, RunReport, Shutdown, TaskAssignment, TaskRequest, run_report, task_assignment,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -79,47 +80,6 @@ impl CoordinatorConfig {
             max_workers: workers,
             pause_timeout: Duration::from_secs(300),
         }
-    }
-}
-
-/// A finished run: the summary every replica agreed on, and each rank's timing.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunOutcome {
-    /// The summary (identical on every rank).
-    pub summary: batchlab_core::train::RunSummary,
-    /// Where each rank's time went, by rank.
-    pub timings: Vec<RankTiming>,
-    /// The final parameters (of every member of a seed-mean group, in member order), when the
-    /// spec asked for them.
-    pub params: Option<Vec<f64>>,
-}
-
-/// A run's state at the end of a round of steps, as a coordinator saves it: the run it is of,
-/// the rows it covers (per seed-mean member) and the workers' state (CBOR).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Checkpoint {
-    /// The run's configuration (TOML), which a resumed run must have.
-    pub config_toml: String,
-    /// Rows produced before it, per member.
-    pub rows: Vec<u64>,
-    /// The workers' run state.
-    pub state: Vec<u8>,
-}
-
-impl Checkpoint {
-    /// The checkpoint as bytes (CBOR).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        crate::encode(self)
-    }
-
-    /// A checkpoint read back.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        crate::decode(bytes)
-    }
-
-    /// The step the run resumes at (of its first member).
-    pub fn step(&self) -> u64 {
-        self.rows.first().copied().unwrap_or(0)
     }
 }
 
@@ -390,44 +350,6 @@ impl Membership {
     }
 }
 
-/// What workers told the coordinator about a run.
-#[derive(Debug)]
-enum Event {
-    Row {
-        task: u64,
-        member: usize,
-        json: Vec<u8>,
-    },
-    Params {
-        task: u64,
-        bytes: Vec<u8>,
-    },
-    Summary {
-        worker: usize,
-        rank: usize,
-        task: u64,
-        json: Vec<u8>,
-    },
-    Bench {
-        rank: usize,
-        task: u64,
-        bytes: Vec<u8>,
-    },
-    Checkpoint {
-        task: u64,
-        bytes: Vec<u8>,
-    },
-    Error {
-        worker: usize,
-        rank: usize,
-        task: u64,
-        message: String,
-    },
-    Lost {
-        message: String,
-    },
-}
-
 #[derive(Debug)]
 struct State {
     members: Membership,
@@ -454,11 +376,17 @@ struct Shared {
     session: String,
     state: Mutex<State>,
     version: watch::Sender<u64>,
-    events: mpsc::UnboundedSender<Event>,
-    inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
+    events: mpsc::UnboundedSender<Report>,
+    inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Report>>,
 }
 
 impl Shared {
+    /// The cluster's state. A panic while holding the lock is a bug that already ended this
+    /// process's work, so a poisoned lock is not recovered from.
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("poisoned")
+    }
+
     fn bump(&self) {
         self.version.send_modify(|v| *v += 1);
     }
@@ -476,7 +404,7 @@ impl Shared {
                 ),
             )));
         }
-        let joined = self.state.lock().expect("poisoned").members.joined();
+        let joined = self.state().members.joined();
         if worker as usize >= joined {
             return Err(Status::invalid_argument(refuse(
                 Reason::OtherRun,
@@ -522,6 +450,8 @@ impl Shared {
             Forming::Paused { have } => {
                 if s.paused_since.is_none() {
                     s.paused_since = Some(Instant::now());
+                    // Whoever waits on the run learns of the pause (and its deadline).
+                    self.bump();
                     tracing::warn!(
                         "paused: {have} workers left, fewer than --min-workers {}; waiting up to \
                          {:.0} s for workers to join",
@@ -569,7 +499,7 @@ impl Shared {
         let wait = async {
             loop {
                 {
-                    let s = self.state.lock().expect("poisoned");
+                    let s = self.state();
                     if s.members.is_lost(id) {
                         return Err(Status::failed_precondition(format!(
                             "worker {id} was declared lost; join again"
@@ -594,7 +524,7 @@ impl Shared {
         match tokio::time::timeout(timeout, wait).await {
             Ok(r) => r,
             Err(_) => {
-                let s = self.state.lock().expect("poisoned");
+                let s = self.state();
                 Err(Status::deadline_exceeded(format!(
                     "timed out after {:.0} s waiting for a place in a generation ({} of {} workers \
                      joined, generation {})",
@@ -605,6 +535,14 @@ impl Shared {
                 )))
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -657,32 +595,37 @@ impl Coordinator {
 
     /// The newest generation (formed, or forming) and the size of the current one.
     pub fn membership(&self) -> (u64, usize) {
-        let s = self.shared.state.lock().expect("poisoned");
+        let s = self.state();
         (s.members.newest(), s.members.current().len())
     }
 
     /// Waits until no generation is forming, up to `timeout` (paused below the minimum, it
     /// may take until the pause timeout); returns the generation and its size.
     pub async fn settled(&self, timeout: Duration) -> Result<(u64, usize), NetError> {
-        let start = Instant::now();
-        loop {
-            {
-                let s = self.shared.state.lock().expect("poisoned");
-                if let Some(reason) = s.abort.clone().filter(|_| s.paused_since.is_some()) {
-                    return Err(NetError::Aborted(reason));
+        let mut changes = self.shared.version.subscribe();
+        let wait = async {
+            loop {
+                {
+                    let s = self.state();
+                    if let Some(reason) = s.abort.clone().filter(|_| s.paused_since.is_some()) {
+                        return Err(NetError::Aborted(reason));
+                    }
+                    if !s.members.is_forming() {
+                        return Ok((s.members.generation(), s.members.current().len()));
+                    }
                 }
-                if !s.members.is_forming() {
-                    return Ok((s.members.generation(), s.members.current().len()));
+                // Every change of membership, pause or abort bumps the version.
+                if changes.changed().await.is_err() {
+                    return Err(NetError::Aborted("the coordinator is shutting down".into()));
                 }
             }
-            if start.elapsed() > timeout {
-                return Err(NetError::Timeout {
-                    what: "the next generation to form".into(),
-                    after: timeout,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(NetError::Timeout {
+                what: "the next generation to form".into(),
+                after: timeout,
+            }))
     }
 
     /// Serves on `listener` until `shutdown` resolves, with the liveness monitor running.
@@ -729,7 +672,7 @@ impl Coordinator {
         let mut v = self.shared.version.subscribe();
         let wait = async {
             loop {
-                if let Some(peers) = self.shared.state.lock().expect("poisoned").members.peers() {
+                if let Some(peers) = self.shared.state().members.peers() {
                     return peers;
                 }
                 if v.changed().await.is_err() {
@@ -738,7 +681,7 @@ impl Coordinator {
             }
         };
         tokio::time::timeout(timeout, wait).await.map_err(|_| {
-            let n = self.shared.state.lock().expect("poisoned").members.joined();
+            let n = self.shared.state().members.joined();
             NetError::Timeout {
                 what: format!("{} workers to join ({n} joined)", self.shared.cfg.workers),
                 after: timeout,
@@ -755,7 +698,7 @@ impl Coordinator {
     /// member of the current generation has reported.
     pub async fn run(
         &self,
-        spec: RunSpec,
+        spec: RunOrder,
         on_row: impl FnMut(usize, StepMetrics),
     ) -> Result<RunOutcome, NetError> {
         self.run_checkpointed(spec, None, on_row, |_| {}).await
@@ -767,7 +710,7 @@ impl Coordinator {
     /// `on_row`.
     pub async fn run_checkpointed(
         &self,
-        mut spec: RunSpec,
+        mut spec: RunOrder,
         resume: Option<&Checkpoint>,
         on_row: impl FnMut(usize, StepMetrics),
         on_checkpoint: impl FnMut(Checkpoint),
@@ -775,7 +718,7 @@ impl Coordinator {
         let members = spec.seeds.len().max(1);
         let rows = match resume {
             Some(c) => {
-                if c.rows.len() != members || c.config_toml != spec.config_toml {
+                if c.rows.len() != members || c.run != spec.run_id() {
                     return Err(NetError::Config(format!(
                         "the checkpoint is of another run (rows of {} members, this run has {members}; \
                          or another configuration)",
@@ -790,241 +733,101 @@ impl Coordinator {
         let mut inbox = self.shared.inbox.lock().await;
         let task = self.start(
             &mut inbox,
-            task_assignment::Kind::Run(spec.clone()),
+            task_assignment::Kind::Run(spec.to_wire()),
             Some(rows),
         )?;
         let result = self
             .collect_run(&mut inbox, task, &spec, on_row, on_checkpoint)
             .await;
-        self.shared.state.lock().expect("poisoned").open = 0;
+        self.shared.state().open = 0;
         result
     }
 
+    /// Feeds the workers' reports of run `task` to its [`RunCollection`] until it ends: the
+    /// shell waits on reports, on the generation changing and on the pause deadline, and
+    /// carries out what the collection decides.
     async fn collect_run(
         &self,
-        inbox: &mut mpsc::UnboundedReceiver<Event>,
+        inbox: &mut mpsc::UnboundedReceiver<Report>,
         task: u64,
-        spec: &RunSpec,
+        order: &RunOrder,
         mut on_row: impl FnMut(usize, StepMetrics),
         mut on_checkpoint: impl FnMut(Checkpoint),
     ) -> Result<RunOutcome, NetError> {
-        let members = spec.seeds.len().max(1);
-        let want_params = spec.return_params;
-        let elastic = self
-            .shared
-            .state
-            .lock()
-            .expect("poisoned")
-            .members
-            .elastic();
-        // Summaries by worker id.
-        let mut summaries: BTreeMap<usize, RankResult> = BTreeMap::new();
-        let mut params = None;
-        let fail = |message: String| self.fail(message);
+        let elastic = self.state().members.elastic();
+        let mut run = RunCollection::new(task, order, elastic);
+        let mut generations = self.shared.version.subscribe();
         loop {
-            // Done once every member of the current generation reported (none is forming).
-            let finished = {
-                let s = self.shared.state.lock().expect("poisoned");
-                let current = s.members.current();
-                (!s.members.is_forming()
-                    && !current.is_empty()
-                    && current.iter().all(|id| summaries.contains_key(id)))
-                .then(|| (current.to_vec(), s.rows_through.clone()))
+            let paused = {
+                let s = self.state();
+                // Done once every member of the current generation reported (none forming).
+                let current = (!s.members.is_forming()).then(|| s.members.current());
+                if let Some(outcome) = run.outcome(current, &s.rows_through) {
+                    drop(s);
+                    return outcome.map_err(|f| self.failed(f));
+                }
+                s.paused_since
             };
-            if let Some((current, rows)) = finished {
-                return self.finish_run(&summaries, &current, &rows, want_params, params);
-            }
-            let paused = self.shared.state.lock().expect("poisoned").paused_since;
+            let deadline = paused.map(|p| p + self.shared.cfg.pause_timeout);
             if let Some(since) = paused.filter(|p| p.elapsed() > self.shared.cfg.pause_timeout) {
-                return Err(fail(format!(
+                return Err(self.fail(format!(
                     "paused for {:.0} s with fewer than --min-workers {} workers; stopping",
                     since.elapsed().as_secs_f64(),
                     self.shared.cfg.min_workers
                 )));
             }
-            let event = if elastic {
-                // Generations change without an event: look again now and then.
-                match tokio::time::timeout(Duration::from_millis(200), inbox.recv()).await {
-                    Ok(e) => e,
-                    Err(_) => continue,
-                }
-            } else {
-                inbox.recv().await
+            let report = tokio::select! {
+                r = inbox.recv() => r,
+                // A generation formed (or a pause began): look again.
+                _ = generations.changed() => continue,
+                _ = sleep_until(deadline), if deadline.is_some() => continue,
             };
-            let Some(event) = event else {
-                return Err(fail("the coordinator is shutting down".to_string()));
+            let Some(report) = report else {
+                return Err(self.fail("the coordinator is shutting down".to_string()));
             };
-            match event {
-                Event::Row {
-                    task: t,
-                    member,
-                    json,
-                } if t == task => {
-                    let row: StepMetrics = crate::decode(&json).map_err(|e| {
-                        fail(refuse(
-                            Reason::Malformed,
-                            "rank 0",
-                            format!("rank 0 sent a malformed metrics row: {e}"),
-                        ))
-                    })?;
-                    if member >= members {
-                        return Err(fail(format!(
-                            "rank 0 sent a row of member {member}; the run has {members}"
-                        )));
-                    }
-                    let mut s = self.shared.state.lock().expect("poisoned");
-                    let next = s.rows_through[member];
-                    if row.step < next {
-                        continue; // sent again by a new rank 0
-                    }
-                    if row.step > next {
-                        drop(s);
-                        return Err(fail(format!(
-                            "rows of member {member} skip from step {next} to {}: rows were lost",
-                            row.step
-                        )));
-                    }
-                    s.rows_through[member] = next + 1;
-                    drop(s);
-                    on_row(member, row);
-                }
-                Event::Checkpoint { task: t, bytes } if t == task => {
-                    let w = batchlab_core::driver::RunState::from_bytes(&bytes).map_err(|e| {
-                        fail(refuse(
-                            Reason::Malformed,
-                            "rank 0",
-                            format!("rank 0 sent a malformed checkpoint: {e}"),
-                        ))
-                    })?;
-                    let held = self
-                        .shared
-                        .state
-                        .lock()
-                        .expect("poisoned")
-                        .rows_through
-                        .clone();
-                    if w.rows == held {
-                        on_checkpoint(Checkpoint {
-                            config_toml: spec.config_toml.clone(),
-                            rows: w.rows,
-                            state: bytes,
-                        });
-                    } else {
-                        tracing::warn!(
-                            "a checkpoint after rows {:?} skipped: the coordinator holds rows {held:?}",
-                            w.rows
-                        );
-                    }
-                }
-                Event::Params { task: t, bytes } if t == task => {
-                    if bytes.len() % 8 != 0 {
-                        return Err(fail(format!(
-                            "rank 0 sent {} bytes of parameters: expected a multiple of 8",
-                            bytes.len()
-                        )));
-                    }
-                    params = Some(
-                        bytes
-                            .chunks_exact(8)
-                            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                            .collect::<Vec<f64>>(),
-                    );
-                }
-                Event::Summary {
-                    worker,
-                    rank,
-                    task: t,
-                    json,
-                } if t == task => {
-                    let s: RankResult = crate::decode(&json).map_err(|e| {
-                        fail(refuse(
-                            Reason::Malformed,
-                            &format!("rank {rank}"),
-                            format!("rank {rank} sent a malformed summary: {e}"),
-                        ))
-                    })?;
-                    summaries.insert(worker, s);
-                }
-                Event::Error {
-                    worker,
-                    rank,
-                    task: t,
-                    message,
-                } if t == task => {
-                    let lost = self
-                        .shared
-                        .state
-                        .lock()
-                        .expect("poisoned")
-                        .members
-                        .is_lost(worker);
-                    if elastic && lost {
-                        // It was declared lost and the others went on without it.
-                        tracing::warn!("worker {worker}, lost earlier, reported: {message}");
-                        continue;
-                    }
-                    return Err(fail(format!("rank {rank} failed: {message}")));
-                }
-                Event::Lost { message, .. } => return Err(fail(message)),
-                _ => {} // an earlier task's stragglers
+            let collected = {
+                let mut s = self.state();
+                let State {
+                    members,
+                    rows_through,
+                    ..
+                } = &mut *s;
+                run.handle(report, rows_through, |w| members.is_lost(w))
+            };
+            match collected.map_err(|f| self.failed(f))? {
+                Collected::Row(member, row) => on_row(member, row),
+                Collected::Checkpoint(c) => on_checkpoint(c),
+                Collected::Nothing => {}
             }
         }
     }
 
-    /// The outcome of a run whose current members (`current`, worker ids by rank) all reported.
-    fn finish_run(
-        &self,
-        summaries: &BTreeMap<usize, RankResult>,
-        current: &[usize],
-        rows: &[u64],
-        want_params: bool,
-        params: Option<Vec<f64>>,
-    ) -> Result<RunOutcome, NetError> {
-        let first = summaries[&current[0]].summary.clone();
-        if let Some((id, r)) = summaries
-            .iter()
-            .find(|(_, r)| r.summary.params_digest != first.params_digest)
-        {
-            return Err(NetError::Peer(format!(
-                "replicas disagree: rank 0 ended with parameters {}, worker {id} (rank {}) with {}",
-                first.params_digest, r.timing.rank, r.summary.params_digest
-            )));
+    /// The error of a run the collection declared failed (aborting the cluster where the run
+    /// cannot go on).
+    fn failed(&self, f: Failed) -> NetError {
+        match f {
+            Failed::Malformed { from, message } => {
+                self.fail(refuse(Reason::Malformed, &from, message))
+            }
+            Failed::Abort(message) => self.fail(message),
+            Failed::Peer(message) => NetError::Peer(message),
         }
-        let expected = &summaries[&current[0]].rows;
-        if !expected.is_empty() && expected.as_slice() != rows {
-            return Err(self.fail(format!(
-                "the run ended with rows {rows:?} of each member received; its replicas produced {expected:?}"
-            )));
-        }
-        if want_params && params.is_none() {
-            return Err(NetError::Peer(
-                "rank 0 finished without sending the final parameters the run asked for".into(),
-            ));
-        }
-        // Timings of the final members by rank, then of the workers that left.
-        let mut timings: Vec<RankTiming> = current
-            .iter()
-            .map(|id| summaries[id].timing.clone())
-            .collect();
-        timings.extend(
-            summaries
-                .iter()
-                .filter(|(id, _)| !current.contains(id))
-                .map(|(_, r)| r.timing.clone()),
-        );
-        Ok(RunOutcome {
-            summary: first,
-            timings,
-            params,
-        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state()
     }
 
     /// Runs an all-reduce benchmark on the workers and returns every rank's result, by rank.
-    pub async fn bench(&self, spec: BenchSpec) -> Result<Vec<BenchRankResult>, NetError> {
+    pub async fn bench(&self, spec: &BenchOrder) -> Result<Vec<BenchRankResult>, NetError> {
         let mut inbox = self.shared.inbox.lock().await;
-        let task = self.start(&mut inbox, task_assignment::Kind::Bench(spec), None)?;
+        let task = self.start(
+            &mut inbox,
+            task_assignment::Kind::Bench(spec.to_wire()),
+            None,
+        )?;
         let (generation, world, elastic) = {
-            let s = self.shared.state.lock().expect("poisoned");
+            let s = self.state();
             (
                 s.members.generation(),
                 s.members.current().len(),
@@ -1032,8 +835,9 @@ impl Coordinator {
             )
         };
         let mut results: BTreeMap<usize, BenchRankResult> = BTreeMap::new();
+        let mut generations = self.shared.version.subscribe();
         while results.len() < world {
-            let event = if elastic {
+            if elastic {
                 // A member lost or added ends the benchmark (its caller may run it again on
                 // the next generation): a lost member would never report.
                 let now = self.membership().0;
@@ -1044,18 +848,16 @@ impl Coordinator {
                          {generation} → {now})"
                     )));
                 }
-                match tokio::time::timeout(Duration::from_millis(50), inbox.recv()).await {
-                    Ok(e) => e,
-                    Err(_) => continue,
-                }
-            } else {
-                inbox.recv().await
+            }
+            let event = tokio::select! {
+                e = inbox.recv() => e,
+                _ = generations.changed(), if elastic => continue,
             };
             let Some(event) = event else {
                 return Err(self.fail("the coordinator is shutting down".to_string()));
             };
             match event {
-                Event::Bench {
+                Report::Bench {
                     rank,
                     task: t,
                     bytes,
@@ -1075,7 +877,7 @@ impl Coordinator {
                     }
                     results.insert(rank, r);
                 }
-                Event::Error {
+                Report::Error {
                     rank,
                     task: t,
                     message,
@@ -1089,7 +891,7 @@ impl Coordinator {
                     }
                     return Err(self.fail(message));
                 }
-                Event::Lost { message, .. } => return Err(self.fail(message)),
+                Report::Lost { message, .. } => return Err(self.fail(message)),
                 _ => {} // an earlier task's stragglers
             }
         }
@@ -1102,13 +904,13 @@ impl Coordinator {
     /// generation takes it up again, and only an open run is handed to a worker.
     fn start(
         &self,
-        inbox: &mut mpsc::UnboundedReceiver<Event>,
+        inbox: &mut mpsc::UnboundedReceiver<Report>,
         kind: task_assignment::Kind,
         rows: Option<Vec<u64>>,
     ) -> Result<u64, NetError> {
         while inbox.try_recv().is_ok() {} // leftovers of an earlier task
         let task = {
-            let mut s = self.shared.state.lock().expect("poisoned");
+            let mut s = self.state();
             if !s.members.elastic()
                 && let Some(rank) = (0..s.members.current().len())
                     .find(|&r| s.members.is_lost(s.members.current()[r]))
@@ -1139,7 +941,7 @@ impl Coordinator {
 
     /// Aborts the current task with `message` (workers hear it with their next heartbeat).
     fn fail(&self, message: String) -> NetError {
-        let mut s = self.shared.state.lock().expect("poisoned");
+        let mut s = self.state();
         s.abort = Some(message.clone());
         drop(s);
         self.shared.bump();
@@ -1149,7 +951,7 @@ impl Coordinator {
     /// Aborts the current run (workers hear it with their next heartbeat) and tells every
     /// worker to exit, with `reason`.
     pub fn abort_and_shutdown(&self, reason: &str) {
-        let mut s = self.shared.state.lock().expect("poisoned");
+        let mut s = self.state();
         s.abort = Some(reason.to_string());
         s.shutdown = Some(reason.to_string());
         drop(s);
@@ -1158,7 +960,7 @@ impl Coordinator {
 
     /// Tells every worker to exit, with `reason`.
     pub fn shutdown_workers(&self, reason: &str) {
-        self.shared.state.lock().expect("poisoned").shutdown = Some(reason.to_string());
+        self.shared.state().shutdown = Some(reason.to_string());
         self.shared.bump();
     }
 }
@@ -1170,7 +972,7 @@ async fn monitor(shared: Arc<Shared>) {
         let now = Instant::now();
         let mut lost_now = Vec::new();
         {
-            let mut s = shared.state.lock().expect("poisoned");
+            let mut s = shared.state();
             let elastic = s.members.elastic();
             for id in 0..s.last_seen.len() {
                 let Some(seen) = s.last_seen[id] else {
@@ -1222,7 +1024,7 @@ async fn monitor(shared: Arc<Shared>) {
         }
         for (_, message) in lost_now {
             tracing::error!("{message}");
-            let _ = shared.events.send(Event::Lost { message });
+            let _ = shared.events.send(Report::Lost { message });
             shared.bump();
         }
     }
@@ -1230,6 +1032,12 @@ async fn monitor(shared: Arc<Shared>) {
 
 struct Service {
     shared: Arc<Shared>,
+}
+
+impl Service {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state()
+    }
 }
 
 #[tonic::async_trait]
@@ -1256,7 +1064,7 @@ impl coordinator_server::Coordinator for Service {
             requested_rank: u32::try_from(r.requested_rank).ok(),
         };
         let (id, after) = {
-            let mut s = self.shared.state.lock().expect("poisoned");
+            let mut s = self.state();
             let after = s.members.generation();
             let id = s
                 .members
@@ -1282,7 +1090,7 @@ impl coordinator_server::Coordinator for Service {
             .shared
             .wait_placed(id, after, self.shared.cfg.join_timeout)
             .await?;
-        self.shared.state.lock().expect("poisoned").last_seen[id] = Some(Instant::now());
+        self.shared.state().last_seen[id] = Some(Instant::now());
         Ok(Response::new(reply))
     }
 
@@ -1294,7 +1102,7 @@ impl coordinator_server::Coordinator for Service {
         self.shared.check_session(&r.session, r.worker_id)?;
         let id = r.worker_id as usize;
         {
-            let mut s = self.shared.state.lock().expect("poisoned");
+            let mut s = self.state();
             s.members
                 .regroup(id, r.generation)
                 .map_err(Status::failed_precondition)?;
@@ -1314,7 +1122,7 @@ impl coordinator_server::Coordinator for Service {
     ) -> Result<Response<HeartbeatReply>, Status> {
         let r = request.into_inner();
         self.shared.check_session(&r.session, r.worker_id)?;
-        let mut s = self.shared.state.lock().expect("poisoned");
+        let mut s = self.state();
         let id = r.worker_id as usize;
         if s.members.is_lost(id) {
             return Err(Status::failed_precondition(format!(
@@ -1340,7 +1148,7 @@ impl coordinator_server::Coordinator for Service {
         let mut v = self.shared.version.subscribe();
         loop {
             {
-                let s = self.shared.state.lock().expect("poisoned");
+                let s = self.state();
                 if let Some(reason) = &s.shutdown {
                     return Ok(Response::new(TaskAssignment {
                         task: s.task,
@@ -1393,31 +1201,31 @@ impl coordinator_server::Coordinator for Service {
             self.shared.check_session(&m.session, m.worker_id)?;
             let rank = m.rank as usize;
             let event = match m.kind {
-                Some(run_report::Kind::Step(json)) => Event::Row {
+                Some(run_report::Kind::Step(bytes)) => Report::Row {
                     task: m.task,
                     member: m.member as usize,
-                    json,
+                    bytes,
                 },
-                Some(run_report::Kind::Params(bytes)) => Event::Params {
+                Some(run_report::Kind::Params(bytes)) => Report::Params {
                     task: m.task,
                     bytes,
                 },
-                Some(run_report::Kind::Summary(json)) => Event::Summary {
+                Some(run_report::Kind::Summary(bytes)) => Report::Summary {
                     worker: m.worker_id as usize,
                     rank,
                     task: m.task,
-                    json,
+                    bytes,
                 },
-                Some(run_report::Kind::Checkpoint(bytes)) => Event::Checkpoint {
+                Some(run_report::Kind::Checkpoint(bytes)) => Report::Checkpoint {
                     task: m.task,
                     bytes,
                 },
-                Some(run_report::Kind::Bench(bytes)) => Event::Bench {
+                Some(run_report::Kind::Bench(bytes)) => Report::Bench {
                     rank,
                     task: m.task,
                     bytes,
                 },
-                Some(run_report::Kind::Error(message)) => Event::Error {
+                Some(run_report::Kind::Error(message)) => Report::Error {
                     worker: m.worker_id as usize,
                     rank,
                     task: m.task,

@@ -27,19 +27,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchlab_proto::PROTOCOL_VERSION;
+use batchlab_proto::v1::Chunk;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::NetError;
 use std::ops::Range;
 
-use crate::mesh::{Routes, Wire};
 use crate::refused::{Reason, refuse};
 use crate::transport::MAX_MESSAGE;
+use crate::wire::Wire;
 
 const MAGIC: &[u8; 4] = b"BLDP";
 
@@ -273,6 +274,27 @@ impl DataListener {
             }
         }
     }
+}
+
+/// What a receiver gets from a peer's stream.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Chunk(Chunk),
+    /// The peer's stream ended or broke.
+    Closed(String),
+}
+
+/// Where this worker's incoming traffic goes once the world is known: each rank's gRPC chunks
+/// (to the mesh's inboxes) and its accepted data-plane stream.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    pub session: String,
+    pub generation: u64,
+    /// This worker's rank.
+    pub rank: Option<usize>,
+    pub inboxes: Vec<mpsc::UnboundedSender<Inbound>>,
+    /// Where each rank's accepted data-plane stream goes.
+    pub streams: Vec<mpsc::UnboundedSender<DataStream>>,
 }
 
 /// Accepts data-plane connections on `listener` until the process ends.

@@ -1,4 +1,4 @@
-//! Errors of the network layer, and their one mapping to `tonic::Status`.
+//! Errors of the network layer.
 
 use std::time::Duration;
 
@@ -44,6 +44,16 @@ pub enum NetError {
     /// The run was aborted by the coordinator.
     #[error("run aborted: {0}")]
     Aborted(String),
+    /// The coordinator is forming a new generation: this one's work stops, and an elastic run
+    /// goes on in the next.
+    #[error("a new generation is forming (generation {generation})")]
+    Regroup {
+        /// The generation forming.
+        generation: u64,
+    },
+    /// The coordinator stopped answering, or declared this worker lost.
+    #[error("lost the coordinator: {0}")]
+    LostCoordinator(String),
     /// Local I/O (binding a port).
     #[error("{what}: {source}")]
     Io {
@@ -77,16 +87,4 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         next = e.source();
     }
     out
-}
-
-/// The one place where errors become gRPC statuses.
-pub fn to_status(e: NetError) -> tonic::Status {
-    match e {
-        NetError::Refused(m) => tonic::Status::permission_denied(m),
-        NetError::Timeout { .. } => tonic::Status::deadline_exceeded(e.to_string()),
-        NetError::Config(_) | NetError::Peer(_) => tonic::Status::invalid_argument(e.to_string()),
-        NetError::Aborted(_) => tonic::Status::aborted(e.to_string()),
-        NetError::Rpc { status, .. } => status,
-        other => tonic::Status::unavailable(other.to_string()),
-    }
 }

@@ -72,8 +72,21 @@ proptest! {
     }
 
     #[test]
-    fn a_run_spec_s_config_parses_or_fails_on_random_text(text in "[ -~\n]{0,200}") {
-        if let Ok(cfg) = toml::from_str::<batchlab_core::train::TrainConfig>(&text) {
+    fn a_run_spec_decodes_or_is_refused_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(spec) = pb::RunSpec::decode(bytes.as_slice())
+            && let Ok(order) = crate::protocol::RunOrder::from_wire(&spec)
+        {
+            let _ = order.config.build();
+        }
+        let _ = batchlab_core::driver::RunState::from_bytes(&bytes);
+    }
+
+    #[test]
+    fn a_corrupted_run_config_is_refused_or_builds(pos in 0usize..4096, byte in any::<u8>()) {
+        let mut bytes = crate::encode(&batchlab_core::train::TrainConfig::default());
+        let at = pos % bytes.len();
+        bytes[at] = byte;
+        if let Ok(cfg) = crate::decode::<batchlab_core::train::TrainConfig>(&bytes) {
             let _ = cfg.build();
         }
     }

@@ -1,32 +1,42 @@
 //! The network layer of batchlab: the only crate with tokio and tonic.
 //!
-//! - [`coordinator`]: rendezvous (a plain state machine), heartbeats, handing out runs,
-//!   collecting metrics.
-//! - [`worker`]: joins, connects to its peers, and runs training steps in lock step.
+//! - [`protocol`]: what the coordinator asks of its workers, typed ([`RunOrder`],
+//!   [`BenchOrder`]), and its protobuf form.
+//! - [`coordinator`]: rendezvous (a plain state machine), heartbeats, handing out runs; a run's
+//!   reports are collected by another plain state machine (`collect.rs`).
+//! - [`worker`]: joins, connects to its peers, and executes each run's
+//!   `batchlab_core::driver::RunDriver` over the mesh; `abort.rs` is how every wait of a
+//!   session is cut short.
 //! - [`mod@bench`]: the all-reduce benchmark a worker runs: timed, checked collectives.
 //! - [`dataplane`]: collective payloads on plain TCP streams (the default transport).
-//! - [`mesh`]: the peer service and the networked executor of `batchlab-collective` plans.
+//! - [`mesh`]: the peer service and the networked executor of `batchlab-collective` plans
+//!   (over `wire.rs`'s element types).
 //! - [`auth`]: token and protocol-version checks on every call.
 //! - [`refused`]: what this process refused, counted by reason.
 //! - [`tls`]: optional mutual TLS for the control plane and the data plane's TCP streams.
 //! - [`transport`]: HTTP/2 windows, frame and message limits shared by every endpoint.
 
+mod abort;
 pub mod auth;
 pub mod bench;
+mod collect;
 pub mod coordinator;
 pub mod dataplane;
 pub mod error;
 pub mod mesh;
+pub mod protocol;
 pub mod refused;
 pub mod tls;
 pub mod transport;
+mod wire;
 pub mod worker;
 
 #[cfg(test)]
 mod fuzz_tests;
 
 pub use coordinator::{Checkpoint, Coordinator, CoordinatorConfig, RunOutcome};
-pub use error::{NetError, to_status};
+pub use error::NetError;
+pub use protocol::{BenchOp, BenchOrder, RunOrder, Transport};
 pub use worker::{RankResult, RankTiming, WorkerConfig, run_worker};
 
 /// Encodes a report payload (a metrics row, a rank's result) as CBOR, which keeps NaN and

@@ -27,28 +27,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::NetError;
 use crate::auth::{Check, Stamp};
+use crate::dataplane::{Inbound, Routes};
 use crate::refused::{Reason, refuse};
 use crate::transport;
-
-/// What a receiver gets from a peer's stream.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    Chunk(Chunk),
-    /// The peer's stream ended or broke.
-    Closed(String),
-}
-
-/// Where chunks from each rank go, installed once the world is known.
-#[derive(Debug)]
-pub(crate) struct Routes {
-    pub session: String,
-    pub generation: u64,
-    /// This worker's rank.
-    pub rank: Option<usize>,
-    pub inboxes: Vec<mpsc::UnboundedSender<Inbound>>,
-    /// Where each rank's accepted data-plane stream goes.
-    pub streams: Vec<mpsc::UnboundedSender<crate::dataplane::DataStream>>,
-}
+pub use crate::wire::Wire;
 
 /// The `Peer` service of one worker.
 #[derive(Clone)]
@@ -783,20 +765,6 @@ pub enum Transport {
     Grpc,
 }
 
-impl std::str::FromStr for Transport {
-    type Err = NetError;
-    fn from_str(s: &str) -> Result<Self, NetError> {
-        match s {
-            // The data plane; whether same-host peers use Unix sockets was settled at join.
-            "" | "auto" | "tcp" => Ok(Self::Tcp),
-            "grpc" => Ok(Self::Grpc),
-            other => Err(NetError::Config(format!(
-                "transport {other:?}: expected \"auto\", \"tcp\" or \"grpc\""
-            ))),
-        }
-    }
-}
-
 /// What a rank was doing during one phase of a collective (for timelines).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PhaseKind {
@@ -854,102 +822,5 @@ impl Phase {
     fn ending(mut self, end: Instant) -> Self {
         self.end = end;
         self
-    }
-}
-
-/// An element type that travels in collectives: little-endian on the wire, with its reduction.
-pub trait Wire: bytemuck::Pod + Send + Sync + 'static {
-    /// Bytes per element.
-    const SIZE: usize;
-    /// Name for messages.
-    const NAME: &'static str;
-    /// Little-endian bytes of `xs`.
-    fn encode(xs: &[Self]) -> Vec<u8>;
-    /// Little-endian bytes of `xs`, borrowed where the machine is little-endian.
-    fn le_bytes(xs: &[Self]) -> std::borrow::Cow<'_, [u8]>;
-    /// Adds (`add`) or copies the elements in `bytes` into `dst`; `bytes.len() == dst.len() * SIZE`.
-    fn decode(bytes: &[u8], dst: &mut [Self], add: bool);
-}
-
-impl Wire for i64 {
-    fn le_bytes(xs: &[Self]) -> std::borrow::Cow<'_, [u8]> {
-        if cfg!(target_endian = "little") {
-            std::borrow::Cow::Borrowed(bytemuck::cast_slice(xs))
-        } else {
-            std::borrow::Cow::Owned(Self::encode(xs))
-        }
-    }
-    const SIZE: usize = 8;
-    const NAME: &'static str = "i64";
-    fn encode(xs: &[Self]) -> Vec<u8> {
-        let mut out = vec![0; xs.len() * 8];
-        for (o, x) in out.chunks_exact_mut(8).zip(xs) {
-            o.copy_from_slice(&x.to_le_bytes());
-        }
-        out
-    }
-    fn decode(bytes: &[u8], dst: &mut [Self], add: bool) {
-        // Aligned little-endian bytes are the words themselves.
-        if cfg!(target_endian = "little")
-            && let Ok(words) = bytemuck::try_cast_slice::<u8, i64>(bytes)
-        {
-            if add {
-                dst.iter_mut()
-                    .zip(words)
-                    .for_each(|(d, w)| *d = d.wrapping_add(*w));
-            } else {
-                dst.copy_from_slice(words);
-            }
-            return;
-        }
-        let words = bytes
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
-        if add {
-            dst.iter_mut()
-                .zip(words)
-                .for_each(|(d, w)| *d = d.wrapping_add(w));
-        } else {
-            dst.iter_mut().zip(words).for_each(|(d, w)| *d = w);
-        }
-    }
-}
-
-impl Wire for f32 {
-    fn le_bytes(xs: &[Self]) -> std::borrow::Cow<'_, [u8]> {
-        if cfg!(target_endian = "little") {
-            std::borrow::Cow::Borrowed(bytemuck::cast_slice(xs))
-        } else {
-            std::borrow::Cow::Owned(Self::encode(xs))
-        }
-    }
-    const SIZE: usize = 4;
-    const NAME: &'static str = "f32";
-    fn encode(xs: &[Self]) -> Vec<u8> {
-        let mut out = vec![0; xs.len() * 4];
-        for (o, x) in out.chunks_exact_mut(4).zip(xs) {
-            o.copy_from_slice(&x.to_le_bytes());
-        }
-        out
-    }
-    fn decode(bytes: &[u8], dst: &mut [Self], add: bool) {
-        if cfg!(target_endian = "little")
-            && let Ok(xs) = bytemuck::try_cast_slice::<u8, f32>(bytes)
-        {
-            if add {
-                dst.iter_mut().zip(xs).for_each(|(d, x)| *d += *x);
-            } else {
-                dst.copy_from_slice(xs);
-            }
-            return;
-        }
-        let xs = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")));
-        if add {
-            dst.iter_mut().zip(xs).for_each(|(d, x)| *d += x);
-        } else {
-            dst.iter_mut().zip(xs).for_each(|(d, x)| *d = x);
-        }
     }
 }

@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use batchlab_core::driver::{
-    Action, Buf, DriverError, Event, Output, Reduction, RunDriver, RunState, Settings, Streamed,
+    Action, Buf, DriverError, Event, Output, RunDriver, RunState, Settings, Streamed,
 };
-use batchlab_core::train::{RunSummary, TrainConfig};
+use batchlab_core::train::RunSummary;
 use batchlab_proto::v1::coordinator_client::CoordinatorClient;
 use batchlab_proto::v1::{
     BenchSpec, HeartbeatRequest, JoinReply, JoinRequest, RegroupRequest, RunReport, RunSpec,
@@ -26,9 +26,11 @@ use tokio::sync::{mpsc, watch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::abort::{Abort, AbortWatch, aborted, unless_aborted};
 use crate::auth::Stamp;
 use crate::dataplane::DataListener;
 use crate::mesh::{Mesh, PeerEndpoint};
+use crate::protocol::{BenchOrder, RunOrder};
 use crate::{NetError, transport};
 
 /// Where one rank's time went during a run, in seconds.
@@ -100,9 +102,6 @@ pub struct WorkerConfig {
     /// `connect_timeout`) instead of exiting: a restarted coordinator finds its workers.
     pub rejoin: bool,
 }
-
-/// How an abort caused by the coordinator's silence starts.
-const LOST_COORDINATOR: &str = "lost the coordinator";
 
 type Client = CoordinatorClient<InterceptedService<Channel, Stamp>>;
 
@@ -235,7 +234,7 @@ fn rejoinable(e: &NetError) -> bool {
     match e {
         NetError::Config(_) | NetError::Refused(_) => false,
         // The coordinator's own abort: it is ending the run on purpose.
-        NetError::Aborted(m) => m.starts_with(LOST_COORDINATOR),
+        NetError::Aborted(_) => false,
         _ => true,
     }
 }
@@ -376,7 +375,7 @@ async fn join_and_work(
         data_addr,
         "joined"
     );
-    let (abort_tx, abort_rx) = watch::channel(None::<String>);
+    let (abort_tx, abort_rx) = watch::channel(None::<Abort>);
     let abort_tx = std::sync::Arc::new(abort_tx);
     let (rows_tx, rows_rx) = watch::channel((0u64, Vec::<u64>::new()));
     let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(reply.generation));
@@ -442,9 +441,7 @@ async fn work(ctx: &mut Ctx<'_>, reply: &JoinReply) -> Result<(), NetError> {
         // coordinator is gone.
         let assignment = tokio::select! {
             r = ask => r.map_err(|s| NetError::rpc("asking the coordinator for work", s)),
-            m = lost.wait_for(|a| a.as_ref().is_some_and(|m| m.starts_with(LOST_COORDINATOR))) => {
-                Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()))
-            }
+            m = lost.wait_for(Abort::lost) => Err(aborted(m.ok().as_deref())),
         };
         let assignment = assignment?.into_inner();
         match assignment.kind {
@@ -513,9 +510,6 @@ async fn coordinator_answers(client: &mut Client, ctx: &Ctx<'_>) -> bool {
     )
 }
 
-/// How a regroup is asked for through the abort channel.
-const REGROUP: &str = "a new generation is forming";
-
 #[allow(clippy::too_many_arguments)] // the heartbeat's inputs and its three outputs
 async fn heartbeats(
     mut client: Client,
@@ -524,7 +518,7 @@ async fn heartbeats(
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     interval: Duration,
     timeout: Duration,
-    abort: std::sync::Arc<watch::Sender<Option<String>>>,
+    abort: std::sync::Arc<watch::Sender<Option<Abort>>>,
     rows: watch::Sender<(u64, Vec<u64>)>,
 ) {
     use std::sync::atomic::Ordering;
@@ -542,22 +536,24 @@ async fn heartbeats(
                 last_ok = tokio::time::Instant::now();
                 let r = r.into_inner();
                 if !r.abort.is_empty() {
-                    abort.send_replace(Some(r.abort));
+                    abort.send_replace(Some(Abort::Task(r.abort)));
                 } else if r.generation > generation.load(Ordering::SeqCst) {
-                    abort.send_replace(Some(format!("{REGROUP} (generation {})", r.generation)));
+                    abort.send_replace(Some(Abort::Regroup {
+                        generation: r.generation,
+                    }));
                 }
                 rows.send_replace((r.rows_task, r.rows_through));
             }
             Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
                 // Declared lost (it was silent too long): its place is gone.
-                abort.send_replace(Some(format!("{LOST_COORDINATOR}: {}", s.message())));
+                abort.send_replace(Some(Abort::LostCoordinator(s.message().to_string())));
                 return;
             }
             _ if last_ok.elapsed() > timeout => {
-                abort.send_replace(Some(format!(
-                    "{LOST_COORDINATOR}: no heartbeat answered for {:.1}s",
+                abort.send_replace(Some(Abort::LostCoordinator(format!(
+                    "no heartbeat answered for {:.1}s",
                     timeout.as_secs_f64()
-                )));
+                ))));
                 return;
             }
             _ => {}
@@ -571,7 +567,8 @@ fn recoverable(e: &NetError) -> bool {
     match e {
         NetError::Peer(_) | NetError::Timeout { .. } | NetError::Unreachable { .. } => true,
         NetError::Io { .. } | NetError::Rpc { .. } => true,
-        NetError::Aborted(m) => m.starts_with(REGROUP),
+        NetError::Regroup { .. } => true,
+        NetError::Aborted(_) | NetError::LostCoordinator(_) => false,
         NetError::Config(_) | NetError::Refused(_) => false,
     }
 }
@@ -589,8 +586,8 @@ struct Ctx<'a> {
     endpoint: &'a PeerEndpoint,
     token: &'a str,
     connect_timeout: Duration,
-    abort_tx: std::sync::Arc<watch::Sender<Option<String>>>,
-    abort: watch::Receiver<Option<String>>,
+    abort_tx: std::sync::Arc<watch::Sender<Option<Abort>>>,
+    abort: AbortWatch,
     /// The rows the coordinator has: (task, next step per member).
     confirmed: watch::Receiver<(u64, Vec<u64>)>,
 }
@@ -610,7 +607,7 @@ impl Ctx<'_> {
             .abort
             .borrow()
             .as_ref()
-            .is_some_and(|m| m.starts_with(REGROUP))
+            .is_some_and(|a| matches!(a, Abort::Regroup { .. }))
         {
             self.abort_tx.send_replace(None);
         }
@@ -659,9 +656,7 @@ impl Ctx<'_> {
             let mut lost = self.abort.clone();
             let reply = tokio::select! {
                 r = ask => r.map_err(|s| NetError::rpc("regrouping", s))?.into_inner(),
-                m = lost.wait_for(|a| a.as_ref().is_some_and(|m| m.starts_with(LOST_COORDINATOR))) => {
-                    return Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()));
-                }
+                m = lost.wait_for(Abort::lost) => return Err(aborted(m.ok().as_deref())),
             };
             tracing::warn!(
                 rank = reply.rank,
@@ -716,7 +711,7 @@ async fn train(
     });
     let result = train_steps(ctx, task, spec, mesh, kept, &tx).await;
     // Not when the coordinator is gone or declared this worker lost: it has moved on.
-    let gone = |e: &NetError| matches!(e, NetError::Aborted(m) if m.starts_with(LOST_COORDINATOR));
+    let gone = |e: &NetError| matches!(e, NetError::LostCoordinator(_));
     if let Some(e) = result.as_ref().err().filter(|e| !gone(e)) {
         let _ = tx
             .send(ctx.report(task, run_report::Kind::Error(e.to_string()), 0))
@@ -750,9 +745,12 @@ async fn bench(
     task: u64,
     spec: &BenchSpec,
     mesh: &mut Mesh,
-    abort: watch::Receiver<Option<String>>,
+    abort: AbortWatch,
 ) -> Result<(), NetError> {
-    let result = crate::bench::run(spec, mesh, abort).await;
+    let result = match BenchOrder::from_wire(spec) {
+        Ok(order) => crate::bench::run(&order, mesh, abort).await,
+        Err(e) => Err(e),
+    };
     let kind = match &result {
         Ok(r) => run_report::Kind::Bench(crate::encode(r)),
         Err(e) => run_report::Kind::Error(e.to_string()),
@@ -766,57 +764,33 @@ async fn bench(
     result.and(sent).map(|_| ())
 }
 
-/// Runs `work` unless the coordinator aborts the task first (a frozen peer keeps its streams
-/// open: the abort, from the heartbeats, ends the wait before any receive deadline does).
-pub(crate) async fn unless_aborted<T>(
-    work: impl std::future::Future<Output = Result<T, NetError>>,
-    abort: &watch::Receiver<Option<String>>,
-) -> Result<T, NetError> {
-    let mut aborted = abort.clone();
-    tokio::select! {
-        r = work => r,
-        m = aborted.wait_for(Option::is_some) => {
-            Err(NetError::Aborted(m.map(|m| m.clone().unwrap_or_default()).unwrap_or_default()))
-        }
-    }
-}
-
 /// The run a spec describes, as this rank's driver: fresh, from the spec's checkpoint, or the
 /// run this worker kept (rejoined to the current mesh).
 fn driver_for(
     ctx: &Ctx<'_>,
-    spec: &RunSpec,
+    order: &RunOrder,
     mesh: &Mesh,
     kept: Option<RunDriver>,
 ) -> Result<RunDriver, NetError> {
-    let config = |e: &dyn std::fmt::Display| NetError::Config(e.to_string());
-    let cfg: TrainConfig = toml::from_str(&spec.config_toml).map_err(|e| config(&e))?;
-    let reduction = Reduction {
-        mode: spec.reduce.parse().map_err(|e| config(&e))?,
-        algorithm: spec
-            .allreduce
-            .parse()
-            .map_err(|e: batchlab_collective::ParseAlgorithmError| config(&e))?,
-        chunk_bytes: spec.chunk_bytes,
-        overlap: spec.overlap,
-    };
     let settings = Settings {
-        reduction,
+        reduction: order.reduction,
         elastic: ctx.elastic,
-        checkpoint_every: spec.checkpoint_every,
+        checkpoint_every: order.checkpoint_every,
     };
     let (rank, world) = (mesh.rank(), mesh.world());
     if let Some(mut driver) = kept {
         driver.handle(Event::Joined { rank, world }).map_err(peer)?;
         return Ok(driver);
     }
-    if spec.resume.is_empty() {
-        return RunDriver::new(&cfg, &spec.seeds, settings, rank, world).map_err(|e| config(&e));
+    let (cfg, seeds) = (&order.config, &order.seeds);
+    if order.resume.is_empty() {
+        return RunDriver::new(cfg, seeds, settings, rank, world)
+            .map_err(|e| NetError::Config(e.to_string()));
     }
     let resume =
         |e: &dyn std::fmt::Display| NetError::Config(format!("the checkpoint to resume from: {e}"));
-    let state = RunState::from_bytes(&spec.resume).map_err(|e| resume(&e))?;
-    RunDriver::resume(&cfg, &spec.seeds, settings, state, (rank, world)).map_err(|e| resume(&e))
+    let state = RunState::from_bytes(&order.resume).map_err(|e| resume(&e))?;
+    RunDriver::resume(cfg, seeds, settings, state, (rank, world)).map_err(|e| resume(&e))
 }
 
 async fn train_steps(
@@ -827,15 +801,15 @@ async fn train_steps(
     kept: Option<RunDriver>,
     tx: &mpsc::Sender<RunReport>,
 ) -> Result<Option<RunDriver>, NetError> {
-    let transport: crate::mesh::Transport = spec.transport.parse()?;
+    let order = RunOrder::from_wire(spec)?;
     let setup = |mesh: &mut Mesh| {
-        if spec.peer_timeout_ms > 0 {
-            mesh.set_recv_timeout(Duration::from_millis(spec.peer_timeout_ms));
+        if order.peer_timeout_ms > 0 {
+            mesh.set_recv_timeout(Duration::from_millis(order.peer_timeout_ms));
         }
-        mesh.set_transport(transport)
+        mesh.set_transport(order.transport.carrier())
     };
     setup(mesh)?;
-    let mut driver = driver_for(ctx, spec, mesh, kept)?;
+    let mut driver = driver_for(ctx, &order, mesh, kept)?;
     let mut timing = RankTiming::default();
     let (started, counted) = (Instant::now(), driver.counts());
     let summary = loop {
@@ -868,7 +842,7 @@ async fn train_steps(
             .await
             .map_err(|_| NetError::Peer("the report stream to the coordinator closed".into()))
     };
-    if spec.return_params && ctx.rank == 0 {
+    if order.return_params && ctx.rank == 0 {
         let bytes = driver
             .params()
             .flat_map(|p| p.iter().flat_map(|x| x.to_le_bytes()))
@@ -910,8 +884,8 @@ async fn drive(
         }
         match driver.poll() {
             Action::Begin => {
-                if let Some(reason) = ctx.abort.borrow().clone() {
-                    return Err(NetError::Aborted(reason));
+                if let Some(a) = &*ctx.abort.borrow() {
+                    return Err(a.error());
                 }
                 let t0 = Instant::now();
                 tokio::task::block_in_place(|| driver.begin());
@@ -1002,7 +976,7 @@ fn peer(e: DriverError) -> NetError {
 async fn overlapped(
     driver: &mut RunDriver,
     mesh: &mut Mesh,
-    abort: &watch::Receiver<Option<String>>,
+    abort: &AbortWatch,
 ) -> Result<(Instant, f64), NetError> {
     let handle = tokio::runtime::Handle::current();
     let (comm, stats, computed, busy) = tokio::task::block_in_place(|| {

@@ -320,21 +320,21 @@ fn fast_mode_stays_within_its_documented_error_bound() {
     }
 }
 
-fn spec(cfg: &batchlab_core::train::TrainConfig, allreduce: &str) -> batchlab_proto::v1::RunSpec {
-    batchlab_proto::v1::RunSpec {
-        config_toml: toml::to_string(cfg).unwrap(),
-        allreduce: allreduce.into(),
-        reduce: "exact".into(),
+fn spec(cfg: &batchlab_core::train::TrainConfig, allreduce: Algorithm) -> batchlab_net::RunOrder {
+    let reduction = batchlab_core::driver::Reduction {
+        algorithm: allreduce,
         chunk_bytes: 1 << 12,
-        peer_timeout_ms: 20_000,
-        seeds: vec![],
-        return_params: false,
-        // The gRPC streams for tree, the TCP data plane otherwise: both must agree exactly.
-        transport: if allreduce == "tree" { "grpc" } else { "tcp" }.into(),
         overlap: true,
-        checkpoint_every: 0,
-        resume: Vec::new(),
-    }
+        ..Default::default()
+    };
+    let mut order = batchlab_net::RunOrder::new(cfg.clone(), vec![], reduction);
+    order.peer_timeout_ms = 20_000;
+    // The gRPC streams for tree, the TCP data plane otherwise: both must agree exactly.
+    order.transport = match allreduce {
+        Algorithm::Tree => batchlab_net::Transport::Grpc,
+        _ => batchlab_net::Transport::Tcp,
+    };
+    order
 }
 
 /// The same scenario in one process and across workers (TCP data plane and gRPC streams):
@@ -342,9 +342,10 @@ fn spec(cfg: &batchlab_core::train::TrainConfig, allreduce: &str) -> batchlab_pr
 /// three in-process workers end exactly where single-process training ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
+    use batchlab_core::driver::{Progress, Trainer};
     use batchlab_core::group::SeedMean;
     use batchlab_core::tasks::{TaskConfig, linreg::LinregConfig};
-    use batchlab_core::train::{Progress, Status, TrainConfig, Trainer};
+    use batchlab_core::train::{Status, TrainConfig};
     let (coordinator, addr) = start_coordinator(3).await;
     let workers: Vec<_> = (0..3)
         .map(|_| {
@@ -366,7 +367,11 @@ async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
         .wait_ready(Duration::from_secs(20))
         .await
         .unwrap();
-    for (seed, allreduce) in [(0, "ring"), (1, "rhd"), (2, "tree")] {
+    for (seed, allreduce) in [
+        (0, Algorithm::Ring),
+        (1, Algorithm::Rhd),
+        (2, Algorithm::Tree),
+    ] {
         let cfg = TrainConfig {
             task: TaskConfig::Linreg(LinregConfig {
                 dim: 30,
@@ -441,7 +446,7 @@ async fn consecutive_runs_on_the_same_workers_match_single_process_training() {
         .flat_map(|t| t.replica().params.clone())
         .collect();
     let want = rule.summary(end, trainers.iter().map(|t| t.replica().params.as_slice()));
-    let mut group_spec = spec(&cfg, "ring");
+    let mut group_spec = spec(&cfg, Algorithm::Ring);
     group_spec.seeds = seeds.to_vec();
     group_spec.return_params = true;
     let mut rows = vec![0; seeds.len()];

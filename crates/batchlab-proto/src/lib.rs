@@ -9,5 +9,6 @@ pub mod v1 {
 }
 
 /// The protocol version every RPC announces in the `x-batchlab-protocol` metadata entry.
-/// Version 3 added the all-reduce benchmark task.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Version 3 added the all-reduce benchmark task; version 5 made the run's configuration CBOR
+/// and the algorithm, reduction and transport enums.
+pub const PROTOCOL_VERSION: u32 = 5;

@@ -867,13 +867,12 @@ impl Mlp {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // the run's inputs, passed through
+    /// [`Mlp::run`] in the precision asked for, on `samples` of `set`.
     fn dispatch(
         &self,
         exact: bool,
         params: &[f64],
-        set: &Dataset,
-        samples: &[u64],
+        (set, samples): (&Dataset, &[u64]),
         grad: Option<&mut [f64]>,
         scratch: &mut Scratch,
         ready: Option<Ready<'_>>,
@@ -908,8 +907,7 @@ impl Task for Mlp {
         self.dispatch(
             false,
             params,
-            &self.train,
-            samples,
+            (&self.train, samples),
             Some(grad),
             scratch,
             None,
@@ -930,22 +928,20 @@ impl Task for Mlp {
         self.dispatch(
             false,
             params,
-            &self.train,
-            samples,
+            (&self.train, samples),
             Some(grad),
             scratch,
             Some(ready),
         )
     }
     fn loss(&self, params: &[f64], samples: &[u64], scratch: &mut Scratch) -> BatchStats {
-        self.dispatch(false, params, &self.train, samples, None, scratch, None)
+        self.dispatch(false, params, (&self.train, samples), None, scratch, None)
     }
     fn evaluate(&self, params: &[f64], scratch: &mut Scratch) -> Evaluation {
         let s = self.dispatch(
             false,
             params,
-            &self.eval,
-            &self.eval_index,
+            (&self.eval, &self.eval_index),
             None,
             scratch,
             None,
@@ -995,8 +991,7 @@ impl Task for InF64<'_> {
         self.0.dispatch(
             true,
             params,
-            &self.0.train,
-            samples,
+            (&self.0.train, samples),
             Some(grad),
             scratch,
             None,
@@ -1004,7 +999,7 @@ impl Task for InF64<'_> {
     }
     fn loss(&self, params: &[f64], samples: &[u64], scratch: &mut Scratch) -> BatchStats {
         self.0
-            .dispatch(true, params, &self.0.train, samples, None, scratch, None)
+            .dispatch(true, params, (&self.0.train, samples), None, scratch, None)
     }
     fn evaluate(&self, params: &[f64], scratch: &mut Scratch) -> Evaluation {
         self.0.evaluate(params, scratch)

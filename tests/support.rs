@@ -1,10 +1,39 @@
-//! Helpers shared by the binary's integration tests.
+//! batchlab's cross-process and cross-host tests: coordinators and workers as real processes
+//! (one machine's loopback, Unix sockets, a stand-in Slurm), and the architecture's map. This
+//! library holds what they share with the binary's own tests (`crates/batchlab-cli/tests/`);
+//! each `*.rs` beside it is one test binary.
+//!
+//! The binary is the one `cargo test --workspace` builds for the binary's own tests before it
+//! runs any test (the workspace's test profile, in `target/<profile>/`, beside every test
+//! executable's `deps/` folder).
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The `batchlab` binary under test.
+pub fn exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        // target/<profile>/deps/<test> → target/<profile>/batchlab
+        let me = std::env::current_exe().expect("the test's own path");
+        let dir = me
+            .parent()
+            .and_then(Path::parent)
+            .expect("a test executable in target/<profile>/deps");
+        let bin = dir.join(format!("batchlab{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            bin.exists(),
+            "{} is missing: run these tests with `cargo test --workspace`, which builds it first",
+            bin.display()
+        );
+        bin
+    })
+}
 
 /// Runs the `batchlab` binary with `args` and waits for it.
 pub fn batchlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    Command::new(exe())
         .args(args)
         .output()
         .expect("run batchlab")
@@ -20,7 +49,6 @@ pub fn text(o: &Output) -> String {
 }
 
 /// A loopback port that was free a moment ago.
-#[allow(dead_code)] // not every test binary uses every helper
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -31,7 +59,6 @@ pub fn free_port() -> u16 {
 
 /// Every number a study folder holds (each trial's `metrics.csv`, `trials.json`,
 /// `analysis.json`, `probe.json`), by path relative to `dir`, sorted.
-#[allow(dead_code)]
 pub fn study_numbers(dir: &std::path::Path) -> Vec<(String, String)> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -55,9 +82,8 @@ pub fn study_numbers(dir: &std::path::Path) -> Vec<(String, String)> {
 /// A `batchlab worker` command for the coordinator at `addr` with token `t`, listening on
 /// loopback, logging warnings, keeping to `connect_timeout` seconds, with `extra` flags; the
 /// caller sets its output and spawns it.
-#[allow(dead_code)]
 pub fn worker(addr: &str, connect_timeout: u64, extra: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_batchlab"));
+    let mut c = Command::new(exe());
     c.args(["worker", "--coordinator", addr, "--token", "t"])
         .args(["--listen", "127.0.0.1:0"])
         .args(["--connect-timeout", &connect_timeout.to_string()])

@@ -1,9 +1,7 @@
 //! `batchlab bench allreduce` on real worker processes: every result checked, wrong results
 //! fail the run, the table's figures follow their definitions, stress mode and timelines.
 
-mod common;
-
-use common::{batchlab, text};
+use batchlab_tests::{batchlab, text};
 
 fn rows(dir: &std::path::Path) -> Vec<csv::StringRecord> {
     let mut r = csv::Reader::from_path(dir.join("allreduce.csv")).expect("allreduce.csv");
@@ -185,7 +183,7 @@ fn bad_flags_are_refused_naming_the_value_and_what_is_accepted() {
         (&["-a", "butterfly"][..], "-a butterfly"),
         (
             &["--reduce", "bf16"][..],
-            "--reduce bf16: expected exact (int64) or fast (float32)",
+            "invalid value 'bf16' for '--reduce <REDUCE>'\n  [possible values: exact, fast]",
         ),
         (&["-b", "12Q"][..], "\"12Q\": expected a byte count"),
         (&["-f", "1"][..], "-f 1: expected a factor of at least 2"),
@@ -306,7 +304,7 @@ fn the_grpc_transport_gives_the_same_exact_sums() {
 fn a_reader_that_goes_away_ends_the_benchmark_without_a_panic_message() {
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    let mut child = Command::new(batchlab_tests::exe())
         .args([
             "bench",
             "allreduce",
@@ -379,8 +377,8 @@ fn stress_mode_survives_workers_leaving_and_joining_and_loses_nothing() {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let exe = env!("CARGO_BIN_EXE_batchlab");
-    let addr = format!("127.0.0.1:{}", common::free_port());
+    let exe = batchlab_tests::exe();
+    let addr = format!("127.0.0.1:{}", batchlab_tests::free_port());
     let coordinator = Command::new(exe)
         .args(["bench", "allreduce", "--listen", &addr, "--token", "t"])
         .args(["--workers", "3", "--min-workers", "2", "--max-workers", "3"])
@@ -392,7 +390,7 @@ fn stress_mode_survives_workers_leaving_and_joining_and_loses_nothing() {
         .spawn()
         .unwrap();
     let worker = || {
-        common::worker(&addr, 30, &[])
+        batchlab_tests::worker(&addr, 30, &[])
             .stderr(Stdio::null())
             .spawn()
             .unwrap()

@@ -2,12 +2,10 @@
 //! that start the given command once per task (with `SLURM_PROCID`) and name this host as the
 //! allocation's first node. The sweep it launches must write the numbers a local run writes.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{batchlab, free_port, study_numbers, text};
+use batchlab_tests::{batchlab, free_port, study_numbers, text};
 
 const SRUN: &str = r#"#!/bin/bash
 # Stand-in for srun: drops srun's options, starts the command once per task.
@@ -44,7 +42,7 @@ fn the_slurm_script_runs_a_sweep_on_its_tasks_with_the_numbers_of_a_local_run() 
     write_exe(&bin.join("scontrol"), SCONTROL);
     let args = "--set task.dim=12 --batches 2,32 --seeds 2 --lr-grid 0.3:1.2:3 \
                 --target-fraction 0.05 --steps 400 --probe-samples 2048";
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/slurm/batchlab.sbatch");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm/batchlab.sbatch");
     let out = dir.path().join("slurm");
     let path = format!(
         "{}:{}",
@@ -55,7 +53,7 @@ fn the_slurm_script_runs_a_sweep_on_its_tasks_with_the_numbers_of_a_local_run() 
         .arg(&script)
         .current_dir(dir.path())
         .env("PATH", path)
-        .env("BATCHLAB", env!("CARGO_BIN_EXE_batchlab"))
+        .env("BATCHLAB", batchlab_tests::exe())
         .env("BATCHLAB_ARGS", args)
         .env("BATCHLAB_OUT", &out)
         .env("BATCHLAB_PORT", free_port().to_string())

@@ -1,8 +1,6 @@
 //! Training across real worker processes over gRPC on loopback.
 
-mod common;
-
-use common::{batchlab, free_port, text};
+use batchlab_tests::{batchlab, free_port, text};
 
 use std::path::Path;
 use std::process::Command;
@@ -64,8 +62,8 @@ fn overlapped_runs_equal_train_even_when_a_rank_has_no_microbatch() {
     // More local workers than microbatches are refused (`run`); workers started on their own
     // may outnumber them, so the rank without one is reached through a coordinator.
     let run_on_own_workers = |a: Vec<String>, workers: usize| {
-        let addr = format!("127.0.0.1:{}", common::free_port());
-        let coordinator = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+        let addr = format!("127.0.0.1:{}", batchlab_tests::free_port());
+        let coordinator = Command::new(batchlab_tests::exe())
             .arg("coordinator")
             .args(["--listen", &addr, "--token", "t"])
             .args(&a[1..])
@@ -75,7 +73,7 @@ fn overlapped_runs_equal_train_even_when_a_rank_has_no_microbatch() {
             .spawn()
             .unwrap();
         let mut ws: Vec<_> = (0..workers)
-            .map(|_| common::worker(&addr, 30, &[]).spawn().unwrap())
+            .map(|_| batchlab_tests::worker(&addr, 30, &[]).spawn().unwrap())
             .collect();
         let o = coordinator.wait_with_output().unwrap();
         for w in &mut ws {
@@ -198,7 +196,7 @@ fn a_worker_with_the_wrong_token_is_refused_with_a_clear_error() {
     drop(listener);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("c");
-    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    let mut coordinator = Command::new(batchlab_tests::exe())
         .args([
             "coordinator",
             "--listen",
@@ -215,7 +213,7 @@ fn a_worker_with_the_wrong_token_is_refused_with_a_clear_error() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    let o = Command::new(batchlab_tests::exe())
         .args([
             "worker",
             "--coordinator",
@@ -237,7 +235,7 @@ fn a_worker_with_the_wrong_token_is_refused_with_a_clear_error() {
     );
     // The refusal changed nothing: a worker with the token completes the run, and the
     // coordinator counted the refused call in the summary.
-    let ok = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    let ok = Command::new(batchlab_tests::exe())
         .args(["worker", "--coordinator", &addr, "--token", "right"])
         .args(["--listen", "127.0.0.1:0", "--connect-timeout", "20"])
         .output()
@@ -285,7 +283,7 @@ fn lose_rank_one(fault: &str, cause: &str, limit: std::time::Duration) {
     drop(listener);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("c");
-    let exe = env!("CARGO_BIN_EXE_batchlab");
+    let exe = batchlab_tests::exe();
     let coordinator = Command::new(exe)
         .args([
             "coordinator",
@@ -388,7 +386,7 @@ fn launchers_environment_variables_give_the_world_size_coordinator_and_ranks() {
     let port = free_port().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("c");
-    let exe = env!("CARGO_BIN_EXE_batchlab");
+    let exe = batchlab_tests::exe();
     // torchrun-style for the coordinator's world size, Slurm- and torchrun-style for the ranks.
     let coordinator = Command::new(exe)
         .args([
@@ -475,7 +473,7 @@ fn ctrl_c_on_run_stops_it_and_leaves_no_worker_process_behind() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    let mut run = Command::new(batchlab_tests::exe())
         .args([
             "run",
             "--workers",
@@ -535,7 +533,7 @@ fn a_straggler_slows_the_run_by_its_delay_and_changes_no_number() {
     let port = free_port().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("c");
-    let exe = env!("CARGO_BIN_EXE_batchlab");
+    let exe = batchlab_tests::exe();
     let run = ["--steps", "40", "--set", "task.dim=50", "--batch", "16"];
     let coordinator = Command::new(exe)
         .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
@@ -608,7 +606,7 @@ fn a_straggler_slows_the_run_by_its_delay_and_changes_no_number() {
 
 #[test]
 fn a_worker_refuses_to_listen_beyond_loopback_without_a_token() {
-    let o = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    let o = Command::new(batchlab_tests::exe())
         .args([
             "worker",
             "--coordinator",
@@ -675,7 +673,7 @@ fn runs_under_mutual_tls_equal_train_and_workers_without_the_ca_s_certificate_ar
     let port = free_port().to_string();
     let addr = format!("127.0.0.1:{port}");
     let out = dir.path().join("c");
-    let mut coordinator = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    let mut coordinator = Command::new(batchlab_tests::exe())
         .args([
             "coordinator",
             "--listen",
@@ -693,7 +691,7 @@ fn runs_under_mutual_tls_equal_train_and_workers_without_the_ca_s_certificate_ar
         .spawn()
         .unwrap();
     let worker = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_batchlab"))
+        Command::new(batchlab_tests::exe())
             .args(["worker", "--coordinator", &addr, "--listen", "127.0.0.1:0"])
             .args(["--connect-timeout", "3"])
             .args(extra)

@@ -1,9 +1,7 @@
 //! Elastic membership across real worker processes: workers lost and added mid-run, and the
 //! run's numbers equal those of `batchlab train` in one process.
 
-mod common;
-
-use common::{batchlab, free_port, text};
+use batchlab_tests::{batchlab, free_port, text};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,7 +56,7 @@ impl Elastic {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.path().join("coordinator.log")).unwrap();
-        let coordinator = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+        let coordinator = Command::new(batchlab_tests::exe())
             .args(["coordinator", "--listen", &addr, "--token", "t"])
             .args(["--workers", &workers.to_string()])
             .args(["--heartbeat-timeout-ms", "1000"])
@@ -85,7 +83,7 @@ impl Elastic {
     fn add_worker(&mut self) {
         let n = self.workers.len();
         let log = std::fs::File::create(self.dir.path().join(format!("worker{n}.log"))).unwrap();
-        let w = common::worker(&self.addr, 20, &["--inject-delay", DELAY])
+        let w = batchlab_tests::worker(&self.addr, 20, &["--inject-delay", DELAY])
             .stderr(log)
             .spawn()
             .unwrap();
@@ -280,7 +278,7 @@ fn a_coordinator_killed_mid_run_resumes_from_its_checkpoint_with_the_numbers_of_
         .count();
     // The same command again, on the same port and folder.
     let log = std::fs::File::create(e.dir.path().join("coordinator2.log")).unwrap();
-    e.coordinator = Command::new(env!("CARGO_BIN_EXE_batchlab"))
+    e.coordinator = Command::new(batchlab_tests::exe())
         .args(["coordinator", "--listen", &e.addr, "--token", "t"])
         .args(["--workers", "2", "--heartbeat-timeout-ms", "1000"])
         .args(["--checkpoint-every", "40"])

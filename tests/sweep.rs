@@ -1,9 +1,7 @@
 //! `batchlab sweep` and `batchlab report` as a user runs them, checked against the noisy
 //! quadratic model's closed form.
 
-mod common;
-
-use common::{batchlab, study_numbers, text};
+use batchlab_tests::{batchlab, study_numbers, text};
 
 /// A short sweep's flags, run in one process into `dir/local`: the reference for the cluster
 /// tests below.
@@ -269,10 +267,10 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let exe = env!("CARGO_BIN_EXE_batchlab");
+    let exe = batchlab_tests::exe();
     let (sweep, local) = local_sweep(dir.path());
 
-    let addr = format!("127.0.0.1:{}", common::free_port());
+    let addr = format!("127.0.0.1:{}", batchlab_tests::free_port());
     let out = dir.path().join("cluster");
     let coordinator = || {
         Command::new(exe)
@@ -288,7 +286,7 @@ fn a_sweep_survives_its_coordinator_killed_and_restarted_and_its_workers_rejoin(
     // Slowed a little (2 ms a step) so that the kill lands between the first and last trial.
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            common::worker(&addr, 60, &["--inject-delay", "2"])
+            batchlab_tests::worker(&addr, 60, &["--inject-delay", "2"])
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -348,10 +346,10 @@ fn an_elastic_sweep_that_loses_and_gains_workers_writes_the_numbers_of_a_local_o
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let exe = env!("CARGO_BIN_EXE_batchlab");
+    let exe = batchlab_tests::exe();
     let (sweep, local) = local_sweep(dir.path());
 
-    let addr = format!("127.0.0.1:{}", common::free_port());
+    let addr = format!("127.0.0.1:{}", batchlab_tests::free_port());
     let out = dir.path().join("cluster");
     let coordinator = Command::new(exe)
         .args(["sweep", "--listen", &addr, "--workers", "3", "--token", "t"])
@@ -365,7 +363,7 @@ fn an_elastic_sweep_that_loses_and_gains_workers_writes_the_numbers_of_a_local_o
         .spawn()
         .unwrap();
     let worker = || {
-        common::worker(&addr, 60, &["--inject-delay", "2"])
+        batchlab_tests::worker(&addr, 60, &["--inject-delay", "2"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap()
