@@ -860,6 +860,13 @@ pub(crate) fn load_checkpoint(
     Ok(Some(c))
 }
 
+/// The run name of the checkpoint saved in `dir`, if one is there and readable (it is left in
+/// place: [`load_checkpoint`] decides what becomes of it).
+pub(crate) fn checkpoint_run(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(CHECKPOINT)).ok()?;
+    Checkpoint::from_bytes(&bytes).ok().map(|c| c.run)
+}
+
 /// Runs the training of `p` on the cluster, writes the results (with each rank's timing) and
 /// prints the outcome.
 fn drive(cluster: &mut Cluster, p: &Prepared) -> Result<RunOutcome> {

@@ -641,6 +641,19 @@ fn measure_held_out(
 ) -> Result<(crate::exec::Finished, batchlab_lab::fit::SeedCrossings)> {
     let mut run = cfg.clone();
     run.target_loss = None;
+    // A measurement interrupted at a longer horizon resumes there: every horizon before it
+    // left the crossing unsettled (the runs are functions of their seeds), and its checkpoint
+    // would be of another configuration to a shorter one's run.
+    if let Some(saved) = crate::cluster::checkpoint_run(dir) {
+        let mut h = run.clone();
+        while h.steps < sweep.base.steps {
+            h.steps = (2 * h.steps).min(sweep.base.steps);
+            if batchlab_net::protocol::run_id(&h, seeds) == saved {
+                run.steps = h.steps;
+                break;
+            }
+        }
+    }
     loop {
         // The seeds' curves are taken in memory (only the first seed's rows are written; a
         // resumed measurement has those before its checkpoint from beside it).
