@@ -289,3 +289,35 @@ fn no_crate_has_an_import_circle_among_its_modules() {
         "only {edges_seen} imports seen: is the parser broken?"
     );
 }
+
+/// The protobuf messages are reached through `batchlab-net`'s `protocol` module alone: no other
+/// source file of any crate (tests of the wire aside) names `batchlab_proto`.
+#[test]
+fn only_the_protocol_module_touches_the_generated_messages() {
+    let root = root();
+    let mut all = Vec::new();
+    files(&root.join("crates"), &mut all);
+    let protocol = root.join("crates/batchlab-net/src/protocol.rs");
+    let mut checked = 0;
+    let offenders: Vec<String> = all
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .filter(|p| p.components().any(|c| c.as_os_str() == "src"))
+        .filter(|p| !p.starts_with(root.join("crates/batchlab-proto")))
+        .filter(|p| {
+            checked += 1;
+            **p != protocol
+                && without_tests_and_comments(&std::fs::read_to_string(p).unwrap())
+                    .contains("batchlab_proto")
+        })
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(checked > 20, "only {checked} source files found");
+    assert!(
+        std::fs::read_to_string(&protocol)
+            .unwrap()
+            .contains("batchlab_proto"),
+        "protocol.rs no longer reaches the generated messages"
+    );
+    assert!(offenders.is_empty(), "{offenders:?} name batchlab_proto");
+}

@@ -1,11 +1,11 @@
 //! Every RPC carries the run's token and the protocol version as metadata; both are checked
 //! (the token in constant time) before a handler runs, so a refused call changes no state.
 
-use batchlab_proto::PROTOCOL_VERSION;
+use crate::protocol::PROTOCOL_VERSION;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
 
-use crate::refused::{Reason, refuse};
+use crate::refused::{Reason, Refusal};
 
 /// Metadata key of the token.
 pub const TOKEN_KEY: &str = "x-batchlab-token";
@@ -40,7 +40,7 @@ impl tonic::service::Interceptor for Check {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("none");
         if version != PROTOCOL_VERSION.to_string() {
-            return Err(Status::failed_precondition(refuse(
+            return Err(Status::from(Refusal::counted(
                 Reason::Version,
                 &from,
                 format!(
@@ -51,7 +51,7 @@ impl tonic::service::Interceptor for Check {
         }
         let given = md.get(TOKEN_KEY).map(|v| v.as_bytes()).unwrap_or_default();
         if !constant_time_eq::constant_time_eq(given, self.token.as_bytes()) {
-            return Err(Status::unauthenticated(refuse(
+            return Err(Status::from(Refusal::counted(
                 Reason::Token,
                 &from,
                 format!(

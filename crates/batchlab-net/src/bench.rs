@@ -175,7 +175,7 @@ async fn run_typed<T: BenchElem + Default>(
     if spec.peer_timeout_ms > 0 {
         mesh.set_recv_timeout(std::time::Duration::from_millis(spec.peer_timeout_ms));
     }
-    mesh.set_transport(spec.transport.carrier())?;
+    mesh.set_transport(spec.transport.into())?;
     let n = group.len();
     let largest = spec.ops.iter().map(|o| o.bytes).max().unwrap_or(0) as usize / T::SIZE;
     let mut buf = vec![T::default(); largest];

@@ -18,6 +18,7 @@ use batchlab_core::driver::RunState;
 use batchlab_core::train::StepMetrics;
 
 use crate::protocol::RunOrder;
+use crate::protocol::pb;
 use crate::worker::{RankResult, RankTiming};
 
 /// A finished run: the summary every replica agreed on, and each rank's timing.
@@ -96,6 +97,37 @@ pub(crate) enum Report {
     },
     /// The heartbeat monitor lost a worker of a run that cannot go on without it.
     Lost { message: String },
+}
+
+impl Report {
+    /// What a worker's report says, for the coordinator's run collection; a report with no
+    /// content is refused with the reason.
+    pub(crate) fn from_wire(m: pb::RunReport) -> Result<Report, String> {
+        use pb::run_report::Kind;
+        let (worker, rank, task) = (m.worker_id as usize, m.rank as usize, m.task);
+        Ok(match m.kind.ok_or("a report with no content")? {
+            Kind::Step(bytes) => Report::Row {
+                task,
+                member: m.member as usize,
+                bytes,
+            },
+            Kind::Params(bytes) => Report::Params { task, bytes },
+            Kind::Summary(bytes) => Report::Summary {
+                worker,
+                rank,
+                task,
+                bytes,
+            },
+            Kind::Checkpoint(bytes) => Report::Checkpoint { task, bytes },
+            Kind::Bench(bytes) => Report::Bench { rank, task, bytes },
+            Kind::Error(message) => Report::Error {
+                worker,
+                rank,
+                task,
+                message,
+            },
+        })
+    }
 }
 
 /// What [`RunCollection::handle`] decided.

@@ -21,12 +21,12 @@ use batchlab_core::train::StepMetrics;
 use crate::bench::BenchRankResult;
 pub use crate::collect::{Checkpoint, RunOutcome};
 use crate::collect::{Collected, Failed, Report, RunCollection};
-use crate::protocol::{BenchOrder, RunOrder};
-use batchlab_proto::v1::coordinator_server::{self, CoordinatorServer};
-use batchlab_proto::v1::{
+use crate::protocol::pb::coordinator_server::{self, CoordinatorServer};
+use crate::protocol::pb::{
     HeartbeatReply, HeartbeatRequest, JoinReply, JoinRequest, RegroupNow, RegroupRequest,
-    ReportAck, RunReport, Shutdown, TaskAssignment, TaskRequest, run_report, task_assignment,
+    ReportAck, RunReport, Shutdown, TaskAssignment, TaskRequest, task_assignment,
 };
+use crate::protocol::{BenchOrder, RunOrder};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
@@ -34,7 +34,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Check;
-use crate::refused::{Reason, refuse};
+use crate::refused::{Reason, Refusal, refuse};
 use crate::{NetError, transport};
 
 /// Settings of a coordinator.
@@ -239,16 +239,18 @@ impl Membership {
     }
 
     /// Worker `id` leaves generation `from` and waits for the next one.
-    pub fn regroup(&mut self, id: usize, from: u64) -> Result<(), String> {
+    pub fn regroup(&mut self, id: usize, from: u64) -> Result<(), Refusal> {
         if !self.elastic() {
-            return Err(
+            return Err(Refusal::Stale(
                 "the cluster is not elastic (--min-workers and --max-workers equal \
                  --workers): it cannot regroup"
                     .to_string(),
-            );
+            ));
         }
         if self.lost.get(id).copied().unwrap_or(true) {
-            return Err(format!("worker {id} was declared lost; join again"));
+            return Err(Refusal::Lost(format!(
+                "worker {id} was declared lost; join again"
+            )));
         }
         if from == self.generation && self.current.contains(&id) {
             self.forming.get_or_insert_with(Default::default).insert(id);
@@ -394,7 +396,7 @@ impl Shared {
     /// Checks that a call belongs to this session and names a worker that joined it.
     fn check_session(&self, session: &str, worker: u64) -> Result<(), Status> {
         if session != self.session {
-            return Err(Status::permission_denied(refuse(
+            return Err(Status::from(Refusal::counted(
                 Reason::OtherRun,
                 &format!("worker {worker}"),
                 format!(
@@ -406,7 +408,7 @@ impl Shared {
         }
         let joined = self.state().members.joined();
         if worker as usize >= joined {
-            return Err(Status::invalid_argument(refuse(
+            return Err(Status::from(Refusal::counted(
                 Reason::OtherRun,
                 &format!("worker {worker}"),
                 format!("worker {worker} is unknown: {joined} workers joined this session"),
@@ -501,14 +503,15 @@ impl Shared {
                 {
                     let s = self.state();
                     if s.members.is_lost(id) {
-                        return Err(Status::failed_precondition(format!(
+                        return Err(Refusal::Lost(format!(
                             "worker {id} was declared lost; join again"
-                        )));
+                        ))
+                        .into());
                     }
                     if let Some(reason) = &s.shutdown {
-                        return Err(Status::aborted(format!(
-                            "the coordinator stopped: {reason}"
-                        )));
+                        return Err(
+                            Refusal::Stopped(format!("the coordinator stopped: {reason}")).into(),
+                        );
                     }
                     if s.members.generation() > after
                         && let Some(reply) = self.placement(&s, id)
@@ -517,7 +520,9 @@ impl Shared {
                     }
                 }
                 if v.changed().await.is_err() {
-                    return Err(Status::unavailable("the coordinator is shutting down"));
+                    return Err(
+                        Refusal::Unavailable("the coordinator is shutting down".into()).into(),
+                    );
                 }
             }
         };
@@ -525,14 +530,15 @@ impl Shared {
             Ok(r) => r,
             Err(_) => {
                 let s = self.state();
-                Err(Status::deadline_exceeded(format!(
+                Err(Refusal::TimedOut(format!(
                     "timed out after {:.0} s waiting for a place in a generation ({} of {} workers \
                      joined, generation {})",
                     timeout.as_secs_f64(),
                     s.members.joined(),
                     self.cfg.workers,
                     s.members.generation()
-                )))
+                ))
+                .into())
             }
         }
     }
@@ -1048,7 +1054,7 @@ impl coordinator_server::Coordinator for Service {
             .map_or_else(|| "?".to_string(), |a| a.to_string());
         let r = request.into_inner();
         if r.advertise_addr.is_empty() {
-            return Err(Status::invalid_argument(refuse(
+            return Err(Status::from(Refusal::counted(
                 Reason::Malformed,
                 &from,
                 format!("join from {from} gave no advertise address"),
@@ -1069,7 +1075,7 @@ impl coordinator_server::Coordinator for Service {
             let id = s
                 .members
                 .join(member)
-                .map_err(|why| Status::resource_exhausted(refuse(Reason::OtherRun, &from, why)))?;
+                .map_err(|why| Refusal::Full(refuse(Reason::OtherRun, &from, why)))?;
             if s.last_seen.len() <= id {
                 s.last_seen.resize(id + 1, None);
             }
@@ -1103,9 +1109,7 @@ impl coordinator_server::Coordinator for Service {
         let id = r.worker_id as usize;
         {
             let mut s = self.state();
-            s.members
-                .regroup(id, r.generation)
-                .map_err(Status::failed_precondition)?;
+            s.members.regroup(id, r.generation)?;
             s.last_seen[id] = Some(Instant::now());
             self.shared.try_form(&mut s);
         }
@@ -1125,9 +1129,7 @@ impl coordinator_server::Coordinator for Service {
         let mut s = self.state();
         let id = r.worker_id as usize;
         if s.members.is_lost(id) {
-            return Err(Status::failed_precondition(format!(
-                "worker {id} was declared lost; join again"
-            )));
+            return Err(Refusal::Lost(format!("worker {id} was declared lost; join again")).into());
         }
         s.last_seen[id] = Some(Instant::now());
         Ok(Response::new(HeartbeatReply {
@@ -1186,7 +1188,7 @@ impl coordinator_server::Coordinator for Service {
                 }
             }
             if v.changed().await.is_err() {
-                return Err(Status::unavailable("the coordinator is shutting down"));
+                return Err(Refusal::Unavailable("the coordinator is shutting down".into()).into());
             }
         }
     }
@@ -1199,46 +1201,9 @@ impl coordinator_server::Coordinator for Service {
         while let Some(msg) = stream.next().await {
             let m = msg?;
             self.shared.check_session(&m.session, m.worker_id)?;
-            let rank = m.rank as usize;
-            let event = match m.kind {
-                Some(run_report::Kind::Step(bytes)) => Report::Row {
-                    task: m.task,
-                    member: m.member as usize,
-                    bytes,
-                },
-                Some(run_report::Kind::Params(bytes)) => Report::Params {
-                    task: m.task,
-                    bytes,
-                },
-                Some(run_report::Kind::Summary(bytes)) => Report::Summary {
-                    worker: m.worker_id as usize,
-                    rank,
-                    task: m.task,
-                    bytes,
-                },
-                Some(run_report::Kind::Checkpoint(bytes)) => Report::Checkpoint {
-                    task: m.task,
-                    bytes,
-                },
-                Some(run_report::Kind::Bench(bytes)) => Report::Bench {
-                    rank,
-                    task: m.task,
-                    bytes,
-                },
-                Some(run_report::Kind::Error(message)) => Report::Error {
-                    worker: m.worker_id as usize,
-                    rank,
-                    task: m.task,
-                    message,
-                },
-                None => {
-                    return Err(Status::invalid_argument(refuse(
-                        Reason::Malformed,
-                        &format!("rank {}", m.rank),
-                        "a report with no content".to_string(),
-                    )));
-                }
-            };
+            let from = format!("rank {}", m.rank);
+            let event = Report::from_wire(m)
+                .map_err(|why| Refusal::counted(Reason::Malformed, &from, why))?;
             let _ = self.shared.events.send(event);
         }
         Ok(Response::new(ReportAck {}))
@@ -1305,7 +1270,7 @@ mod tests {
         assert!(!r.elastic());
         assert_eq!(r.lose(1), Some(1));
         assert!(!r.is_forming());
-        assert!(r.regroup(0, 1).unwrap_err().contains("not elastic"));
+        assert!(matches!(r.regroup(0, 1), Err(Refusal::Stale(m)) if m.contains("not elastic")));
     }
 
     #[test]
@@ -1325,7 +1290,7 @@ mod tests {
         assert_eq!(r.peers().unwrap(), ["a", "c"]);
         assert_eq!((r.rank_of(2), r.rank_of(1)), (Some(1), None));
         // The lost worker cannot come back under its old id; it joins as a new one.
-        assert!(r.regroup(1, 1).unwrap_err().contains("declared lost"));
+        assert!(matches!(r.regroup(1, 1), Err(Refusal::Lost(m)) if m.contains("declared lost")));
         // A late joiner waits for the next generation and goes last.
         let d = r.join(member("d", None)).unwrap();
         assert!(r.is_forming());

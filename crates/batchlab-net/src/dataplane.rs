@@ -26,8 +26,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use batchlab_proto::PROTOCOL_VERSION;
-use batchlab_proto::v1::Chunk;
+use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::pb::Chunk;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 

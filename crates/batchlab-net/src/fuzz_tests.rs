@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use batchlab_proto::PROTOCOL_VERSION;
-use batchlab_proto::v1 as pb;
+use crate::protocol::PROTOCOL_VERSION;
+use crate::protocol::pb;
 use proptest::prelude::*;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -15,10 +15,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::protocol::pb::peer_client::PeerClient;
+use crate::protocol::pb::peer_server::{Peer, PeerServer};
+use crate::protocol::pb::{Chunk, ExchangeAck};
 use batchlab_collective::{Op, Plan};
-use batchlab_proto::v1::peer_client::PeerClient;
-use batchlab_proto::v1::peer_server::{Peer, PeerServer};
-use batchlab_proto::v1::{Chunk, ExchangeAck};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::NetError;
 use crate::auth::{Check, Stamp};
 use crate::dataplane::{Inbound, Routes};
-use crate::refused::{Reason, refuse};
+use crate::refused::{Reason, Refusal, refuse};
 use crate::transport;
 pub use crate::wire::Wire;
 
@@ -51,8 +51,8 @@ impl Peer for PeerService {
         let mut routes = self.routes.clone();
         let routes = tokio::time::timeout(self.route_timeout, routes.wait_for(Option::is_some))
             .await
-            .map_err(|_| Status::unavailable("this worker has not joined a cluster yet"))?
-            .map_err(|_| Status::unavailable("this worker is shutting down"))?
+            .map_err(|_| Refusal::Unavailable("this worker has not joined a cluster yet".into()))?
+            .map_err(|_| Refusal::Unavailable("this worker is shutting down".into()))?
             .clone()
             .expect("waited for Some");
         let mut from: Option<usize> = None;
@@ -60,7 +60,7 @@ impl Peer for PeerService {
             match stream.next().await {
                 Some(Ok(chunk)) => {
                     if chunk.session != routes.session {
-                        return Err(Status::permission_denied(refuse(
+                        return Err(Status::from(Refusal::counted(
                             Reason::OtherRun,
                             &from_addr,
                             format!(
@@ -71,7 +71,7 @@ impl Peer for PeerService {
                         )));
                     }
                     if chunk.generation != routes.generation {
-                        return Err(Status::failed_precondition(refuse(
+                        return Err(Status::from(Refusal::counted(
                             Reason::OtherRun,
                             &from_addr,
                             format!(
@@ -82,7 +82,7 @@ impl Peer for PeerService {
                     }
                     let rank = chunk.from_rank as usize;
                     let Some(inbox) = routes.inboxes.get(rank) else {
-                        return Err(Status::invalid_argument(refuse(
+                        return Err(Status::from(Refusal::counted(
                             Reason::OtherRun,
                             &from_addr,
                             format!(
@@ -92,7 +92,7 @@ impl Peer for PeerService {
                         )));
                     };
                     if from.is_some_and(|f| f != rank) {
-                        return Err(Status::invalid_argument(refuse(
+                        return Err(Status::from(Refusal::counted(
                             Reason::Malformed,
                             &from_addr,
                             format!(
@@ -763,6 +763,17 @@ pub enum Transport {
     Tcp,
     /// The `Peer.Exchange` gRPC streams.
     Grpc,
+}
+
+impl From<crate::protocol::Transport> for Transport {
+    /// The mesh's carrier for a run's transport (whether same-host peers use Unix sockets was
+    /// settled at join).
+    fn from(t: crate::protocol::Transport) -> Self {
+        match t {
+            crate::protocol::Transport::Auto | crate::protocol::Transport::Tcp => Transport::Tcp,
+            crate::protocol::Transport::Grpc => Transport::Grpc,
+        }
+    }
 }
 
 /// What a rank was doing during one phase of a collective (for timelines).

@@ -10,7 +10,10 @@
 use batchlab_collective::Algorithm;
 use batchlab_core::driver::{ReduceMode, Reduction};
 use batchlab_core::train::TrainConfig;
-use batchlab_proto::v1 as pb;
+pub use batchlab_proto::PROTOCOL_VERSION;
+/// The generated messages and services: the rest of the crate reaches `batchlab-proto`
+/// through this module alone.
+pub(crate) use batchlab_proto::v1 as pb;
 
 use crate::NetError;
 
@@ -41,14 +44,6 @@ impl Transport {
     /// Whether workers on one host may use Unix sockets (the coordinator tells them at join).
     pub fn unix_sockets(self) -> bool {
         self == Transport::Auto
-    }
-
-    /// The mesh's carrier (whether same-host peers use Unix sockets was settled at join).
-    pub(crate) fn carrier(self) -> crate::mesh::Transport {
-        match self {
-            Transport::Auto | Transport::Tcp => crate::mesh::Transport::Tcp,
-            Transport::Grpc => crate::mesh::Transport::Grpc,
-        }
     }
 
     fn to_wire(self) -> pb::Transport {

@@ -91,6 +91,69 @@ pub fn refuse(reason: Reason, from: &str, why: String) -> String {
     why
 }
 
+/// Why a service answers a call with an error. `From<Refusal> for tonic::Status` is the one
+/// mapping of these to gRPC codes, and [`Refusal::is_lost`] the one reading of a code back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Counted and logged under its reason when made ([`Refusal::counted`]).
+    Counted {
+        /// What was wrong, by kind.
+        reason: Reason,
+        /// What was wrong, said to the caller.
+        why: String,
+    },
+    /// Every place in the run is taken.
+    Full(String),
+    /// The caller was declared lost (silent too long): it must join again.
+    Lost(String),
+    /// The request does not fit the run's state now (a regroup from a past generation).
+    Stale(String),
+    /// The run was stopped, for the reason given.
+    Stopped(String),
+    /// This process cannot answer now (not in a cluster yet, or shutting down).
+    Unavailable(String),
+    /// A wait for a place in the run ran out.
+    TimedOut(String),
+}
+
+impl Refusal {
+    /// A refusal of `reason`, counted and logged with its sender `from` (see [`refuse`]).
+    pub fn counted(reason: Reason, from: &str, why: String) -> Self {
+        let why = refuse(reason, from, why);
+        Self::Counted { reason, why }
+    }
+
+    /// Whether `status` says the caller was declared lost ([`Refusal::Lost`]).
+    pub fn is_lost(status: &tonic::Status) -> bool {
+        status.code() == tonic::Code::NotFound
+    }
+}
+
+impl From<Refusal> for tonic::Status {
+    fn from(r: Refusal) -> Self {
+        use tonic::Code;
+        let (code, message) = match r {
+            Refusal::Counted { reason, why } => {
+                let code = match reason {
+                    Reason::Token | Reason::Tls => Code::Unauthenticated,
+                    Reason::Version => Code::FailedPrecondition,
+                    Reason::OtherRun => Code::PermissionDenied,
+                    Reason::Malformed => Code::InvalidArgument,
+                    Reason::Oversized => Code::ResourceExhausted,
+                };
+                (code, why)
+            }
+            Refusal::Full(m) => (Code::ResourceExhausted, m),
+            Refusal::Lost(m) => (Code::NotFound, m),
+            Refusal::Stale(m) => (Code::FailedPrecondition, m),
+            Refusal::Stopped(m) => (Code::Aborted, m),
+            Refusal::Unavailable(m) => (Code::Unavailable, m),
+            Refusal::TimedOut(m) => (Code::DeadlineExceeded, m),
+        };
+        tonic::Status::new(code, message)
+    }
+}
+
 fn lock_throttle() -> std::sync::MutexGuard<'static, Throttle> {
     // The throttle's state stays consistent whatever panicked while it was held.
     THROTTLE.lock().unwrap_or_else(|e| e.into_inner())
@@ -253,6 +316,53 @@ pub fn counts() -> Refused {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_lost_caller_reads_as_lost_and_every_refusal_keeps_its_message() {
+        let plain = |why: &str| why.to_string();
+        let all = [
+            Refusal::Full(plain("full")),
+            Refusal::Lost(plain("lost")),
+            Refusal::Stale(plain("stale")),
+            Refusal::Stopped(plain("stopped")),
+            Refusal::Unavailable(plain("unavailable")),
+            Refusal::TimedOut(plain("timed out")),
+        ]
+        .into_iter()
+        .chain(Reason::ALL.map(|reason| Refusal::Counted {
+            reason,
+            why: reason.name().to_string(),
+        }));
+        let mut codes = std::collections::BTreeSet::new();
+        for r in all {
+            let lost = matches!(r, Refusal::Lost(_));
+            let why = match &r {
+                Refusal::Counted { why, .. } => why.clone(),
+                Refusal::Full(m)
+                | Refusal::Lost(m)
+                | Refusal::Stale(m)
+                | Refusal::Stopped(m)
+                | Refusal::Unavailable(m)
+                | Refusal::TimedOut(m) => m.clone(),
+            };
+            let status = tonic::Status::from(r);
+            assert_eq!(Refusal::is_lost(&status), lost, "{status:?}");
+            assert_eq!(status.message(), why);
+            codes.insert(status.code() as i32);
+        }
+        // The codes callers check: a wrong token, another version, another run.
+        let code = |reason| {
+            tonic::Status::from(Refusal::Counted {
+                reason,
+                why: String::new(),
+            })
+            .code()
+        };
+        assert_eq!(code(Reason::Token), tonic::Code::Unauthenticated);
+        assert_eq!(code(Reason::Version), tonic::Code::FailedPrecondition);
+        assert_eq!(code(Reason::OtherRun), tonic::Code::PermissionDenied);
+        assert!(codes.len() >= 7, "{codes:?}");
+    }
 
     #[test]
     fn each_reason_counts_in_its_own_field() {

@@ -11,15 +11,15 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use batchlab_core::driver::{
-    Action, Buf, DriverError, Event, Output, RunDriver, RunState, Settings, Streamed,
-};
-use batchlab_core::train::RunSummary;
-use batchlab_proto::v1::coordinator_client::CoordinatorClient;
-use batchlab_proto::v1::{
+use crate::protocol::pb::coordinator_client::CoordinatorClient;
+use crate::protocol::pb::{
     BenchSpec, HeartbeatRequest, JoinReply, JoinRequest, RegroupRequest, RunReport, RunSpec,
     TaskRequest, run_report, task_assignment,
 };
+use batchlab_core::driver::{
+    Action, Buf, DriverError, Event, Output, RunDriver, RunState, Settings, Streamed, Synced,
+};
+use batchlab_core::train::RunSummary;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -394,16 +394,15 @@ async fn join_and_work(
         abort: abort_rx.clone(),
         confirmed: rows_rx,
     };
-    let heartbeat = tokio::spawn(heartbeats(
-        client.clone(),
-        reply.session.clone(),
-        reply.worker_id,
+    let heartbeat = Heartbeat {
+        client: client.clone(),
+        session: reply.session.clone(),
+        worker_id: reply.worker_id,
         generation,
-        Duration::from_millis(reply.heartbeat_interval_ms.max(10)),
-        Duration::from_millis(reply.heartbeat_timeout_ms.max(100)),
-        abort_tx,
-        rows_tx,
-    ));
+        interval: Duration::from_millis(reply.heartbeat_interval_ms.max(10)),
+        timeout: Duration::from_millis(reply.heartbeat_timeout_ms.max(100)),
+    };
+    let heartbeat = tokio::spawn(heartbeat.run(abort_tx, rows_tx));
     let outcome = work(&mut ctx, &reply).await;
     heartbeat.abort();
     if outcome.is_err() {
@@ -510,53 +509,72 @@ async fn coordinator_answers(client: &mut Client, ctx: &Ctx<'_>) -> bool {
     )
 }
 
-#[allow(clippy::too_many_arguments)] // the heartbeat's inputs and its three outputs
-async fn heartbeats(
-    mut client: Client,
+/// A worker's heartbeat to the coordinator: who it is, in which generation, how often.
+struct Heartbeat {
+    client: Client,
     session: String,
     worker_id: u64,
+    /// The generation the worker is in (its work moves it on).
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     interval: Duration,
+    /// How long without an answer before the coordinator counts as lost.
     timeout: Duration,
-    abort: std::sync::Arc<watch::Sender<Option<Abort>>>,
-    rows: watch::Sender<(u64, Vec<u64>)>,
-) {
-    use std::sync::atomic::Ordering;
-    let mut last_ok = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(interval).await;
-        let req = HeartbeatRequest {
-            session: session.clone(),
-            rank: 0,
-            generation: generation.load(Ordering::SeqCst),
+}
+
+impl Heartbeat {
+    /// Beats every `interval` until the coordinator is lost or declares this worker lost;
+    /// passes on what the answers say: an abort or a newer generation to `abort`, the rows
+    /// the coordinator has to `rows`.
+    async fn run(
+        self,
+        abort: std::sync::Arc<watch::Sender<Option<Abort>>>,
+        rows: watch::Sender<(u64, Vec<u64>)>,
+    ) {
+        let Heartbeat {
+            mut client,
+            session,
             worker_id,
-        };
-        match tokio::time::timeout(timeout, client.heartbeat(req)).await {
-            Ok(Ok(r)) => {
-                last_ok = tokio::time::Instant::now();
-                let r = r.into_inner();
-                if !r.abort.is_empty() {
-                    abort.send_replace(Some(Abort::Task(r.abort)));
-                } else if r.generation > generation.load(Ordering::SeqCst) {
-                    abort.send_replace(Some(Abort::Regroup {
-                        generation: r.generation,
-                    }));
+            generation,
+            interval,
+            timeout,
+        } = self;
+        use std::sync::atomic::Ordering;
+        let mut last_ok = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(interval).await;
+            let req = HeartbeatRequest {
+                session: session.clone(),
+                rank: 0,
+                generation: generation.load(Ordering::SeqCst),
+                worker_id,
+            };
+            match tokio::time::timeout(timeout, client.heartbeat(req)).await {
+                Ok(Ok(r)) => {
+                    last_ok = tokio::time::Instant::now();
+                    let r = r.into_inner();
+                    if !r.abort.is_empty() {
+                        abort.send_replace(Some(Abort::Task(r.abort)));
+                    } else if r.generation > generation.load(Ordering::SeqCst) {
+                        abort.send_replace(Some(Abort::Regroup {
+                            generation: r.generation,
+                        }));
+                    }
+                    rows.send_replace((r.rows_task, r.rows_through));
                 }
-                rows.send_replace((r.rows_task, r.rows_through));
+                Ok(Err(s)) if crate::refused::Refusal::is_lost(&s) => {
+                    // Declared lost (it was silent too long): its place is gone.
+                    abort.send_replace(Some(Abort::LostCoordinator(s.message().to_string())));
+                    return;
+                }
+                _ if last_ok.elapsed() > timeout => {
+                    abort.send_replace(Some(Abort::LostCoordinator(format!(
+                        "no heartbeat answered for {:.1}s",
+                        timeout.as_secs_f64()
+                    ))));
+                    return;
+                }
+                _ => {}
             }
-            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
-                // Declared lost (it was silent too long): its place is gone.
-                abort.send_replace(Some(Abort::LostCoordinator(s.message().to_string())));
-                return;
-            }
-            _ if last_ok.elapsed() > timeout => {
-                abort.send_replace(Some(Abort::LostCoordinator(format!(
-                    "no heartbeat answered for {:.1}s",
-                    timeout.as_secs_f64()
-                ))));
-                return;
-            }
-            _ => {}
         }
     }
 }
@@ -806,7 +824,7 @@ async fn train_steps(
         if order.peer_timeout_ms > 0 {
             mesh.set_recv_timeout(Duration::from_millis(order.peer_timeout_ms));
         }
-        mesh.set_transport(order.transport.carrier())
+        mesh.set_transport(order.transport.into())
     };
     setup(mesh)?;
     let mut driver = driver_for(ctx, &order, mesh, kept)?;
@@ -868,8 +886,8 @@ async fn drive(
     timing: &mut RankTiming,
     tx: &mpsc::Sender<RunReport>,
 ) -> Result<RunSummary, NetError> {
-    let send = |msg: RunReport| async move {
-        tx.send(msg)
+    let send = |kind, member| async move {
+        tx.send(ctx.report(task, kind, member))
             .await
             .map_err(|_| NetError::Peer("the report stream to the coordinator closed".into()))
     };
@@ -891,76 +909,97 @@ async fn drive(
                 tokio::task::block_in_place(|| driver.begin());
                 timing.eval_s += t0.elapsed().as_secs_f64();
             }
-            Action::Compute => {
-                let t0 = Instant::now();
-                if !ctx.inject_delay.is_zero() {
-                    // Counted as computation: this rank is simply slower.
-                    let delay = async {
-                        tokio::time::sleep(ctx.inject_delay).await;
-                        Ok(())
-                    };
-                    unless_aborted(delay, &ctx.abort).await?;
-                }
-                if driver.overlaps() {
-                    let (computed, busy) = overlapped(driver, mesh, &ctx.abort).await?;
-                    timing.compute_s += (computed - t0).as_secs_f64();
-                    timing.comm_s += computed.elapsed().as_secs_f64();
-                    timing.comm_busy_s += busy;
-                } else {
-                    tokio::task::block_in_place(|| driver.compute());
-                    timing.compute_s += t0.elapsed().as_secs_f64();
-                }
-            }
-            Action::Reduce => {
-                let (t0, step) = (Instant::now(), !driver.syncing());
-                for (buf, plan) in driver.reduction() {
-                    // A peer that froze keeps its streams open: the coordinator's abort (from
-                    // the heartbeats) ends the wait before the receive deadline does.
-                    match buf {
-                        Buf::I64(x) => unless_aborted(mesh.all_reduce(x, plan), &ctx.abort).await?,
-                        Buf::F32(x) => unless_aborted(mesh.all_reduce(x, plan), &ctx.abort).await?,
-                    }
-                }
-                let t1 = Instant::now();
-                driver.handle(Event::Reduced).map_err(peer)?;
-                if step {
-                    timing.comm_s += (t1 - t0).as_secs_f64();
-                    timing.comm_busy_s += (t1 - t0).as_secs_f64();
-                    timing.apply_s += t1.elapsed().as_secs_f64();
-                }
-            }
+            Action::Compute => compute(ctx, driver, mesh, timing).await?,
+            Action::Reduce => reduce(ctx, driver, mesh, timing).await?,
             Action::Emit(Output::Row { member, row }) => {
-                let kind = run_report::Kind::Step(crate::encode(&row));
-                send(ctx.report(task, kind, member)).await?;
+                send(run_report::Kind::Step(crate::encode(&row)), member).await?;
             }
             Action::Emit(Output::Checkpoint(state)) => {
                 // After the rows it covers, on the same stream: the coordinator holds them.
-                let kind = run_report::Kind::Checkpoint(state.to_bytes());
-                send(ctx.report(task, kind, 0)).await?;
+                send(run_report::Kind::Checkpoint(state.to_bytes()), 0).await?;
             }
-            Action::Emit(Output::Synced(s)) => {
-                if let Some((src, behind, bytes)) = s.took {
-                    tracing::warn!(
-                        rank = ctx.rank,
-                        "took the run's state from rank {src} ({behind} applies ahead of this worker's, {bytes} bytes)"
-                    );
-                }
-                if ctx.generation() > 1 && s.version > 0 {
-                    // The step in flight when the generation changed is redone from here (a
-                    // run that starts in a later generation has nothing to say).
-                    tracing::warn!(
-                        rank = ctx.rank,
-                        generation = ctx.generation(),
-                        "generation {}: resuming at step {} of member {} (apply {})",
-                        ctx.generation(),
-                        s.step,
-                        s.member,
-                        s.version
-                    );
-                }
-            }
+            Action::Emit(Output::Synced(s)) => log_synced(ctx, &s),
             Action::Done(summary) => return Ok(*summary),
         }
+    }
+}
+
+/// Computes this rank's share of the step ([`Action::Compute`]); an overlapped step reduces
+/// its buckets meanwhile. A straggler's injected delay counts as computation.
+async fn compute(
+    ctx: &Ctx<'_>,
+    driver: &mut RunDriver,
+    mesh: &mut Mesh,
+    timing: &mut RankTiming,
+) -> Result<(), NetError> {
+    let t0 = Instant::now();
+    if !ctx.inject_delay.is_zero() {
+        let delay = async {
+            tokio::time::sleep(ctx.inject_delay).await;
+            Ok(())
+        };
+        unless_aborted(delay, &ctx.abort).await?;
+    }
+    if driver.overlaps() {
+        let (computed, busy) = overlapped(driver, mesh, &ctx.abort).await?;
+        timing.compute_s += (computed - t0).as_secs_f64();
+        timing.comm_s += computed.elapsed().as_secs_f64();
+        timing.comm_busy_s += busy;
+    } else {
+        tokio::task::block_in_place(|| driver.compute());
+        timing.compute_s += t0.elapsed().as_secs_f64();
+    }
+    Ok(())
+}
+
+/// All-reduces the buffers the driver asks for with its plans ([`Action::Reduce`]) and
+/// hands it the result; a step's (not a resync's) time goes into `timing`.
+async fn reduce(
+    ctx: &Ctx<'_>,
+    driver: &mut RunDriver,
+    mesh: &mut Mesh,
+    timing: &mut RankTiming,
+) -> Result<(), NetError> {
+    let (t0, step) = (Instant::now(), !driver.syncing());
+    for (buf, plan) in driver.reduction() {
+        // A peer that froze keeps its streams open: the coordinator's abort (from the
+        // heartbeats) ends the wait before the receive deadline does.
+        match buf {
+            Buf::I64(x) => unless_aborted(mesh.all_reduce(x, plan), &ctx.abort).await?,
+            Buf::F32(x) => unless_aborted(mesh.all_reduce(x, plan), &ctx.abort).await?,
+        }
+    }
+    let t1 = Instant::now();
+    driver.handle(Event::Reduced).map_err(peer)?;
+    if step {
+        timing.comm_s += (t1 - t0).as_secs_f64();
+        timing.comm_busy_s += (t1 - t0).as_secs_f64();
+        timing.apply_s += t1.elapsed().as_secs_f64();
+    }
+    Ok(())
+}
+
+/// Logs what an elastic resync did: whose state this rank took, and where a run in a later
+/// generation goes on.
+fn log_synced(ctx: &Ctx<'_>, s: &Synced) {
+    if let Some((src, behind, bytes)) = s.took {
+        tracing::warn!(
+            rank = ctx.rank,
+            "took the run's state from rank {src} ({behind} applies ahead of this worker's, {bytes} bytes)"
+        );
+    }
+    if ctx.generation() > 1 && s.version > 0 {
+        // The step in flight when the generation changed is redone from here (a run that
+        // starts in a later generation has nothing to say).
+        tracing::warn!(
+            rank = ctx.rank,
+            generation = ctx.generation(),
+            "generation {}: resuming at step {} of member {} (apply {})",
+            ctx.generation(),
+            s.step,
+            s.member,
+            s.version
+        );
     }
 }
 
