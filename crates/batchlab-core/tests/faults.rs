@@ -326,8 +326,9 @@ fn a_coordinator_restarted_from_a_checkpoint_ends_as_the_uninterrupted_run() {
     }
 }
 
-#[test]
-fn a_seed_mean_group_survives_a_loss_in_the_middle_of_its_members() {
+/// A seed-mean group of three members on an elastic in-memory cluster under `script` ends
+/// with the rows, summary and parameters of the group run in one process.
+fn seed_group_under(script: Vec<Fault>) {
     let mut cfg = linreg();
     cfg.target_loss = Some(0.05);
     cfg.steps = 300;
@@ -344,19 +345,32 @@ fn a_seed_mean_group_survives_a_loss_in_the_middle_of_its_members() {
     })
     .unwrap();
     assert!(want.steps > 12, "{want:?}");
-    for script in [
-        vec![],
-        vec![Fault::Lose {
-            at: 12,
-            rank: 1,
-            finished: vec![2],
-        }],
-        vec![Fault::Join { at: 4 }, Fault::Restart { at: 11, world: 2 }],
-    ] {
-        let what = format!("{script:?}");
-        let out = cluster(&cfg, &seeds, elastic(2), 3, script);
-        assert_eq!(json(&out.rows), json(&want_rows), "{what}: rows");
-        assert_eq!(out.summary, want, "{what}");
-        assert_eq!(out.params, want_params, "{what}");
-    }
+    let what = format!("{script:?}");
+    let out = cluster(&cfg, &seeds, elastic(2), 3, script);
+    assert_eq!(json(&out.rows), json(&want_rows), "{what}: rows");
+    assert_eq!(out.summary, want, "{what}");
+    assert_eq!(out.params, want_params, "{what}");
+}
+
+#[test]
+fn a_seed_mean_group_on_a_cluster_ends_as_in_one_process() {
+    seed_group_under(vec![]);
+}
+
+#[test]
+fn a_seed_mean_group_survives_a_loss_in_the_middle_of_its_members() {
+    // Rank 1 is lost at step 12 after member 2 of that step had finished.
+    seed_group_under(vec![Fault::Lose {
+        at: 12,
+        rank: 1,
+        finished: vec![2],
+    }]);
+}
+
+#[test]
+fn a_seed_mean_group_survives_a_late_joiner_and_a_coordinator_restart() {
+    seed_group_under(vec![
+        Fault::Join { at: 4 },
+        Fault::Restart { at: 11, world: 2 },
+    ]);
 }
