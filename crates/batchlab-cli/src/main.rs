@@ -7,6 +7,7 @@ mod config;
 mod exec;
 mod lrfind;
 mod output;
+mod plan;
 mod sweep;
 mod train;
 mod warmup;
@@ -46,6 +47,9 @@ enum Command {
     LrFind(lrfind::LrFindArgs),
     /// Warmup stability grid: peak rate (× 2/λ_max at θ₀) × warmup length × shape × momentum.
     Warmup(warmup::WarmupArgs),
+    /// Time and worker-hours to a sweep's target on N workers, per batch size, from its fitted
+    /// S(B) and a model of compute and network; the fastest batch per worker count.
+    Plan(plan::PlanArgs),
     /// Re-analyse a study folder (from `sweep`, `warmup` or `lr-find`) and render its report.html again.
     Report {
         /// The study folder.
@@ -81,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Sweep(args) => sweep::run(args),
         Command::LrFind(args) => lrfind::run(args),
         Command::Warmup(args) => warmup::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Report { dir } => report(&dir),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),

@@ -7,6 +7,8 @@
 //!   best rate against `ε_opt(B) = ε_max/(1 + B_noise/B)`; where linear scaling stops.
 //! - [`lrfind`]: the learning-rate finder: an exponential ramp of the rate, `α*` (the largest
 //!   rate before the loss blows up) and `λ_max ≈ 2/α*`.
+//! - [`plan`]: time and worker-hours to target on `N` workers: the sweep's `S(B)` times a
+//!   modelled step (compute of `B/N` samples, the gradient's all-reduce under the α-β model).
 //! - [`report`]: self-contained HTML with SVG plots, and the terminal summary.
 //! - [`sweep`]: the batch-size sweep as a plan of trials (the tuned-rate search).
 //! - [`warmup`]: the warmup stability grid (peak rate × warmup length × shape × momentum),
@@ -14,6 +16,7 @@
 
 pub mod fit;
 pub mod lrfind;
+pub mod plan;
 pub mod report;
 pub mod study;
 pub mod sweep;

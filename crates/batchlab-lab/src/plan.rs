@@ -1,0 +1,445 @@
+//! Time and cost to a target loss on `N` workers (docs/science.md#planning): the steps a batch
+//! size needs, `S(B) = S_min(1 + B_crit/B)` from a sweep's fit, times the step time of `B`
+//! samples on `N` workers, modelled as the compute of `B/N` samples per worker plus the
+//! all-reduce of the gradient under the α-β model (docs/science.md#alpha-beta-model). A model,
+//! not a simulation: a grid of thousands of `(B, N)` points takes microseconds.
+
+use batchlab_collective::Algorithm;
+use batchlab_collective::alpha_beta_time;
+use serde::{Deserialize, Serialize};
+
+use crate::fit::CriticalFit;
+
+/// What a worker's computation costs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Compute {
+    /// Seconds of forward and backward pass per sample.
+    pub per_sample_s: f64,
+    /// Seconds of one parameter update (the optimizer's step), whatever the batch.
+    pub per_update_s: f64,
+}
+
+/// One link class of the α-β model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// Per-message latency, seconds.
+    pub alpha_s: f64,
+    /// Bandwidth, bytes per second.
+    pub beta_bytes_per_s: f64,
+}
+
+/// How the workers are connected.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Topology {
+    /// Every pair of workers over the same kind of link.
+    Flat {
+        /// The link.
+        link: Link,
+    },
+    /// Nodes of `per_node` devices: a fast link inside a node, a slower one between nodes.
+    Hierarchical {
+        /// Devices per node.
+        per_node: usize,
+        /// The link between devices of one node.
+        intra: Link,
+        /// The link between nodes.
+        inter: Link,
+    },
+}
+
+/// The system side of a plan: compute, network, gradient size, overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct System {
+    /// What computation costs.
+    pub compute: Compute,
+    /// The all-reduce algorithm (between nodes, for a hierarchical topology).
+    pub algorithm: Algorithm,
+    /// How the workers are connected.
+    pub topology: Topology,
+    /// Bytes of the gradient each worker all-reduces per step.
+    pub grad_bytes: f64,
+    /// Whether the all-reduce overlaps the backward pass.
+    pub overlap: bool,
+}
+
+/// One step's modelled time on `N` workers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepTime {
+    /// Forward and backward of one worker's share, seconds.
+    pub compute_s: f64,
+    /// The gradient's all-reduce, seconds.
+    pub comm_s: f64,
+    /// The whole step: `compute + comm + update`, or with overlap `max(compute, comm) + update`.
+    pub total_s: f64,
+}
+
+impl System {
+    /// Seconds of one all-reduce of the gradient over `workers` (docs/science.md#planning).
+    ///
+    /// Flat: [`alpha_beta_time`] of the algorithm. Hierarchical, on more workers than one node
+    /// holds: a ring reduce-scatter inside each node (`(d−1)(α_i + S/(d·β_i))` for `d` devices
+    /// of a node), the algorithm's all-reduce of each device's `S/d` slice between the
+    /// `⌈N/d⌉` nodes, and a ring all-gather inside each node (as long as the reduce-scatter).
+    /// On one node it is the algorithm over the intra-node link.
+    pub fn allreduce_s(&self, workers: usize) -> f64 {
+        let s = self.grad_bytes;
+        match self.topology {
+            Topology::Flat { link } => alpha_beta_time(
+                self.algorithm,
+                s,
+                workers,
+                link.alpha_s,
+                link.beta_bytes_per_s,
+            ),
+            Topology::Hierarchical {
+                per_node,
+                intra,
+                inter,
+            } => {
+                let d = per_node.max(1);
+                if workers <= d {
+                    return alpha_beta_time(
+                        self.algorithm,
+                        s,
+                        workers,
+                        intra.alpha_s,
+                        intra.beta_bytes_per_s,
+                    );
+                }
+                let nodes = workers.div_ceil(d);
+                let df = d as f64;
+                let inside = (df - 1.0) * (intra.alpha_s + s / df / intra.beta_bytes_per_s);
+                let between = alpha_beta_time(
+                    self.algorithm,
+                    s / df,
+                    nodes,
+                    inter.alpha_s,
+                    inter.beta_bytes_per_s,
+                );
+                2.0 * inside + between
+            }
+        }
+    }
+
+    /// One step of `batch` samples on `workers` workers: each computes `⌈B/N⌉` samples.
+    pub fn step(&self, batch: f64, workers: usize) -> StepTime {
+        let compute_s = self.compute.per_sample_s * (batch / workers as f64).ceil();
+        let comm_s = self.allreduce_s(workers);
+        let busy = if self.overlap {
+            compute_s.max(comm_s)
+        } else {
+            compute_s + comm_s
+        };
+        StepTime {
+            compute_s,
+            comm_s,
+            total_s: busy + self.compute.per_update_s,
+        }
+    }
+}
+
+/// One `(B, N)` point of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PlanPoint {
+    /// Workers.
+    pub workers: usize,
+    /// Global batch size.
+    pub batch: f64,
+    /// The step's modelled time.
+    pub step: StepTime,
+    /// Steps to target, `S(B)`.
+    pub steps: f64,
+    /// Seconds to target, `S(B) · t_step`.
+    pub time_s: f64,
+    /// Worker-hours to target, `N · time / 3600`.
+    pub worker_hours: f64,
+    /// Pollux's goodput, throughput × statistical efficiency:
+    /// `B/t_step · E_min/E(B)`, which equals `E_min / time` (samples of the small-batch limit
+    /// per second).
+    pub goodput: f64,
+    /// `B` outside the batch sizes the fit was measured on: `S(B)` is extrapolated.
+    pub extrapolated: bool,
+}
+
+/// The statistics side of a plan: the fitted curve and the batch sizes it was measured on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Statistics {
+    /// `S = S_min(1 + B_crit/B)`.
+    pub fit: CriticalFit,
+    /// The smallest and largest batch sizes measured.
+    pub measured: (f64, f64),
+}
+
+impl Statistics {
+    /// The point `(batch, workers)` of a plan on `system`.
+    pub fn point(&self, system: &System, batch: f64, workers: usize) -> PlanPoint {
+        let step = system.step(batch, workers);
+        let steps = self.fit.steps(batch);
+        let time_s = steps * step.total_s;
+        PlanPoint {
+            workers,
+            batch,
+            step,
+            steps,
+            time_s,
+            worker_hours: workers as f64 * time_s / 3600.0,
+            goodput: batch / step.total_s * self.fit.e_min / self.fit.samples(batch),
+            extrapolated: batch < self.measured.0 || batch > self.measured.1,
+        }
+    }
+
+    /// Every point of `batches × workers` with at least one sample per worker (`B ≥ N`), by
+    /// workers then batch.
+    pub fn grid(&self, system: &System, batches: &[f64], workers: &[usize]) -> Vec<PlanPoint> {
+        workers
+            .iter()
+            .flat_map(|&n| {
+                batches
+                    .iter()
+                    .filter(move |&&b| b >= n as f64)
+                    .map(move |&b| self.point(system, b, n))
+            })
+            .collect()
+    }
+}
+
+/// What a plan's choice minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Objective {
+    /// The shortest time to target.
+    Fastest,
+    /// The fewest worker-hours among points within `seconds` to target.
+    Deadline {
+        /// The deadline, seconds.
+        seconds: f64,
+    },
+    /// The shortest time among points within `worker_hours`.
+    Budget {
+        /// The budget, worker-hours.
+        worker_hours: f64,
+    },
+}
+
+/// The best point of `points` for `objective`; among points within a relative `1e-9` of the
+/// best (equal but for rounding), the fewest workers, then the smallest batch. `None` when no
+/// point meets the deadline or budget.
+pub fn best(points: &[PlanPoint], objective: Objective) -> Option<&PlanPoint> {
+    let key = |p: &PlanPoint| match objective {
+        Objective::Fastest | Objective::Budget { .. } => p.time_s,
+        Objective::Deadline { .. } => p.worker_hours,
+    };
+    let eligible: Vec<&PlanPoint> = points
+        .iter()
+        .filter(|p| match objective {
+            Objective::Fastest => true,
+            Objective::Deadline { seconds } => p.time_s <= seconds,
+            Objective::Budget { worker_hours } => p.worker_hours <= worker_hours,
+        })
+        .filter(|p| key(p).is_finite())
+        .collect();
+    let least = eligible.iter().map(|p| key(p)).min_by(f64::total_cmp)?;
+    eligible
+        .into_iter()
+        .filter(|p| key(p) <= least * (1.0 + 1e-9))
+        .min_by(|a, b| a.workers.cmp(&b.workers).then(a.batch.total_cmp(&b.batch)))
+}
+
+/// The fastest point for each worker count of `points`, in the order they first appear.
+pub fn fastest_per_workers(points: &[PlanPoint]) -> Vec<PlanPoint> {
+    let mut out: Vec<PlanPoint> = Vec::new();
+    for p in points {
+        match out.iter_mut().find(|q| q.workers == p.workers) {
+            Some(q) if p.time_s < q.time_s => *q = *p,
+            Some(_) => {}
+            None => out.push(*p),
+        }
+    }
+    out
+}
+
+/// `1, 2, 4, …` up to and including `max` (and `max` itself when it is no power of two).
+pub fn powers_of_two(max: u64) -> Vec<u64> {
+    let mut v: Vec<u64> = std::iter::successors(Some(1u64), |&x| x.checked_mul(2))
+        .take_while(|&x| x <= max)
+        .collect();
+    if v.last().is_some_and(|&l| l < max) {
+        v.push(max);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fit(s_min: f64, b_crit: f64) -> Statistics {
+        Statistics {
+            fit: CriticalFit {
+                s_min,
+                e_min: s_min * b_crit,
+                b_crit,
+                rms_log_residual: 0.0,
+                n: 8,
+            },
+            measured: (1.0, 4096.0),
+        }
+    }
+
+    fn flat(per_sample_s: f64, alpha_s: f64, beta: f64, overlap: bool) -> System {
+        System {
+            compute: Compute {
+                per_sample_s,
+                per_update_s: 0.0,
+            },
+            algorithm: Algorithm::Ring,
+            topology: Topology::Flat {
+                link: Link {
+                    alpha_s,
+                    beta_bytes_per_s: beta,
+                },
+            },
+            grad_bytes: 4e6,
+            overlap,
+        }
+    }
+
+    #[test]
+    fn with_a_fixed_all_reduce_cost_the_best_batch_is_the_closed_form_optimum() {
+        // t(B) = S_min(1 + Bc/B)(p·B/N + c) is least at B* = sqrt(c·Bc·N/p).
+        let stats = fit(100.0, 1000.0);
+        let sys = flat(1e-4, 1e-3, 1e9, false);
+        for n in [2usize, 8, 64] {
+            let c = sys.allreduce_s(n);
+            let want = (c * 1000.0 * n as f64 / 1e-4).sqrt();
+            // Batches that are multiples of N, so ⌈B/N⌉ = B/N exactly.
+            let batches: Vec<f64> = (1..=200_000).map(|k| (k * n) as f64).collect();
+            let got = best(&stats.grid(&sys, &batches, &[n]), Objective::Fastest)
+                .unwrap()
+                .batch;
+            assert!((got - want).abs() <= n as f64, "N={n}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn goodput_times_time_to_target_is_the_small_batch_samples() {
+        let stats = fit(50.0, 300.0);
+        let sys = flat(2e-4, 5e-5, 1e10, true);
+        for p in stats.grid(&sys, &[16.0, 256.0, 4096.0], &[1, 4, 16]) {
+            let e_min = stats.fit.e_min;
+            assert!((p.goodput * p.time_s / e_min - 1.0).abs() < 1e-12, "{p:?}");
+            assert!((p.worker_hours * 3600.0 / p.workers as f64 / p.time_s - 1.0).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn without_communication_more_workers_cost_nothing_and_the_smallest_batch_is_cheapest() {
+        // Free links: time = S(B)·p·B/N, worker-hours = p·S_min(B + Bc)/3600 whatever N.
+        let stats = fit(10.0, 64.0);
+        let sys = flat(1e-3, 0.0, f64::INFINITY, false);
+        let pts = stats.grid(&sys, &[64.0, 128.0, 256.0], &[1, 2, 4, 8]);
+        for p in &pts {
+            let want = 1e-3 * 10.0 * (p.batch + 64.0) / 3600.0;
+            assert!((p.worker_hours / want - 1.0).abs() < 1e-12, "{p:?}");
+        }
+        // A deadline of 4 s: S(64)·p·64/N = 1.28/N s fits any N; among equal worker-hours the
+        // fewest workers win.
+        let b = best(&pts, Objective::Deadline { seconds: 4.0 }).unwrap();
+        assert_eq!((b.batch, b.workers), (64.0, 1));
+        // The fastest: the most workers at the batch that minimises S(B)·B/N at N = 8.
+        let f = best(&pts, Objective::Fastest).unwrap();
+        assert_eq!((f.batch, f.workers), (64.0, 8));
+        // A budget too small for any point.
+        assert!(best(&pts, Objective::Budget { worker_hours: 1e-9 }).is_none());
+    }
+
+    #[test]
+    fn overlap_hides_the_shorter_of_compute_and_communication() {
+        let with = flat(1e-3, 1e-3, 1e9, true);
+        let without = flat(1e-3, 1e-3, 1e9, false);
+        let (a, b) = (with.step(64.0, 4), without.step(64.0, 4));
+        assert_eq!(a.total_s, a.compute_s.max(a.comm_s));
+        assert_eq!(b.total_s, b.compute_s + b.comm_s);
+        assert_eq!(a.compute_s, 16.0 * 1e-3);
+    }
+
+    #[test]
+    fn a_hierarchy_of_one_device_per_node_or_one_node_is_the_flat_all_reduce() {
+        let link = |a: f64, b: f64| Link {
+            alpha_s: a,
+            beta_bytes_per_s: b,
+        };
+        let (intra, inter) = (link(1e-6, 1e11), link(2e-5, 1e9));
+        let mut h = flat(0.0, 0.0, 1.0, false);
+        let mut f = h;
+        for alg in [Algorithm::Ring, Algorithm::Tree, Algorithm::Rhd] {
+            h.algorithm = alg;
+            f.algorithm = alg;
+            h.topology = Topology::Hierarchical {
+                per_node: 1,
+                intra,
+                inter,
+            };
+            f.topology = Topology::Flat { link: inter };
+            for n in [2, 3, 8, 64] {
+                assert!((h.allreduce_s(n) / f.allreduce_s(n) - 1.0).abs() < 1e-12);
+            }
+            h.topology = Topology::Hierarchical {
+                per_node: 8,
+                intra,
+                inter,
+            };
+            f.topology = Topology::Flat { link: intra };
+            for n in [2, 5, 8] {
+                assert!((h.allreduce_s(n) / f.allreduce_s(n) - 1.0).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn a_ring_hierarchy_on_full_nodes_moves_the_expected_bytes() {
+        // 8 nodes × 8 devices, S = 64 MB, free latency: inside 2·7·S/8/β_i, between
+        // 2·7/8·(S/8)/β_e.
+        let s = 64e6;
+        let sys = System {
+            compute: Compute {
+                per_sample_s: 0.0,
+                per_update_s: 0.0,
+            },
+            algorithm: Algorithm::Ring,
+            topology: Topology::Hierarchical {
+                per_node: 8,
+                intra: Link {
+                    alpha_s: 0.0,
+                    beta_bytes_per_s: 1e11,
+                },
+                inter: Link {
+                    alpha_s: 0.0,
+                    beta_bytes_per_s: 1e10,
+                },
+            },
+            grad_bytes: s,
+            overlap: false,
+        };
+        let want = 2.0 * 7.0 * s / 8.0 / 1e11 + 2.0 * 7.0 / 8.0 * (s / 8.0) / 1e10;
+        assert!((sys.allreduce_s(64) / want - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn points_outside_the_measured_batches_are_marked_extrapolated() {
+        let mut stats = fit(10.0, 64.0);
+        stats.measured = (8.0, 512.0);
+        let sys = flat(1e-3, 0.0, f64::INFINITY, false);
+        let pts = stats.grid(&sys, &[4.0, 8.0, 512.0, 1024.0], &[1]);
+        let flags: Vec<bool> = pts.iter().map(|p| p.extrapolated).collect();
+        assert_eq!(flags, [true, false, false, true]);
+    }
+
+    #[test]
+    fn worker_counts_are_powers_of_two_up_to_the_maximum() {
+        assert_eq!(powers_of_two(1), [1]);
+        assert_eq!(powers_of_two(8), [1, 2, 4, 8]);
+        assert_eq!(powers_of_two(12), [1, 2, 4, 8, 12]);
+    }
+}
