@@ -117,6 +117,47 @@ fn overlapped_runs_equal_train_even_when_a_rank_has_no_microbatch() {
     }
 }
 
+/// A batch that follows the measured noise scale is a decision every rank makes alike: on
+/// three worker processes the rows equal `batchlab train`'s, batch column included.
+#[test]
+fn a_batch_that_follows_the_noise_scale_gives_train_s_numbers_on_worker_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = [
+        "--set",
+        "batch_schedule.kind=\"noise\"",
+        "--set",
+        "batch_schedule.min=16",
+        "--set",
+        "batch_schedule.max=512",
+        "--set",
+        "batch_schedule.every=10",
+    ];
+    let metrics = |cmd: &str, extra: &[&str]| {
+        let out = dir.path().join(cmd);
+        let mut a = vec![cmd, "--out", out.to_str().unwrap()];
+        a.extend(MLP);
+        a.extend(schedule);
+        a.extend(extra);
+        let o = batchlab(&a);
+        assert!(o.status.success(), "{a:?}: {}", text(&o));
+        std::fs::read_to_string(out.join("metrics.csv")).unwrap()
+    };
+    let want = metrics("train", &[]);
+    let got = metrics("run", &["--workers", "3"]);
+    assert!(got == want, "metrics differ from batchlab train's");
+    let mut rows = csv::Reader::from_reader(want.as_bytes());
+    let col = rows.headers().unwrap().iter().position(|h| h == "batch").unwrap();
+    let batches: Vec<u64> = rows
+        .records()
+        .map(|r| r.unwrap()[col].parse().unwrap())
+        .collect();
+    assert_eq!(batches[0], 64, "the first batch is --batch");
+    assert!(
+        batches.iter().any(|&b| b != 64),
+        "the batch followed the noise scale: {batches:?}"
+    );
+}
+
 #[test]
 fn mlp_runs_are_bit_identical_on_any_number_of_workers_and_algorithm_and_equal_train() {
     let dir = tempfile::tempdir().unwrap();

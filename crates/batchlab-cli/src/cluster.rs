@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use batchlab_collective::Algorithm;
 use batchlab_core::ConfigError;
 use batchlab_core::driver::{ReduceMode, Reduction};
-use batchlab_core::train::{StepMetrics, TrainConfig};
+use batchlab_core::train::{RunPlan, StepMetrics, TrainConfig};
 use batchlab_net::bench::BenchRankResult;
 use batchlab_net::{BenchOrder, RunOrder, Transport};
 use batchlab_net::{
@@ -829,6 +829,18 @@ pub fn check_local_workers(workers: usize, micros: u64, what: &str) -> Result<()
     Ok(())
 }
 
+/// The microbatches of a run's largest step, and that step in words (a batch schedule's
+/// largest batch: a worker count that leaves a worker idle throughout is refused).
+pub fn largest_step(plan: &RunPlan) -> (u64, String) {
+    let (b, m) = (plan.batching.largest(), plan.micro);
+    let what = if plan.batching.is_constant() {
+        format!("batch = {b}, micro = {m}")
+    } else {
+        format!("the batch schedule's largest batch {b}, micro = {m}")
+    };
+    (b / m, what)
+}
+
 /// The name of a run's checkpoint in its folder.
 pub(crate) const CHECKPOINT: &str = "checkpoint.cbor";
 
@@ -1027,11 +1039,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let Some(p) = args.train.prepare("run")? else {
         return Ok(());
     };
-    check_local_workers(
-        args.workers,
-        p.cfg.batch / p.plan.micro,
-        &format!("batch = {}, micro = {}", p.cfg.batch, p.plan.micro),
-    )?;
+    let (micros, what) = largest_step(&p.plan);
+    check_local_workers(args.workers, micros, &what)?;
     run_local(&p, args.workers, &args.reduce).map(|_| ())
 }
 
@@ -1078,11 +1087,8 @@ pub fn bench_step(args: BenchStepArgs) -> Result<()> {
         return Ok(());
     };
     for &w in &args.workers {
-        check_local_workers(
-            w,
-            p.cfg.batch / p.plan.micro,
-            &format!("batch = {}, micro = {}", p.cfg.batch, p.plan.micro),
-        )?;
+        let (micros, what) = largest_step(&p.plan);
+        check_local_workers(w, micros, &what)?;
     }
     let mut rows = Vec::new();
     let overlaps = if args.compare_overlap {

@@ -298,6 +298,27 @@ enum Buffers {
     Fast { grad: Vec<f32>, stats: Packet },
 }
 
+impl Buffers {
+    /// The buffers of a step of `num_micro` micros, `dim` parameters.
+    fn new(mode: ReduceMode, dim: usize, num_micro: usize) -> Self {
+        match mode {
+            ReduceMode::Exact => Self::Exact(Packet::zeroed(dim, num_micro)),
+            ReduceMode::Fast => Self::Fast {
+                grad: vec![0.0; dim],
+                stats: Packet::zeroed(0, num_micro),
+            },
+        }
+    }
+
+    /// Whether they hold a step of `num_micro` micros.
+    fn fit(&self, num_micro: usize) -> bool {
+        let stats = match self {
+            Self::Exact(p) | Self::Fast { stats: p, .. } => p,
+        };
+        stats.len() - stats.dim() == num_micro * crate::exact::MICRO_FIELDS
+    }
+}
+
 /// The plans of one mesh: the step's buffers, and an overlapped step's buckets.
 struct Plans {
     /// Exact: the packet. Fast: the gradient, then the stats.
@@ -425,13 +446,7 @@ impl RunDriver {
             })
             .collect();
         let (dim, num_micro) = (plans[0].task.num_params(), plans[0].num_micro());
-        let buffers = match settings.reduction.mode {
-            ReduceMode::Exact => Buffers::Exact(Packet::zeroed(dim, num_micro)),
-            ReduceMode::Fast => Buffers::Fast {
-                grad: vec![0.0; dim],
-                stats: Packet::zeroed(0, num_micro),
-            },
-        };
+        let buffers = Buffers::new(settings.reduction.mode, dim, num_micro);
         let n = plans.len();
         let mut driver = Self {
             plans,
@@ -617,7 +632,13 @@ impl RunDriver {
         assert!(matches!(self.phase, Phase::Begin), "begin() out of turn");
         let i = self.next;
         match self.members[i].replica.begin(&mut self.eval_scratch) {
-            Begin::Compute => self.phase = Phase::Compute,
+            Begin::Compute => {
+                if !self.buffers.fit(self.members[i].replica.num_micro()) {
+                    // The batch changed (a batch schedule): new buffers, shares and plans.
+                    self.shape();
+                }
+                self.phase = Phase::Compute;
+            }
             Begin::Finished(summary) => self.end(Ended::Member(i, summary)),
         }
     }
@@ -741,8 +762,34 @@ impl RunDriver {
         assert!(world >= 1 && rank < world, "rank {rank} of world {world}");
         self.rank = rank;
         self.world = world;
+        self.shape();
+        self.phase = if self.settings.elastic && world > 1 {
+            let mut offers = vec![0i64; world];
+            offers[rank] = self.version as i64 + 1;
+            Phase::Sync {
+                plan: sync_plan(rank, world, offers.len()),
+                buf: offers,
+                stage: SyncStage::Offers,
+            }
+        } else {
+            if self.settings.elastic {
+                self.synced(None);
+            }
+            self.resting_phase()
+        };
+    }
+
+    /// Sizes the buffers, this rank's share of the micros and the reductions' plans for the
+    /// current step's batch on the current mesh.
+    fn shape(&mut self) {
+        let (rank, world) = (self.rank, self.world);
         let plan = &self.plans[0];
-        self.micros = balanced_range(plan.num_micro(), rank, world);
+        let num_micro = self.members[self.next].replica.num_micro();
+        if !self.buffers.fit(num_micro) {
+            self.buffers =
+                Buffers::new(self.settings.reduction.mode, plan.task.num_params(), num_micro);
+        }
+        self.micros = balanced_range(num_micro, rank, world);
         let r = self.settings.reduction;
         self.mesh_plans = match &self.buffers {
             Buffers::Exact(packet) => {
@@ -768,20 +815,6 @@ impl RunDriver {
                 ],
                 overlap: None,
             },
-        };
-        self.phase = if self.settings.elastic && world > 1 {
-            let mut offers = vec![0i64; world];
-            offers[rank] = self.version as i64 + 1;
-            Phase::Sync {
-                plan: sync_plan(rank, world, offers.len()),
-                buf: offers,
-                stage: SyncStage::Offers,
-            }
-        } else {
-            if self.settings.elastic {
-                self.synced(None);
-            }
-            self.resting_phase()
         };
     }
 

@@ -41,6 +41,8 @@ pub struct SeedMean {
     fraction: f64,
     stop_stalled: bool,
     batch: u64,
+    /// Whether the batch is constant (else the samples are read from the members' rows).
+    constant: bool,
     micro: u64,
     peak_lr: f64,
     window: EvalWindow,
@@ -59,6 +61,7 @@ impl SeedMean {
             fraction: cfg.target_window,
             stop_stalled: cfg.stop_stalled,
             batch: cfg.batch,
+            constant: cfg.batch_schedule.is_constant(),
             micro,
             peak_lr: cfg.lr,
             window: EvalWindow::default(),
@@ -153,7 +156,12 @@ impl SeedMean {
         RunSummary {
             status: end.status,
             steps: end.steps,
-            samples: end.steps * self.batch,
+            samples: match median(&|r| Some(r.samples as f64)) {
+                // A batch schedule: the members' samples differ where it follows each one's
+                // noise scale; the median member's.
+                Some(s) if !self.constant => s as u64,
+                _ => end.steps * self.batch,
+            },
             message: end.message,
             batch: self.batch,
             micro: self.micro,

@@ -3,6 +3,8 @@
 //!
 //! - [`task`]: the [`Task`] contract (model + data) and the [`tasks`] themselves.
 //! - [`sampler`]: which samples make up step `t`'s global batch, and which worker computes what.
+//! - [`batching`]: the batch of every step (constant, or a schedule: steps, a ramp, or
+//!   following the noise scale).
 //! - [`optim`], [`schedule`]: PyTorch-convention optimizers, learning-rate schedules and scaling
 //!   rules.
 //! - [`estimate`]: gradient noise scale and sharpness estimators.
@@ -20,6 +22,7 @@
 //! This crate does no I/O beyond reading a dataset file it is handed, and never spawns threads
 //! or sockets.
 
+pub mod batching;
 pub mod driver;
 pub mod error;
 pub mod estimate;

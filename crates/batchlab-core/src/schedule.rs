@@ -52,7 +52,13 @@
 //! warmup_shape = "cubic"    # linear | cubic
 //! min_factor = 0.1          # cosine, cosine_restarts, exponential_ramp: η_min = min_factor · peak
 //! horizon = 10000           # optional: T, else the run's total steps
+//! unit = "steps"            # steps | samples: what t and every length above count
 //! ```
+//!
+//! With `unit = "samples"` the schedule's argument is `s_t`, the samples consumed before step
+//! `t`, and every length (`warmup_steps`, `horizon`, `step_size`, `t0`) counts samples; the
+//! default horizon is then the run's steps × its first batch. This keeps a schedule right when
+//! the batch changes during the run (`crate::batching`).
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +90,17 @@ impl Scaling {
             Self::Sqrt => base_lr * ratio.sqrt(),
         }
     }
+}
+
+/// What a schedule's positions count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// Steps (updates applied).
+    #[default]
+    Steps,
+    /// Samples consumed.
+    Samples,
 }
 
 /// The decay after warmup (see the [module docs](self) for the formulas).
@@ -167,6 +184,13 @@ pub struct ScheduleConfig {
     pub t0: u64,
     /// `T_mult ≥ 1`, the growth of each next period of `cosine_restarts`. Default 1.
     pub t_mult: u64,
+    /// What `t` and every length above count: `steps` or `samples`. Default `steps`.
+    #[serde(skip_serializing_if = "is_steps")]
+    pub unit: Unit,
+}
+
+fn is_steps(u: &Unit) -> bool {
+    *u == Unit::Steps
 }
 
 impl Default for ScheduleConfig {
@@ -183,6 +207,7 @@ impl Default for ScheduleConfig {
             power: 1.0,
             t0: 0,
             t_mult: 1,
+            unit: Unit::Steps,
         }
     }
 }
@@ -306,6 +331,7 @@ impl ScheduleConfig {
             warmup_shape: self.warmup_shape,
             horizon,
             decay,
+            unit: self.unit,
         })
     }
 }
@@ -386,9 +412,15 @@ pub struct Schedule {
     warmup_shape: WarmupShape,
     horizon: u64,
     decay: Decay,
+    unit: Unit,
 }
 
 impl Schedule {
+    /// What the schedule's `t` counts.
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+
     /// The rate at step `t` (0-based) for peak rate `peak`.
     pub fn lr(&self, peak: f64, t: u64) -> f64 {
         peak * self.factor(t)

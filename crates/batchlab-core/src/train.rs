@@ -25,14 +25,15 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::batching::{BatchSchedule, Batching, Position};
 use crate::error::ensure;
 use crate::estimate::{NoiseScaleEma, PrefixNorms, lanczos_extremes, two_batch};
 use crate::exact::{FixedScale, MicroStats, Packet};
 use crate::footprint::{self, Footprint};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::rng::{Stream, rng};
-use crate::sampler::{MAX_SAMPLES, Sampler, Source};
-use crate::schedule::{Scaling, Schedule, ScheduleConfig};
+use crate::sampler::{Sampler, Source};
+use crate::schedule::{Scaling, Schedule, ScheduleConfig, Unit};
 use crate::tasks::{Budget, TaskConfig};
 use crate::{ConfigError, Evaluation, Scratch, Task, vec};
 
@@ -58,14 +59,19 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
     /// The learning-rate schedule (`[schedule]`).
     pub schedule: ScheduleConfig,
-    /// Global batch size `B`.
+    /// Global batch size `B` (the first step's, under a `batch_schedule`).
     pub batch: u64,
-    /// Microbatch size `m`, the unit of work; must divide `batch`. Default: `batch / k` with
-    /// `k` the largest divisor of `batch` that is at most 16.
+    /// How the batch changes during the run (`[batch_schedule]`, see `crate::batching`):
+    /// constant unless given.
+    #[serde(skip_serializing_if = "BatchSchedule::is_constant")]
+    pub batch_schedule: BatchSchedule,
+    /// Microbatch size `m`, the unit of work; must divide `batch` (and every batch of the
+    /// schedule). Default: `batch / k` with `k` the largest divisor of `batch` that is at most 16.
     pub micro: Option<u64>,
     /// Peak learning rate at `base_batch` (after `lr_scaling`, the rate used at `batch`).
     pub lr: f64,
-    /// How the rate scales from `base_batch` to `batch`: `none`, `linear`, `sqrt`.
+    /// How the rate scales from `base_batch` to the batch of each step: `none`, `linear`,
+    /// `sqrt`.
     pub lr_scaling: Scaling,
     /// The batch size at which `lr` was chosen (default: `batch`).
     pub base_batch: Option<u64>,
@@ -111,6 +117,7 @@ impl Default for TrainConfig {
             optimizer: OptimizerConfig::default(),
             schedule: ScheduleConfig::default(),
             batch: 64,
+            batch_schedule: BatchSchedule::default(),
             micro: None,
             lr: 0.5,
             lr_scaling: Scaling::None,
@@ -151,6 +158,9 @@ pub struct RunPlan {
     pub micro: u64,
     /// Peak rate at `batch`, after scaling.
     pub peak_lr: f64,
+    /// The batch of every step.
+    pub batching: Batching,
+    base_batch: u64,
     optimizer: OptimizerConfig,
     schedule: Schedule,
 }
@@ -225,18 +235,7 @@ impl TrainConfig {
             c.divergence_factor,
             "a factor > 1 (or a huge value to only stop on non-finite losses)",
         )?;
-        let samples = c.batch.checked_mul(c.steps).filter(|&n| n <= MAX_SAMPLES);
-        ensure(
-            samples.is_some(),
-            "batch",
-            c.batch,
-            &format!(
-                "batch × steps ≤ 2⁴⁰ samples (the sampler's stream of one seed); with steps = {}, \
-                 a batch of at most {}",
-                c.steps,
-                MAX_SAMPLES / c.steps
-            ),
-        )?;
+        let batching = c.batch_schedule.build(c.batch, micro, c.steps)?;
         let limit = match c.memory_limit_gb {
             Some(gb) => footprint::limit_bytes(gb)?,
             None => default_memory_limit(),
@@ -266,13 +265,19 @@ impl TrainConfig {
         };
         let task: Arc<dyn Task> = Arc::from(c.task.build_within(&budget)?);
         c.optimizer.build(task.num_params())?; // validate now
-        let schedule = c.schedule.build(c.steps)?;
+        let schedule = c.schedule.build(match c.schedule.unit {
+            Unit::Steps => c.steps,
+            // Within 2⁴⁰: checked with the batching above.
+            Unit::Samples => c.steps * c.batch,
+        })?;
         let peak_lr = c.lr_scaling.apply(c.lr, base_batch, c.batch);
         Ok(RunPlan {
             config: c.clone(),
             task,
             micro,
             peak_lr,
+            batching,
+            base_batch,
             optimizer: c.optimizer.clone(),
             schedule,
         })
@@ -286,13 +291,28 @@ impl RunPlan {
             Some(n) => Source::Epochs { n },
             None => Source::Stream,
         };
-        Sampler::new(self.config.seed, self.config.batch, self.micro, source)
-            .expect("batch and micro validated by build")
+        Sampler::new(self.config.seed, self.micro, source).expect("micro validated by build")
     }
 
-    /// Number of microbatches per step.
+    /// Number of microbatches of the first step (of every step, unless the batch is scheduled).
     pub fn num_micro(&self) -> usize {
-        (self.config.batch / self.micro) as usize
+        (self.batching.first() / self.micro) as usize
+    }
+
+    /// The peak rate at batch `batch`, by the run's scaling rule.
+    pub fn peak_lr_at(&self, batch: u64) -> f64 {
+        self.config
+            .lr_scaling
+            .apply(self.config.lr, self.base_batch, batch)
+    }
+
+    /// The rate of a step of batch `batch` that starts at `(step, samples)`.
+    pub fn lr_at(&self, batch: u64, step: u64, samples: u64) -> f64 {
+        let position = match self.schedule.unit() {
+            Unit::Steps => step,
+            Unit::Samples => samples,
+        };
+        self.schedule.lr(self.peak_lr_at(batch), position)
     }
 
     /// A replica at step 0.
@@ -300,6 +320,8 @@ impl RunPlan {
         let n = self.task.num_params();
         Replica {
             t: 0,
+            samples: 0,
+            batch: self.batching.first(),
             params: self.task.init_params(),
             optimizer: self.optimizer.build(n).expect("validated by build"),
             ema: NoiseScaleEma::new(self.config.noise_ema),
@@ -336,6 +358,13 @@ impl RunPlan {
         let mut replica = self.replica();
         replica.optimizer.restore(&state.optimizer)?;
         replica.t = state.t;
+        if state.batch == 0 {
+            // A state written before batch schedules: a constant batch.
+            replica.samples = state.t * replica.batch;
+        } else {
+            replica.samples = state.samples;
+            replica.batch = state.batch;
+        }
         replica.params = state.params;
         replica.scale = state.scale;
         replica.ema = state.ema;
@@ -365,8 +394,10 @@ pub enum Status {
 pub struct StepMetrics {
     /// Step index `t` (updates applied before this row's gradient).
     pub step: u64,
-    /// Samples consumed including this step, `(t+1)·B`.
+    /// Samples consumed including this step (`(t+1)·B` when the batch is constant).
     pub samples: u64,
+    /// This step's global batch `B_t`.
+    pub batch: u64,
     /// Learning rate used for this step's update.
     pub lr: f64,
     /// Mean training loss over the global batch at `θ_t`.
@@ -417,11 +448,11 @@ pub struct RunSummary {
     pub status: Status,
     /// Updates applied.
     pub steps: u64,
-    /// Samples consumed, `steps · B`.
+    /// Samples consumed (`steps · B` when the batch is constant).
     pub samples: u64,
     /// Why the run stopped, in words.
     pub message: String,
-    /// Global batch size.
+    /// Global batch size (the first step's, under a batch schedule).
     pub batch: u64,
     /// Microbatch size.
     pub micro: u64,
@@ -486,6 +517,10 @@ struct Pending {
 pub struct Replica {
     /// Updates applied so far.
     pub t: u64,
+    /// Samples consumed before step `t`.
+    pub samples: u64,
+    /// The batch of step `t`.
+    pub batch: u64,
     /// Current parameters `θ_t`.
     pub params: Vec<f64>,
     /// Fixed-point scale for the current step's packet.
@@ -508,6 +543,12 @@ pub struct Replica {
 pub struct ReplicaState {
     /// Updates applied so far.
     pub t: u64,
+    /// Samples consumed before step `t`.
+    #[serde(default)]
+    pub samples: u64,
+    /// The batch of step `t` (0 in a state written before batch schedules: the config's).
+    #[serde(default)]
+    pub batch: u64,
     /// `θ_t`.
     pub params: Vec<f64>,
     /// The fixed-point scale of the current step.
@@ -587,14 +628,22 @@ impl Replica {
             task: self.plan.task.as_ref(),
             params: &self.params,
             t: self.t,
+            start: self.samples,
             scale: self.scale,
         }
+    }
+
+    /// Number of microbatches of step `t`.
+    pub fn num_micro(&self) -> usize {
+        (self.batch / self.plan.micro) as usize
     }
 
     /// A copy of everything this replica holds besides its plan.
     pub fn state(&self) -> ReplicaState {
         ReplicaState {
             t: self.t,
+            samples: self.samples,
+            batch: self.batch,
             params: self.params.clone(),
             scale: self.scale,
             optimizer: self.optimizer.state(),
@@ -701,7 +750,7 @@ impl Replica {
 
     /// Consumes the fully reduced packet of the current step and applies the update.
     pub fn apply(&mut self, packet: &Packet) -> Applied {
-        let num_micro = self.plan.num_micro();
+        let num_micro = self.num_micro();
         let micros = packet.decode(self.scale, &mut self.grad);
         let max_abs = largest(&micros);
         let finite = max_abs.is_finite() && micros.iter().all(|m| m.loss_sum.is_finite());
@@ -731,8 +780,8 @@ impl Replica {
     /// The update from the gradient sum in `self.grad` and every micro's stats.
     fn apply_sums(&mut self, micros: &[MicroStats], max_abs: f64, finite: bool) -> Applied {
         let cfg = &self.plan.config;
-        let num_micro = self.plan.num_micro();
-        let batch = cfg.batch as f64;
+        let num_micro = self.num_micro();
+        let batch = self.batch as f64;
         let m = self.plan.micro as f64;
         let loss_sum: f64 = micros.iter().map(|s| s.loss_sum).sum();
         let train_loss = loss_sum / batch;
@@ -761,7 +810,7 @@ impl Replica {
             .map(|s| s.dead_relu)
             .sum::<Option<f64>>()
             .map(|d| d / num_micro as f64);
-        let lr = self.plan.schedule.lr(self.plan.peak_lr, self.t);
+        let lr = self.plan.lr_at(self.batch, self.t, self.samples);
         let closed = self
             .plan
             .task
@@ -772,7 +821,8 @@ impl Replica {
         let initial = *self.initial_loss.get_or_insert(train_loss);
         let mut row = StepMetrics {
             step: self.t,
-            samples: (self.t + 1) * cfg.batch,
+            samples: self.samples + self.batch,
+            batch: self.batch,
             lr,
             train_loss,
             train_accuracy: correct.map(|c| c as f64 / batch),
@@ -828,8 +878,7 @@ impl Replica {
             && cfg.target_loss.is_some_and(|x| train_loss <= x)
         {
             // Reached on this step's batch: stop before the next step (the update is applied).
-            self.t += 1;
-            self.scale = self.scale.fitted(max_abs, num_micro);
+            self.advance(max_abs);
             let summary = self.summary(
                 Status::Complete,
                 format!(
@@ -839,9 +888,22 @@ impl Replica {
             );
             return Applied::Finished(Box::new(row), Box::new(summary));
         }
-        self.t += 1;
-        self.scale = self.scale.fitted(max_abs, num_micro);
+        self.advance(max_abs);
         Applied::Step(Box::new(row))
+    }
+
+    /// On to the next step: its position, its batch, and a fixed-point scale fitted to the
+    /// largest value of the step just applied (`max_abs`) summed over the next step's micros.
+    fn advance(&mut self, max_abs: f64) {
+        self.t += 1;
+        self.samples += self.batch;
+        self.batch = self.plan.batching.batch_at(Position {
+            step: self.t,
+            samples: self.samples,
+            batch: self.batch,
+            b_simple: self.pending.last_b_simple,
+        });
+        self.scale = self.scale.fitted(max_abs, self.num_micro());
     }
 
     fn summary(&self, status: Status, message: String) -> RunSummary {
@@ -849,7 +911,7 @@ impl Replica {
         RunSummary {
             status,
             steps: self.t,
-            samples: self.t * cfg.batch,
+            samples: self.samples,
             message,
             batch: cfg.batch,
             micro: self.plan.micro,
@@ -941,6 +1003,8 @@ pub struct StepInput<'a> {
     pub params: &'a [f64],
     /// The step `t`.
     pub t: u64,
+    /// The sample position where step `t`'s batch starts (samples consumed before it).
+    pub start: u64,
     /// The fixed-point scale of the step's packet.
     pub scale: FixedScale,
 }
@@ -950,6 +1014,7 @@ impl std::fmt::Debug for StepInput<'_> {
         f.debug_struct("StepInput")
             .field("task", &self.task.name())
             .field("t", &self.t)
+            .field("start", &self.start)
             .field("scale", &self.scale)
             .finish_non_exhaustive()
     }
@@ -967,14 +1032,15 @@ pub fn compute_micros(
     let StepInput {
         task,
         params,
-        t,
+        start,
         scale,
+        ..
     } = input;
     packet.clear();
     scratch.grad.resize(params.len(), 0.0);
     for j in micros {
         scratch.samples.clear();
-        sampler.samples_into(t, j..j + 1, &mut scratch.samples);
+        sampler.samples_into(start, j..j + 1, &mut scratch.samples);
         let stats = task.loss_grad(
             params,
             &scratch.samples,
@@ -1019,15 +1085,16 @@ pub fn compute_last_micro_streamed<'a>(
     let StepInput {
         task,
         params,
-        t,
+        start,
         scale,
+        ..
     } = input;
     let ranges = task.buckets();
     assert_eq!(ranges.len(), buckets.len(), "one word slice per bucket");
     let mut slots: Vec<Option<&'a mut [i64]>> = buckets.into_iter().map(Some).collect();
     scratch.grad.resize(params.len(), 0.0);
     scratch.samples.clear();
-    sampler.samples_into(t, micro..micro + 1, &mut scratch.samples);
+    sampler.samples_into(start, micro..micro + 1, &mut scratch.samples);
     let stats = task.loss_grad_streamed(
         params,
         &scratch.samples,
@@ -1067,7 +1134,10 @@ pub fn compute_micros_fast(
     scratch: &mut WorkerScratch,
 ) {
     let StepInput {
-        task, params, t, ..
+        task,
+        params,
+        start,
+        ..
     } = input;
     stats.clear();
     scratch.grad.resize(params.len(), 0.0);
@@ -1075,7 +1145,7 @@ pub fn compute_micros_fast(
     scratch.acc.resize(params.len(), 0.0);
     for j in micros {
         scratch.samples.clear();
-        sampler.samples_into(t, j..j + 1, &mut scratch.samples);
+        sampler.samples_into(start, j..j + 1, &mut scratch.samples);
         let batch_stats = task.loss_grad(
             params,
             &scratch.samples,
@@ -1236,7 +1306,7 @@ pub fn noise_probe(
             Some(n) => Source::Epochs { n },
             None => Source::Stream,
         };
-        Sampler::new(s, batch, micro, source).expect("probe sizes are at least 1")
+        Sampler::new(s, micro, source).expect("probe sizes are at least 1")
     };
     let mut sampler = sampler_of(probe_seed);
     let mut scratch = Scratch::new();
@@ -1258,7 +1328,7 @@ pub fn noise_probe(
         let mut small = 0.0;
         for j in 0..num_micro {
             samples.clear();
-            sampler.samples_into(step, j..j + 1, &mut samples);
+            sampler.samples_into(step * batch, j..j + 1, &mut samples);
             task.loss_grad(params, &samples, &mut grad, &mut scratch);
             small += vec::norm_sq(&grad) / (micro * micro) as f64;
             prefixes.push(&grad);

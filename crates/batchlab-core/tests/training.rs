@@ -863,7 +863,7 @@ fn finite_two_batch(
     let mut samples = Vec::new();
     let num_micro = (batch / micro) as usize;
     for r in 0..reps {
-        let mut sampler = Sampler::new(1000 + r, batch, micro, Source::Epochs { n }).unwrap();
+        let mut sampler = Sampler::new(1000 + r, micro, Source::Epochs { n }).unwrap();
         sum.fill(0.0);
         let mut small = 0.0;
         for j in 0..num_micro {
@@ -1023,7 +1023,7 @@ fn runs_too_large_for_memory_are_refused_before_allocating_naming_the_setting() 
         steps: 2048,
         ..TrainConfig::default()
     });
-    assert!(e.contains("batch × steps ≤ 2⁴⁰ samples"), "{e}");
+    assert!(e.contains("largest batch × steps ≤ 2⁴⁰ samples"), "{e}");
     assert!(e.contains("a batch of at most 536870912"), "{e}");
 
     // Hidden widths of 10⁶: 10¹² parameters of the middle layer.
