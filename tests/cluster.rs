@@ -146,7 +146,12 @@ fn a_batch_that_follows_the_noise_scale_gives_train_s_numbers_on_worker_processe
     let got = metrics("run", &["--workers", "3"]);
     assert!(got == want, "metrics differ from batchlab train's");
     let mut rows = csv::Reader::from_reader(want.as_bytes());
-    let col = rows.headers().unwrap().iter().position(|h| h == "batch").unwrap();
+    let col = rows
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "batch")
+        .unwrap();
     let batches: Vec<u64> = rows
         .records()
         .map(|r| r.unwrap()[col].parse().unwrap())

@@ -233,6 +233,13 @@ const OPTIONAL: &[(&str, &str, &str)] = &[
         "horizon",
         "unset: the run's total steps (the decay ends with the run)",
     ),
+    ("batch_schedule", "start", "unset: the microbatch"),
+    ("batch_schedule", "min", "unset: two microbatches"),
+    (
+        "batch_schedule",
+        "max",
+        "unset: required by kind = \"noise\"",
+    ),
 ];
 
 /// Renders a configuration as TOML with every field: the unset optional ones as comments
@@ -271,6 +278,17 @@ pub fn render_config(cfg: &TrainConfig) -> Result<String> {
                 .map_or(0, |i| i + 1);
             lines.insert(at, format!("# {key} =   ({meaning})"));
         }
+    }
+    if !doc.contains_key("batch_schedule") {
+        sections.push((
+            "batch_schedule".into(),
+            vec![
+                String::new(),
+                "# [batch_schedule]   (unset: the batch is constant; kind = \"step\", \"ramp\" or \
+                 \"noise\" changes it during the run, see docs/science.md#batch-size-schedules)"
+                    .into(),
+            ],
+        ));
     }
     let mut out = String::new();
     for (_, lines) in sections {

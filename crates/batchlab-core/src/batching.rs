@@ -16,7 +16,7 @@
 //!   down to a multiple of `m` (the batch ramp of large language-model training);
 //! - `noise`: `B_t = clamp(round_m(scale · B_simple), min, max)`, re-decided every `every`
 //!   steps from the run's own `B_simple` estimate (the EMA ratio of `train`), starting from `B`
-//!   until there is one (McCandlish et al. 2018 §5; AdaptDL's adaptive batch size).
+//!   until there is one (McCandlish et al. 2018; AdaptDL's adaptive batch size).
 //!
 //! Positions (`at`, `over`) count steps or samples, as `unit` says.
 //!
@@ -136,14 +136,15 @@ impl BatchSchedule {
                     "an integer ≥ 2",
                 )?;
                 let k = u32::try_from(self.at.len()).unwrap_or(u32::MAX);
-                let top = self.factor.checked_pow(k).and_then(|f| f.checked_mul(batch));
+                let top = self
+                    .factor
+                    .checked_pow(k)
+                    .and_then(|f| f.checked_mul(batch));
                 ensure(
                     top.is_some_and(|b| b <= crate::sampler::MAX_SAMPLES),
                     "batch_schedule.factor",
                     self.factor,
-                    &format!(
-                        "a factor whose {k} steps keep the batch within 2⁴⁰ (from {batch})"
-                    ),
+                    &format!("a factor whose {k} steps keep the batch within 2⁴⁰ (from {batch})"),
                 )?;
                 Rule::Step {
                     at: self.at.clone(),
@@ -220,7 +221,9 @@ impl BatchSchedule {
         };
         let batching = Batching { batch, micro, rule };
         let largest = batching.largest();
-        let samples = largest.checked_mul(steps).filter(|&n| n <= crate::sampler::MAX_SAMPLES);
+        let samples = largest
+            .checked_mul(steps)
+            .filter(|&n| n <= crate::sampler::MAX_SAMPLES);
         ensure(
             samples.is_some(),
             "batch",
@@ -239,9 +242,22 @@ impl BatchSchedule {
 #[derive(Debug, Clone, PartialEq)]
 enum Rule {
     Constant,
-    Step { at: Vec<u64>, factor: u64, unit: Unit },
-    Ramp { start: u64, over: u64, unit: Unit },
-    Noise { min: u64, max: u64, every: u64, scale: f64 },
+    Step {
+        at: Vec<u64>,
+        factor: u64,
+        unit: Unit,
+    },
+    Ramp {
+        start: u64,
+        over: u64,
+        unit: Unit,
+    },
+    Noise {
+        min: u64,
+        max: u64,
+        every: u64,
+        scale: f64,
+    },
 }
 
 /// Where a run stands when a step's batch is decided.
@@ -314,7 +330,11 @@ impl Batching {
         };
         match &self.rule {
             Rule::Constant => self.batch,
-            Rule::Step { at: marks, factor, unit } => {
+            Rule::Step {
+                at: marks,
+                factor,
+                unit,
+            } => {
                 let p = position(unit);
                 let k = marks.iter().take_while(|&&a| a <= p).count();
                 self.batch * factor.pow(k as u32)
@@ -378,7 +398,10 @@ mod tests {
         .build(8, 2, 100)
         .unwrap();
         let b = |t| s.batch_at(at(t, 0, 0, None));
-        assert_eq!([b(0), b(9), b(10), b(19), b(20), b(99)], [8, 8, 32, 32, 128, 128]);
+        assert_eq!(
+            [b(0), b(9), b(10), b(19), b(20), b(99)],
+            [8, 8, 32, 32, 128, 128]
+        );
         assert_eq!((s.first(), s.smallest(), s.largest()), (8, 8, 128));
     }
 
@@ -396,7 +419,10 @@ mod tests {
         let b = |samples| s.batch_at(at(0, samples, 0, None));
         // ⌊4 + 60·p/1000⌋ rounded down to 4: p = 0 → 4, 100 → 10 → 8, 500 → 34 → 32,
         // 999 → 63 → 60, 1000 and beyond → 64.
-        assert_eq!([b(0), b(100), b(500), b(999), b(1000), b(5000)], [4, 8, 32, 60, 64, 64]);
+        assert_eq!(
+            [b(0), b(100), b(500), b(999), b(1000), b(5000)],
+            [4, 8, 32, 60, 64, 64]
+        );
     }
 
     #[test]
@@ -424,7 +450,8 @@ mod tests {
 
     #[test]
     fn bad_schedules_are_refused_naming_the_value() {
-        let bad = |s: BatchSchedule, batch, micro| s.build(batch, micro, 100).unwrap_err().to_string();
+        let bad =
+            |s: BatchSchedule, batch, micro| s.build(batch, micro, 100).unwrap_err().to_string();
         let e = bad(
             BatchSchedule {
                 kind: BatchKind::Step,
@@ -433,7 +460,10 @@ mod tests {
             8,
             2,
         );
-        assert!(e.contains("batch_schedule.at") && e.contains("at least one position"), "{e}");
+        assert!(
+            e.contains("batch_schedule.at") && e.contains("at least one position"),
+            "{e}"
+        );
         let e = bad(
             BatchSchedule {
                 kind: BatchKind::Step,
@@ -454,7 +484,10 @@ mod tests {
             16,
             4,
         );
-        assert!(e.contains("batch_schedule.start = 6") && e.contains("multiple of"), "{e}");
+        assert!(
+            e.contains("batch_schedule.start = 6") && e.contains("multiple of"),
+            "{e}"
+        );
         let e = bad(
             BatchSchedule {
                 kind: BatchKind::Noise,
@@ -474,7 +507,10 @@ mod tests {
             16,
             4,
         );
-        assert!(e.contains("batch_schedule.min = 4") && e.contains("two microbatches"), "{e}");
+        assert!(
+            e.contains("batch_schedule.min = 4") && e.contains("two microbatches"),
+            "{e}"
+        );
         let e = bad(
             BatchSchedule {
                 kind: BatchKind::Step,

@@ -786,8 +786,11 @@ impl RunDriver {
         let plan = &self.plans[0];
         let num_micro = self.members[self.next].replica.num_micro();
         if !self.buffers.fit(num_micro) {
-            self.buffers =
-                Buffers::new(self.settings.reduction.mode, plan.task.num_params(), num_micro);
+            self.buffers = Buffers::new(
+                self.settings.reduction.mode,
+                plan.task.num_params(),
+                num_micro,
+            );
         }
         self.micros = balanced_range(num_micro, rank, world);
         let r = self.settings.reduction;

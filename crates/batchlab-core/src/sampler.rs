@@ -85,7 +85,11 @@ impl Sampler {
     /// The `batch` sample indices of the step that starts at sample position `start`,
     /// microbatch after microbatch (`batch` a multiple of the microbatch size).
     pub fn step_samples(&mut self, start: u64, batch: u64) -> Vec<u64> {
-        debug_assert!(batch.is_multiple_of(self.micro), "B = {batch}, m = {}", self.micro);
+        debug_assert!(
+            batch.is_multiple_of(self.micro),
+            "B = {batch}, m = {}",
+            self.micro
+        );
         let mut out = Vec::with_capacity(batch as usize);
         self.samples_into(start, 0..(batch / self.micro) as usize, &mut out);
         out
@@ -95,7 +99,10 @@ impl Sampler {
     /// position `start` (the samples consumed before it).
     pub fn samples_into(&mut self, start: u64, micros: Range<usize>, out: &mut Vec<u64>) {
         let m = self.micro;
-        let (start, end) = (start + micros.start as u64 * m, start + micros.end as u64 * m);
+        let (start, end) = (
+            start + micros.start as u64 * m,
+            start + micros.end as u64 * m,
+        );
         match self.source {
             Source::Stream => {
                 let base = self.seed.wrapping_mul(SEED_STRIDE);

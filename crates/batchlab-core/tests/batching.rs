@@ -205,7 +205,11 @@ fn the_noise_rule_sets_the_batch_from_the_previous_steps_b_simple() {
         assert_eq!(r.batch, want, "step {}: B_simple {}", r.step, prev.b_simple);
         changed += usize::from(r.batch != prev.batch);
     }
-    assert!(changed >= 2, "the batch followed the noise scale: {:?}", batches(&rows));
+    assert!(
+        changed >= 2,
+        "the batch followed the noise scale: {:?}",
+        batches(&rows)
+    );
     assert_eq!(rows[0].batch, 20, "the first batch is the config's");
 }
 
@@ -213,7 +217,10 @@ fn the_noise_rule_sets_the_batch_from_the_previous_steps_b_simple() {
 fn every_schedule_gives_the_lone_runs_numbers_on_any_number_of_ranks() {
     let cases = [
         ("ramp", linreg(ramp(5, 30))),
-        ("step in samples", linreg(step_schedule(Unit::Samples, vec![100, 700]))),
+        (
+            "step in samples",
+            linreg(step_schedule(Unit::Samples, vec![100, 700])),
+        ),
         ("noise", linreg(noise(10, 400, 3))),
         ("mlp noise", mlp(noise(8, 96, 2))),
     ];
@@ -274,7 +281,8 @@ fn a_schedule_that_cannot_run_is_refused_before_training() {
     // A ramp's start that the microbatch does not divide.
     let e = refused(linreg(ramp(7, 10)));
     assert!(
-        e.starts_with("batch_schedule.start = 7") && e.contains("multiple of the microbatch size 5"),
+        e.starts_with("batch_schedule.start = 7")
+            && e.contains("multiple of the microbatch size 5"),
         "{e}"
     );
     // A first batch outside the noise rule's bounds.
