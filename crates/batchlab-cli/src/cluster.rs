@@ -353,6 +353,11 @@ pub struct WorkerArgs {
     /// (the numbers do not change; every other rank waits for it at each all-reduce).
     #[arg(long, default_value_t = 0, value_name = "MS")]
     inject_delay: u64,
+    /// Milliseconds of one-way latency added before every collective message this worker sends
+    /// on the data plane: a slow link on purpose where the kernel cannot emulate one (`tc
+    /// netem` missing; `tc tbf` shapes bandwidth only).
+    #[arg(long, default_value_t = 0.0, value_name = "MS", value_parser = latency_ms)]
+    link_latency: f64,
     /// When the coordinator goes away (killed, restarted, cut off), join it again, for up to
     /// --connect-timeout, instead of exiting: a restarted experiment (which resumes from its
     /// finished trials) finds its workers.
@@ -459,6 +464,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
             .map(|r| u32::try_from(r).context("rank out of range"))
             .transpose()?,
     };
+    batchlab_net::dataplane::set_link_latency(Duration::from_secs_f64(args.link_latency / 1e3));
     let cfg = WorkerConfig {
         coordinator,
         token: args.token,
@@ -829,6 +835,14 @@ pub fn check_local_workers(workers: usize, micros: u64, what: &str) -> Result<()
     Ok(())
 }
 
+/// `--link-latency`: milliseconds, finite, ≥ 0 and at most a minute.
+fn latency_ms(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && (0.0..=60e3).contains(v))
+        .ok_or_else(|| format!("{s:?}: expected milliseconds between 0 and 60000"))
+}
+
 /// The microbatches of a run's largest step, and that step in words (a batch schedule's
 /// largest batch: a worker count that leaves a worker idle throughout is refused).
 pub fn largest_step(plan: &RunPlan) -> (u64, String) {
@@ -1011,6 +1025,50 @@ fn print_timing(timings: &[RankTiming]) {
     );
 }
 
+/// `bench step`'s figures as step.json: every row in milliseconds per step, and what `batchlab
+/// plan --compute` reads: the compute of one sample and the update on one worker (from the
+/// one-worker row without overlap, when timed), and the bytes one step all-reduces.
+fn step_json(
+    p: &Prepared,
+    reduce: &ReduceArgs,
+    rows: &[(usize, bool, StepTimes, String)],
+) -> serde_json::Value {
+    let batch = p.cfg.batch;
+    let one = rows.iter().find(|r| r.0 == 1 && !r.1).map(|r| r.2);
+    let dim = p.plan.task.num_params() as u64;
+    let micros = batch / p.plan.micro;
+    let fields = batchlab_core::exact::MICRO_FIELDS as u64;
+    // The step's reduced buffers (driver.rs): exact, the packet's i64 words (gradient and each
+    // micro's stats); fast, the f32 gradient and the stats words.
+    let grad_bytes = match reduce.reduce {
+        ReduceMode::Exact => 8 * (dim + micros * fields),
+        ReduceMode::Fast => 4 * dim + 8 * micros * fields,
+    };
+    serde_json::json!({
+        "task": p.plan.task.name(),
+        "params": dim,
+        "batch": batch,
+        "micro": p.plan.micro,
+        "steps": p.cfg.steps,
+        "allreduce": reduce.allreduce.name(),
+        "reduce": reduce.reduce.name(),
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "grad_bytes": grad_bytes,
+        "per_sample_us": one.map(|t| 1e3 * t.compute / batch as f64),
+        "update_us": one.map(|t| 1e3 * t.apply),
+        "rows": rows.iter().map(|(w, overlap, t, digest)| serde_json::json!({
+            "workers": w,
+            "overlap": overlap,
+            "step_ms": t.step,
+            "compute_ms": t.compute,
+            "allreduce_ms": t.comm,
+            "exposed_ms": t.exposed,
+            "update_ms": t.apply,
+            "params_digest": digest,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// Per worker count timed both ways: the step with overlap and what perfect overlap would
 /// give, the larger of the computation (gradients and update) and the all-reduce as measured
 /// without overlap, where neither slows the other.
@@ -1151,6 +1209,15 @@ pub fn bench_step(args: BenchStepArgs) -> Result<()> {
             t.step, t.compute, t.comm, t.exposed, t.apply
         );
     }
+    let json = step_json(&p, &args.reduce, &rows);
+    let path = p.out.join("step.json");
+    std::fs::create_dir_all(&p.out).with_context(|| format!("creating {}", p.out.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "step times in {} (batchlab plan --compute reads it)",
+        path.display()
+    );
     if let Some((_, _, _, first)) = rows.first()
         && let Some((w, o, _, d)) = rows.iter().find(|r| &r.3 != first)
     {

@@ -25,7 +25,11 @@ The network may come from `batchlab bench allreduce --out DIR` (its α-β fit of
 
 Outputs (in --out, default SWEEP/plan): plan.csv (every batch size × worker count: step time,
 compute and all-reduce, steps, time and worker-hours to target, goodput, extrapolated),
-plan.json (the inputs, the fastest batch per worker count, the choices).";
+plan.json (the inputs, the fastest batch per worker count, the choices), report.html (the
+table and heatmaps of time and worker-hours to target).
+
+The compute may come from `batchlab bench step --workers 1,... --out DIR` (its step.json):
+  batchlab plan --sweep runs/sweep-nqm-tuned --compute DIR/step.json --network NET/allreduce.json";
 
 /// Time and cost to the sweep's target on N workers.
 #[derive(Args, Debug)]
@@ -34,8 +38,14 @@ pub struct PlanArgs {
     /// A sweep's folder (its analysis.json holds the fit of S(B)).
     #[arg(long)]
     sweep: PathBuf,
+    /// `batchlab bench step`'s step.json (timed with a one-worker row): the compute of one
+    /// sample, the update and the gradient's bytes as measured here. Given several (at other
+    /// batch sizes, comma-separated or repeated), the compute is the least-squares line through
+    /// them: a cost per sample and a fixed cost per step.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["per_sample_us", "device_tflops"])]
+    compute: Vec<PathBuf>,
     /// Forward and backward pass of one sample on one worker, microseconds.
-    #[arg(long, required_unless_present = "device_tflops")]
+    #[arg(long, required_unless_present_any = ["device_tflops", "compute"])]
     per_sample_us: Option<f64>,
     /// A device's sustained TFLOP/s (with --flops-per-sample, instead of --per-sample-us).
     #[arg(long, requires = "flops_per_sample", conflicts_with = "per_sample_us")]
@@ -43,11 +53,12 @@ pub struct PlanArgs {
     /// The model's FLOPs per sample, forward and backward (about 6 × parameters).
     #[arg(long, value_parser = parse_count)]
     flops_per_sample: Option<f64>,
-    /// Microseconds of one parameter update.
-    #[arg(long, default_value_t = 0.0)]
-    update_us: f64,
+    /// Microseconds of one parameter update (default 0, or --compute's update and fixed cost
+    /// per step).
+    #[arg(long)]
+    update_us: Option<f64>,
     /// Parameters of the model (the gradient is 4 bytes each): 1000000, 25M, 7G.
-    #[arg(long, value_parser = parse_count, required_unless_present = "grad_bytes")]
+    #[arg(long, value_parser = parse_count, required_unless_present_any = ["grad_bytes", "compute"])]
     params: Option<f64>,
     /// Bytes of the gradient (instead of --params).
     #[arg(long, value_parser = parse_count, conflicts_with = "params")]
@@ -203,24 +214,114 @@ fn network_fit(path: &Path, algorithm: Algorithm) -> Result<Link> {
     }
 }
 
+/// What a plan reads of `bench step`'s step.json.
+#[derive(serde::Deserialize)]
+struct StepBench {
+    batch: u64,
+    per_sample_us: Option<f64>,
+    update_us: Option<f64>,
+    grad_bytes: f64,
+}
+
+/// What the `--compute` files say: microseconds per sample, fixed microseconds per step
+/// (compute that does not grow with the batch, and the update), and the gradient's bytes.
+fn measured_compute(paths: &[PathBuf]) -> Result<(f64, f64, f64)> {
+    let benches = paths
+        .iter()
+        .map(|p| step_bench(p))
+        .collect::<Result<Vec<_>>>()?;
+    let update = benches.iter().filter_map(|b| b.update_us).sum::<f64>() / benches.len() as f64;
+    let grad_bytes = benches[0].grad_bytes;
+    // (B, compute µs of the whole batch on one worker).
+    let points: Vec<(f64, f64)> = benches
+        .iter()
+        .map(|b| {
+            (
+                b.batch as f64,
+                b.per_sample_us.unwrap_or_default() * b.batch as f64,
+            )
+        })
+        .collect();
+    let distinct = points.iter().any(|p| p.0 != points[0].0);
+    if points.len() == 1 || !distinct {
+        let per_sample = points.iter().map(|p| p.1 / p.0).sum::<f64>() / points.len() as f64;
+        return Ok((per_sample, update, grad_bytes));
+    }
+    let n = points.len() as f64;
+    let (mb, mc) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sbb: f64 = points.iter().map(|p| (p.0 - mb).powi(2)).sum();
+    let sbc: f64 = points.iter().map(|p| (p.0 - mb) * (p.1 - mc)).sum();
+    let (mut slope, mut fixed) = (sbc / sbb, mc - sbc / sbb * mb);
+    if fixed < 0.0 {
+        // Through the origin: no fixed cost.
+        fixed = 0.0;
+        slope = points.iter().map(|p| p.0 * p.1).sum::<f64>()
+            / points.iter().map(|p| p.0 * p.0).sum::<f64>();
+    }
+    if !(slope.is_finite() && slope > 0.0) {
+        bail!(
+            "--compute: the step times {points:?} (batch, µs) do not grow with the batch; expected \
+             `bench step` runs of one task at different batch sizes"
+        );
+    }
+    Ok((slope, update + fixed, grad_bytes))
+}
+
+fn step_bench(path: &Path) -> Result<StepBench> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--compute {}: cannot read it", path.display()))?;
+    let b: StepBench = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "--compute {}: expected the step.json of `batchlab bench step`",
+            path.display()
+        )
+    })?;
+    if b.per_sample_us.is_none() {
+        bail!(
+            "--compute {}: no one-worker timing (expected a `bench step` run with 1 in --workers)",
+            path.display()
+        );
+    }
+    Ok(b)
+}
+
 /// The system model of `args`.
 fn system(args: &PlanArgs) -> Result<System> {
+    let bench = if args.compute.is_empty() {
+        None
+    } else {
+        Some(measured_compute(&args.compute)?)
+    };
     let per_sample_s = match (
         args.per_sample_us,
         args.device_tflops,
         args.flops_per_sample,
+        bench,
     ) {
-        (Some(us), _, _) => positive("--per-sample-us", us)? * 1e-6,
-        (None, Some(tf), Some(f)) => f / (positive("--device-tflops", tf)? * 1e12),
-        _ => bail!("expected --per-sample-us, or --device-tflops with --flops-per-sample"),
+        (Some(us), _, _, _) => positive("--per-sample-us", us)? * 1e-6,
+        (None, Some(tf), Some(f), _) => f / (positive("--device-tflops", tf)? * 1e12),
+        (None, None, _, Some((per_sample, _, _))) => {
+            positive("--compute's per_sample_us", per_sample)? * 1e-6
+        }
+        _ => {
+            bail!("expected --per-sample-us, --device-tflops with --flops-per-sample, or --compute")
+        }
     };
-    if !(args.update_us.is_finite() && args.update_us >= 0.0) {
-        bail!("--update-us = {}: expected a number ≥ 0", args.update_us);
+    let update_us = args
+        .update_us
+        .or(bench.map(|(_, fixed, _)| fixed))
+        .unwrap_or(0.0);
+    if !(update_us.is_finite() && update_us >= 0.0) {
+        bail!("--update-us = {update_us}: expected a number ≥ 0");
     }
-    let grad_bytes = match (args.params, args.grad_bytes) {
-        (Some(p), _) => 4.0 * p,
-        (None, Some(b)) => b,
-        (None, None) => bail!("expected --params or --grad-bytes"),
+    let grad_bytes = match (args.params, args.grad_bytes, &bench) {
+        (Some(p), _, _) => 4.0 * p,
+        (None, Some(b), _) => b,
+        (None, None, Some((_, _, bytes))) => positive("--compute's grad_bytes", *bytes)?,
+        (None, None, None) => bail!("expected --params or --grad-bytes"),
     };
     let link = match &args.network {
         Some(path) => network_fit(path, args.algorithm)?,
@@ -262,7 +363,7 @@ fn system(args: &PlanArgs) -> Result<System> {
     Ok(System {
         compute: Compute {
             per_sample_s,
-            per_update_s: args.update_us * 1e-6,
+            per_update_s: update_us * 1e-6,
         },
         algorithm: args.algorithm,
         topology,
@@ -347,11 +448,23 @@ pub fn run(args: PlanArgs) -> Result<()> {
         &out.join("plan.json"),
         &(serde_json::to_string_pretty(&json)? + "\n"),
     )?;
-    print!("{}", table(&stats, &sys, target, &fastest, &choices));
+    let text = table(&stats, &sys, target, &fastest, &choices);
+    let assumptions = text.lines().next().unwrap_or_default();
+    let picks: Vec<String> = text
+        .lines()
+        .filter(|l| choices.iter().any(|(what, _)| l.starts_with(what)))
+        .map(str::to_owned)
+        .collect();
+    crate::output::write_atomic(
+        &out.join("report.html"),
+        &plan::page(assumptions, &points, &fastest, &picks),
+    )?;
+    print!("{text}");
     println!(
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
         out.join("plan.csv").display(),
-        out.join("plan.json").display()
+        out.join("plan.json").display(),
+        out.join("report.html").display()
     );
     Ok(())
 }

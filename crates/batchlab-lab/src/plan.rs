@@ -270,6 +270,116 @@ pub fn powers_of_two(max: u64) -> Vec<u64> {
     v
 }
 
+/// A quantity of every `(B, N)` point as a heatmap: columns the batch sizes, rows the worker
+/// counts (fewest at the bottom); a batch smaller than the workers stays blank.
+pub fn heatmap(
+    points: &[PlanPoint],
+    value: fn(&PlanPoint) -> f64,
+    title: &str,
+    value_label: &str,
+) -> crate::report::Heatmap {
+    let mut batches: Vec<f64> = points.iter().map(|p| p.batch).collect();
+    batches.sort_by(f64::total_cmp);
+    batches.dedup();
+    let mut workers: Vec<usize> = points.iter().map(|p| p.workers).collect();
+    workers.sort_unstable();
+    workers.dedup();
+    let cells = workers
+        .iter()
+        .map(|&n| {
+            batches
+                .iter()
+                .map(|&b| {
+                    points
+                        .iter()
+                        .find(|p| p.workers == n && p.batch == b)
+                        .map(value)
+                })
+                .collect()
+        })
+        .collect();
+    crate::report::Heatmap {
+        title: title.to_owned(),
+        x_label: "global batch size B".to_owned(),
+        y_label: "workers N".to_owned(),
+        x_ticks: batches.iter().map(|b| format!("{b}")).collect(),
+        y_ticks: workers.iter().map(usize::to_string).collect(),
+        cells,
+        value_label: value_label.to_owned(),
+        log_color: true,
+    }
+}
+
+/// The plan's report page: what it assumed, the fastest batch per worker count as a table, and
+/// heatmaps of time and worker-hours to target over every `(B, N)`. `choices` are the
+/// objectives' picks in words.
+pub fn page(
+    assumptions: &str,
+    points: &[PlanPoint],
+    fastest: &[PlanPoint],
+    choices: &[String],
+) -> String {
+    use crate::report::{Section, Table, heatmap_svg, html_page};
+    let table = Table {
+        header: [
+            "workers",
+            "best B",
+            "step s",
+            "compute s",
+            "all-reduce s",
+            "steps",
+            "time s",
+            "worker-hours",
+            "goodput /s",
+            "S(B) extrapolated",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        rows: fastest
+            .iter()
+            .map(|p| {
+                vec![
+                    p.workers.to_string(),
+                    format!("{}", p.batch),
+                    format!("{:.4e}", p.step.total_s),
+                    format!("{:.4e}", p.step.compute_s),
+                    format!("{:.4e}", p.step.comm_s),
+                    format!("{:.0}", p.steps.ceil()),
+                    format!("{:.4e}", p.time_s),
+                    format!("{:.4e}", p.worker_hours),
+                    format!("{:.4e}", p.goodput),
+                    if p.extrapolated { "yes" } else { "no" }.to_owned(),
+                ]
+            })
+            .collect(),
+    };
+    let time = heatmap(points, |p| p.time_s, "Time to target", "seconds");
+    let cost = heatmap(
+        points,
+        |p| p.worker_hours,
+        "Worker-hours to target",
+        "worker-hours",
+    );
+    let sections = [
+        Section {
+            title: "The fastest batch size per worker count".to_owned(),
+            text: choices.join("\n\n"),
+            figures: Vec::new(),
+            table: Some(table),
+        },
+        Section {
+            title: "Every batch size and worker count".to_owned(),
+            text: "Time to target S(B)·t_step(B, N) and worker-hours N·T over the grid (log \
+                   colour; blank: fewer samples than workers). Beyond the sweep's measured batch \
+                   sizes S(B) is extrapolated from the fit."
+                .to_owned(),
+            figures: vec![heatmap_svg(&time, 720, 420), heatmap_svg(&cost, 720, 420)],
+            table: None,
+        },
+    ];
+    html_page("batchlab plan", assumptions, &sections)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,5 +551,33 @@ mod tests {
         assert_eq!(powers_of_two(1), [1]);
         assert_eq!(powers_of_two(8), [1, 2, 4, 8]);
         assert_eq!(powers_of_two(12), [1, 2, 4, 8, 12]);
+    }
+
+    #[test]
+    fn the_heatmap_puts_each_point_in_its_cell_and_leaves_too_small_batches_blank() {
+        let stats = fit(100.0, 50.0);
+        let sys = flat(1e-3, 1e-5, 1e9, false);
+        let points = stats.grid(&sys, &[1.0, 4.0, 16.0], &[1, 2, 8]);
+        let h = heatmap(&points, |p| p.time_s, "t", "s");
+        assert_eq!(h.x_ticks, ["1", "4", "16"]);
+        assert_eq!(h.y_ticks, ["1", "2", "8"]);
+        // Row N = 8: B = 1 and 4 hold fewer samples than workers.
+        assert_eq!(h.cells[2][0], None);
+        assert_eq!(h.cells[2][1], None);
+        for p in &points {
+            let row = [1, 2, 8].iter().position(|&n| n == p.workers).unwrap();
+            let col = [1.0, 4.0, 16.0].iter().position(|&b| b == p.batch).unwrap();
+            assert_eq!(h.cells[row][col], Some(p.time_s));
+        }
+        let html = page(
+            "assumed",
+            &points,
+            &fastest_per_workers(&points),
+            &["pick".into()],
+        );
+        assert!(
+            html.contains("Time to target") && html.contains("<svg"),
+            "{html}"
+        );
     }
 }

@@ -505,6 +505,16 @@ const SMALL: usize = 64 << 10;
 /// Scratch for received bytes that are added (a cache-resident slice at a time).
 const SCRATCH: usize = 64 << 10;
 
+/// One-way latency added before every piece this process sends, in microseconds (0: none).
+static LINK_LATENCY_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Emulates a slow link: every piece this process sends waits `latency` first (a worker's
+/// `--link-latency`, for networks the kernel cannot shape).
+pub fn set_link_latency(latency: std::time::Duration) {
+    let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    LINK_LATENCY_US.store(us, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Writes one piece of `len` bytes: the header, then `parts` (one write for small pieces).
 pub(crate) async fn write_piece<'a>(
     stream: &mut DataStream,
@@ -513,6 +523,15 @@ pub(crate) async fn write_piece<'a>(
     len: usize,
     parts: impl Iterator<Item = std::borrow::Cow<'a, [u8]>>,
 ) -> std::io::Result<()> {
+    let latency = LINK_LATENCY_US.load(std::sync::atomic::Ordering::Relaxed);
+    if latency > 0 {
+        // A thread's sleep (tens of microseconds of slack) rather than tokio's timer, which
+        // rounds up to whole milliseconds; no core spins meanwhile.
+        let wait = std::time::Duration::from_micros(latency);
+        tokio::task::spawn_blocking(move || std::thread::sleep(wait))
+            .await
+            .map_err(std::io::Error::other)?;
+    }
     let mut header = [0u8; HEADER];
     header[..8].copy_from_slice(&collective.to_le_bytes());
     header[8..12].copy_from_slice(&step.to_le_bytes());
