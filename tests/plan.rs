@@ -3,6 +3,16 @@
 
 use batchlab_tests::{batchlab, text};
 
+/// The tests of this file one at a time: one of them times runs, and the others' processes
+/// would share its cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A sweep folder whose analysis says `S(B) = s_min(1 + b_crit/B)`, measured on `B = 1…1024`.
 fn sweep_with_fit(dir: &std::path::Path, fit: Option<(f64, f64)>) -> std::path::PathBuf {
     let sweep = dir.join("sweep");
@@ -22,6 +32,7 @@ fn sweep_with_fit(dir: &std::path::Path, fit: Option<(f64, f64)>) -> std::path::
 
 #[test]
 fn the_plan_gives_the_formulas_time_and_best_batch_for_each_worker_count() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let (s_min, b_crit) = (100.0, 1000.0);
     let sweep = sweep_with_fit(dir.path(), Some((s_min, b_crit)));
@@ -77,6 +88,7 @@ fn the_plan_gives_the_formulas_time_and_best_batch_for_each_worker_count() {
 
 #[test]
 fn bad_plan_input_is_refused_naming_the_value_and_what_is_accepted() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let with_fit = sweep_with_fit(dir.path(), Some((100.0, 1000.0)));
     let no_fit_dir = tempfile::tempdir().unwrap();
@@ -162,10 +174,12 @@ fn bad_plan_input_is_refused_naming_the_value_and_what_is_accepted() {
 /// The whole pipeline on a small case, as `bench/science/plan_validation.py` runs it at full
 /// size: a sweep fits S(B), `bench step` times the compute at two batch sizes, `bench allreduce`
 /// fits the loopback network, `plan` predicts, and real runs on 1 and 2 local workers are timed
-/// to the same target. Under the load of a test suite the bound is loose (a factor of 2); the
-/// 20 % goal is measured by the script on an idle machine (its table is in the README).
+/// to the same target. The steps are seeded (no timing in them) and must come within 25 % of
+/// the fit's; the time, under whatever else the machine runs, within a factor of 3 (the 20 %
+/// goal is measured by the script on an idle machine; its table is in the README).
 #[test]
 fn the_plans_predicted_time_to_target_is_near_the_measured_one_on_local_workers() {
+    let _alone = alone();
     let dir = tempfile::tempdir().unwrap();
     let path = |p: &str| dir.path().join(p).to_str().unwrap().to_owned();
     let ok = |args: &[&str]| {
@@ -259,7 +273,7 @@ fn the_plans_predicted_time_to_target_is_near_the_measured_one_on_local_workers(
             .unwrap()
     };
     let mut predicted = csv::Reader::from_path(format!("{plan}/plan.csv")).unwrap();
-    let predicted: Vec<(u64, usize, f64)> = predicted
+    let predicted: Vec<(u64, usize, f64, f64)> = predicted
         .deserialize::<std::collections::HashMap<String, String>>()
         .map(|r| {
             let r = r.unwrap();
@@ -267,6 +281,7 @@ fn the_plans_predicted_time_to_target_is_near_the_measured_one_on_local_workers(
                 r["batch"].parse::<f64>().unwrap() as u64,
                 r["workers"].parse().unwrap(),
                 r["time_s"].parse().unwrap(),
+                r["steps"].parse().unwrap(),
             )
         })
         .collect();
@@ -308,11 +323,118 @@ fn the_plans_predicted_time_to_target_is_near_the_measured_one_on_local_workers(
             .iter()
             .map(|t| t["wall_s"].as_f64().unwrap())
             .fold(0.0, f64::max);
-        let want = predicted.iter().find(|p| p.0 == b && p.1 == n).unwrap().2;
+        let (want_steps, want) = predicted
+            .iter()
+            .find(|p| p.0 == b && p.1 == n)
+            .map(|p| (p.3, p.2))
+            .unwrap();
+        let steps = s["summary"]["steps"].as_f64().unwrap();
+        assert!(
+            (steps / want_steps - 1.0).abs() <= 0.25,
+            "B = {b}, N = {n}: the fit's {want_steps:.1} steps, measured {steps}"
+        );
         let ratio = want / measured;
         assert!(
-            (0.5..=2.0).contains(&ratio),
+            (1.0 / 3.0..=3.0).contains(&ratio),
             "B = {b}, N = {n}: predicted {want:.3} s, measured {measured:.3} s"
         );
     }
+}
+
+/// `--schedule RUN`: a run whose batch followed the noise scale, priced step by step: on one
+/// worker (no all-reduce) its time is Σ_t t_c·B_t, computed here from its metrics.csv; a run
+/// that did not reach its target is refused.
+#[test]
+fn a_schedules_run_is_priced_step_by_step_and_an_unfinished_one_is_refused() {
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = sweep_with_fit(dir.path(), Some((100.0, 1000.0)));
+    let run = dir.path().join("run");
+    let train = |target: &str, steps: &str| {
+        let o = batchlab(&[
+            "train",
+            "--task",
+            "nqm",
+            "--set",
+            "task.dim=50",
+            "--batch",
+            "8",
+            "--micro",
+            "4",
+            "--lr",
+            "0.8",
+            "--target-loss",
+            target,
+            "--steps",
+            steps,
+            "--out",
+            run.to_str().unwrap(),
+            "--set",
+            "batch_schedule.kind=\"noise\"",
+            "--set",
+            "batch_schedule.max=512",
+            "--set",
+            "batch_schedule.every=5",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    train("0.05", "5000");
+    let plan = |out: &str| {
+        batchlab(&[
+            "plan",
+            "--sweep",
+            sweep.to_str().unwrap(),
+            "--out",
+            out,
+            "--per-sample-us",
+            "100",
+            "--grad-bytes",
+            "4M",
+            "--alpha-us",
+            "100",
+            "--bandwidth-gbs",
+            "1",
+            "--workers",
+            "1,4",
+            "--schedule",
+            run.to_str().unwrap(),
+        ])
+    };
+    let out = dir.path().join("plan");
+    let o = plan(out.to_str().unwrap());
+    assert!(o.status.success(), "{}", text(&o));
+    let mut rows = csv::Reader::from_path(run.join("metrics.csv")).unwrap();
+    let col = rows
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "batch")
+        .unwrap();
+    let batches: Vec<f64> = rows
+        .records()
+        .map(|r| r.unwrap()[col].parse().unwrap())
+        .collect();
+    assert!(
+        batches.iter().any(|&b| b != 8.0),
+        "the batch changed: {batches:?}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    let one = &doc["schedule"]["per_workers"][0];
+    assert_eq!(one["workers"], 1);
+    let want: f64 = batches.iter().map(|b| 100e-6 * b).sum();
+    let got = one["time_s"].as_f64().unwrap();
+    assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+    assert_eq!(one["steps"], batches.len());
+    assert!(text(&o).contains("the schedule of"), "{}", text(&o));
+
+    // The same folder after a run that stopped short of its target.
+    train("1e-9", "20");
+    let o = plan(dir.path().join("plan2").to_str().unwrap());
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("the run ended INCOMPLETE; expected a run that reached its target"),
+        "{}",
+        text(&o)
+    );
 }

@@ -105,6 +105,53 @@ pub struct PlanArgs {
     /// Output folder (default: SWEEP/plan).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// A finished run whose batch followed a schedule (`[batch_schedule]`) to the target: its
+    /// steps' batches (metrics.csv) priced on every worker count, beside the constant batches.
+    #[arg(long, value_name = "RUN_DIR")]
+    schedule: Option<PathBuf>,
+}
+
+/// The batch of every step of the run in `dir`, which must have reached its target.
+fn schedule_batches(dir: &Path) -> Result<Vec<u64>> {
+    let summary: serde_json::Value = std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .with_context(|| {
+            format!(
+                "--schedule {}: no readable summary.json there (expected the folder of a finished \
+                 `batchlab train` or `run`)",
+                dir.display()
+            )
+        })?;
+    let status = summary["summary"]["status"].as_str().unwrap_or("?");
+    if status != "COMPLETE" {
+        bail!(
+            "--schedule {}: the run ended {status}; expected a run that reached its target \
+             (COMPLETE)",
+            dir.display()
+        );
+    }
+    let mut rows = csv::Reader::from_path(dir.join("metrics.csv"))
+        .with_context(|| format!("--schedule {}: no metrics.csv", dir.display()))?;
+    let col = rows
+        .headers()?
+        .iter()
+        .position(|h| h == "batch")
+        .with_context(|| {
+            format!(
+                "--schedule {}: metrics.csv has no batch column (written before batch schedules)",
+                dir.display()
+            )
+        })?;
+    let batches = rows
+        .records()
+        .map(|r| Ok(r?[col].parse::<u64>()?))
+        .collect::<Result<Vec<u64>>>()
+        .with_context(|| format!("--schedule {}: reading metrics.csv", dir.display()))?;
+    if batches.is_empty() {
+        bail!("--schedule {}: the run has no steps", dir.display());
+    }
+    Ok(batches)
 }
 
 /// `1000`, `25K`, `25M`, `7G`, `1.5e9` (powers of 1000) to a number.
@@ -416,6 +463,16 @@ pub fn run(args: PlanArgs) -> Result<()> {
         );
     }
     let fastest = plan::fastest_per_workers(&points);
+    let schedule = match &args.schedule {
+        Some(dir) => {
+            let batches = schedule_batches(dir)?;
+            workers
+                .iter()
+                .map(|&n| plan::schedule_point(&sys, &batches, n))
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let mut choices = vec![("fastest", plan::best(&points, Objective::Fastest))];
     if let Some(h) = args.deadline_h {
         let o = Objective::Deadline {
@@ -441,6 +498,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         "system": sys,
         "fastest_per_workers": fastest,
         "choices": choices.iter().map(|(what, p)| serde_json::json!({"objective": what, "point": p})).collect::<Vec<_>>(),
+        "schedule": args.schedule.as_ref().map(|d| serde_json::json!({"run": d, "per_workers": schedule})),
         "deadline_h": args.deadline_h,
         "budget_worker_hours": args.budget_worker_hours,
     });
@@ -460,6 +518,9 @@ pub fn run(args: PlanArgs) -> Result<()> {
         &plan::page(assumptions, &points, &fastest, &picks),
     )?;
     print!("{text}");
+    if let Some(dir) = &args.schedule {
+        print!("{}", schedule_table(dir, &schedule, &fastest));
+    }
     println!(
         "wrote {}, {} and {}",
         out.join("plan.csv").display(),
@@ -500,6 +561,46 @@ fn write_csv(path: &Path, points: &[PlanPoint]) -> Result<()> {
     }
     w.flush()?;
     Ok(())
+}
+
+/// The schedule's time per worker count beside the fastest constant batch's.
+fn schedule_table(dir: &Path, points: &[plan::SchedulePoint], fastest: &[PlanPoint]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let Some(first) = points.first() else {
+        return s;
+    };
+    let _ = writeln!(
+        s,
+        "the schedule of {} (its own steps and samples, one run: {} steps, {} samples, B = {}…{}):",
+        dir.display(),
+        first.steps,
+        first.samples,
+        first.batches.0,
+        first.batches.1
+    );
+    let _ = writeln!(
+        s,
+        "{:>7} {:>11} {:>13} {:>22}",
+        "workers", "time", "worker-hours", "fastest constant B"
+    );
+    for p in points {
+        let constant = fastest
+            .iter()
+            .find(|f| f.workers == p.workers)
+            .map_or_else(String::new, |f| {
+                format!("{} (B = {})", duration(f.time_s), f.batch)
+            });
+        let _ = writeln!(
+            s,
+            "{:>7} {:>11} {:>13} {:>22}",
+            p.workers,
+            duration(p.time_s),
+            hours(p.worker_hours),
+            constant
+        );
+    }
+    s
 }
 
 /// A duration in the unit that reads best.

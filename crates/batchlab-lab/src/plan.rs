@@ -270,6 +270,44 @@ pub fn powers_of_two(max: u64) -> Vec<u64> {
     v
 }
 
+/// A run whose batch changed step by step (a batch-size schedule), priced on `workers`: the
+/// sum of each step's modelled time. Its steps and samples are the run's own (measured, not
+/// the fit's).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SchedulePoint {
+    /// Workers.
+    pub workers: usize,
+    /// Steps the run took.
+    pub steps: u64,
+    /// Samples it consumed.
+    pub samples: u64,
+    /// The smallest and largest batch of its steps.
+    pub batches: (u64, u64),
+    /// Seconds, `Σ_t t_step(B_t, N)`.
+    pub time_s: f64,
+    /// Worker-hours, `N · time / 3600`.
+    pub worker_hours: f64,
+}
+
+/// The time of the steps of `batches` (one entry per step) on `workers`.
+pub fn schedule_point(system: &System, batches: &[u64], workers: usize) -> SchedulePoint {
+    let time_s = batches
+        .iter()
+        .map(|&b| system.step(b as f64, workers).total_s)
+        .sum::<f64>();
+    SchedulePoint {
+        workers,
+        steps: batches.len() as u64,
+        samples: batches.iter().sum(),
+        batches: (
+            batches.iter().copied().min().unwrap_or(0),
+            batches.iter().copied().max().unwrap_or(0),
+        ),
+        time_s,
+        worker_hours: workers as f64 * time_s / 3600.0,
+    }
+}
+
 /// A quantity of every `(B, N)` point as a heatmap: columns the batch sizes, rows the worker
 /// counts (fewest at the bottom); a batch smaller than the workers stays blank.
 pub fn heatmap(
@@ -579,5 +617,27 @@ mod tests {
             html.contains("Time to target") && html.contains("<svg"),
             "{html}"
         );
+    }
+
+    #[test]
+    fn a_schedule_costs_the_sum_of_its_steps() {
+        let sys = flat(1e-3, 1e-4, 1e9, false);
+        // 10 steps of 64 then 5 of 256 on 4 workers: 10·t(64, 4) + 5·t(256, 4).
+        let batches: Vec<u64> = [vec![64; 10], vec![256; 5]].concat();
+        let p = schedule_point(&sys, &batches, 4);
+        let ring = 2.0 * 3.0 * 1e-4 + 2.0 * 3.0 / 4.0 * 4e6 / 1e9;
+        let want = 10.0 * (16.0 * 1e-3 + ring) + 5.0 * (64.0 * 1e-3 + ring);
+        assert!(
+            (p.time_s - want).abs() < 1e-12 * want,
+            "{} vs {want}",
+            p.time_s
+        );
+        assert_eq!(
+            (p.steps, p.samples, p.batches),
+            (15, 10 * 64 + 5 * 256, (64, 256))
+        );
+        // A constant schedule is the constant batch's step time times its steps.
+        let c = schedule_point(&sys, &[128; 7], 2);
+        assert!((c.time_s - 7.0 * sys.step(128.0, 2).total_s).abs() < 1e-15);
     }
 }
