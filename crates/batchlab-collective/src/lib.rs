@@ -55,11 +55,13 @@
 //! | `tree`        | `2L`                                | `S` to the parent (not the root) `+ S` per child |
 //! | `centralized` | `2`                                 | `S`; rank 0 `(n−1) S`                      |
 //!
-//! The diagrams are on the [`Algorithm`] variants; the α-β times in [`alpha_beta_time`].
+//! The diagrams are on the [`Algorithm`] variants; the α-β times in [`alpha_beta_time`]; a
+//! discrete-event run of the same plans on a modelled network in [`simulate()`].
 
 mod algorithms;
 mod cost;
 mod memory;
+mod simulate;
 mod validate;
 
 use std::fmt;
@@ -70,6 +72,7 @@ pub use cost::{
     AlphaBetaFit, alpha_beta_time, bus_bandwidth_factor, bytes_per_rank_sent, fit_alpha_beta,
 };
 pub use memory::run_in_memory;
+pub use simulate::simulate;
 pub use validate::{PlanError, validate};
 
 /// An all-reduce algorithm. Serialized (and parsed, and displayed) as its lowercase name:
