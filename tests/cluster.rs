@@ -145,17 +145,7 @@ fn a_batch_that_follows_the_noise_scale_gives_train_s_numbers_on_worker_processe
     let want = metrics("train", &[]);
     let got = metrics("run", &["--workers", "3"]);
     assert!(got == want, "metrics differ from batchlab train's");
-    let mut rows = csv::Reader::from_reader(want.as_bytes());
-    let col = rows
-        .headers()
-        .unwrap()
-        .iter()
-        .position(|h| h == "batch")
-        .unwrap();
-    let batches: Vec<u64> = rows
-        .records()
-        .map(|r| r.unwrap()[col].parse().unwrap())
-        .collect();
+    let batches: Vec<u64> = batchlab_tests::csv_column(&want, "batch");
     assert_eq!(batches[0], 64, "the first batch is --batch");
     assert!(
         batches.iter().any(|&b| b != 64),

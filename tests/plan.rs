@@ -129,46 +129,31 @@ fn bad_plan_input_is_refused_naming_the_value_and_what_is_accepted() {
         assert!(text(&o).contains(want), "{a:?}: {}", text(&o));
     }
     // A zero bandwidth, and a count clap's parser refuses, each named.
-    let a = [
-        "plan",
-        "--sweep",
-        with_fit,
-        "--per-sample-us",
-        "100",
-        "--params",
-        "1M",
-        "--alpha-us",
-        "10",
-        "--bandwidth-gbs",
-        "0",
-    ];
-    let o = batchlab(&a);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("--bandwidth-gbs = 0: expected a positive number"),
-        "{}",
-        text(&o)
-    );
-    let a = [
-        "plan",
-        "--sweep",
-        with_fit,
-        "--per-sample-us",
-        "100",
-        "--params",
-        "lots",
-        "--alpha-us",
-        "10",
-        "--bandwidth-gbs",
-        "10",
-    ];
-    let o = batchlab(&a);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("\"lots\": expected a positive count such as 1000000, 25M or 7G"),
-        "{}",
-        text(&o)
-    );
+    for (params, bandwidth, want) in [
+        ("1M", "0", "--bandwidth-gbs = 0: expected a positive number"),
+        (
+            "lots",
+            "10",
+            "\"lots\": expected a positive count such as 1000000, 25M or 7G",
+        ),
+    ] {
+        let a = [
+            "plan",
+            "--sweep",
+            with_fit,
+            "--per-sample-us",
+            "100",
+            "--params",
+            params,
+            "--alpha-us",
+            "10",
+            "--bandwidth-gbs",
+            bandwidth,
+        ];
+        let o = batchlab(&a);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(want), "{}", text(&o));
+    }
 }
 
 /// The whole pipeline on a small case, as `bench/science/plan_validation.py` runs it at full
@@ -403,17 +388,8 @@ fn a_schedules_run_is_priced_step_by_step_and_an_unfinished_one_is_refused() {
     let out = dir.path().join("plan");
     let o = plan(out.to_str().unwrap());
     assert!(o.status.success(), "{}", text(&o));
-    let mut rows = csv::Reader::from_path(run.join("metrics.csv")).unwrap();
-    let col = rows
-        .headers()
-        .unwrap()
-        .iter()
-        .position(|h| h == "batch")
-        .unwrap();
-    let batches: Vec<f64> = rows
-        .records()
-        .map(|r| r.unwrap()[col].parse().unwrap())
-        .collect();
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let batches: Vec<f64> = batchlab_tests::csv_column(&metrics, "batch");
     assert!(
         batches.iter().any(|&b| b != 8.0),
         "the batch changed: {batches:?}"

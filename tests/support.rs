@@ -92,3 +92,20 @@ pub fn worker(addr: &str, connect_timeout: u64, extra: &[&str]) -> Command {
         .stdout(std::process::Stdio::null());
     c
 }
+
+/// The values of column `name` of a CSV text (a run's metrics.csv), parsed.
+pub fn csv_column<T: std::str::FromStr>(csv_text: &str, name: &str) -> Vec<T>
+where
+    T::Err: std::fmt::Debug,
+{
+    let mut rows = csv::Reader::from_reader(csv_text.as_bytes());
+    let col = rows
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name}"));
+    rows.records()
+        .map(|r| r.unwrap()[col].parse().unwrap())
+        .collect()
+}
