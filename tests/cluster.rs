@@ -153,6 +153,67 @@ fn a_batch_that_follows_the_noise_scale_gives_train_s_numbers_on_worker_processe
     );
 }
 
+/// Elastic growth: a run that starts on one local worker with a batch that doubles twice
+/// starts workers as the batch needs them (a worker per 64 samples, up to four), admits them
+/// mid-run, and its numbers equal `batchlab train`'s.
+#[test]
+fn a_growing_batch_starts_local_workers_as_it_needs_them_and_keeps_train_s_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    // MLP's run, 1500 steps long: the workers have time to start while it runs.
+    let mut base: Vec<&str> = MLP.to_vec();
+    let s = base.iter().position(|&a| a == "--steps").unwrap();
+    base[s + 1] = "1500";
+    base.extend([
+        "--set",
+        "batch_schedule.kind=\"step\"",
+        "--set",
+        "batch_schedule.at=[20, 40]",
+    ]);
+    let run = |cmd: &str, extra: &[&str]| {
+        let out = dir.path().join(cmd);
+        let mut a = vec![cmd, "--out", out.to_str().unwrap()];
+        a.extend(&base);
+        a.extend(extra);
+        let o = batchlab(&a);
+        assert!(o.status.success(), "{a:?}: {}", text(&o));
+        (out, text(&o))
+    };
+    let (want, _) = run("train", &[]);
+    let (got, log) = run(
+        "run",
+        &[
+            "--workers",
+            "1",
+            "--max-workers",
+            "4",
+            "--heartbeat-timeout-ms",
+            "1000",
+        ],
+    );
+    let rows = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+    assert!(
+        rows(&got) == rows(&want),
+        "metrics differ from batchlab train's"
+    );
+    let batches: Vec<u64> = batchlab_tests::csv_column(&rows(&want), "batch");
+    assert_eq!((batches[0], batches[30], batches[1499]), (64, 128, 256));
+    // 64 samples per worker (the first batch on one worker): four workers at B = 256,
+    // admitted while the run went on (the growth lags the batch by a heartbeat or so).
+    let resumed: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("resuming at step ").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        resumed.iter().any(|&s| (20..1500).contains(&s)),
+        "no generation formed mid-run: {log}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(got.join("summary.json")).unwrap()).unwrap();
+    let timing = json["timing"].as_array().unwrap().len();
+    assert_eq!(timing, 4, "the final generation had four ranks: {log}");
+}
+
 #[test]
 fn mlp_runs_are_bit_identical_on_any_number_of_workers_and_algorithm_and_equal_train() {
     let dir = tempfile::tempdir().unwrap();

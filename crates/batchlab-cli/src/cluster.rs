@@ -135,10 +135,19 @@ pub struct ReduceArgs {
     /// them; the numbers do not change. Default: --workers (the run stops on a loss).
     #[arg(long, value_name = "N")]
     min_workers: Option<usize>,
-    /// Elastic membership (with --listen): admit workers that join mid-run, between steps,
-    /// up to this many; each takes the run's state from a peer. Default: --workers.
+    /// Elastic membership: admit workers that join mid-run, between steps, up to this many;
+    /// each takes the run's state from a peer. With a batch that grows ([batch_schedule]),
+    /// joiners wait as standby and are admitted as the batch needs them (see
+    /// --batch-per-worker); `run` then starts local workers as they are needed. Default:
+    /// --workers.
     #[arg(long, value_name = "N")]
     max_workers: Option<usize>,
+    /// Elastic growth: samples of a step's batch per worker; the run admits waiting workers
+    /// until ceil(B_t / N) work on a step of batch B_t (within --max-workers; never fewer
+    /// than it has). Default, for a batch schedule with --max-workers above --workers: the
+    /// first batch's share, ceil(B_0 / --workers). 0: admit every joiner at once.
+    #[arg(long, value_name = "N")]
+    batch_per_worker: Option<u64>,
     /// Elastic membership: seconds to wait, paused, with fewer than --min-workers workers
     /// before the run stops.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
@@ -190,6 +199,20 @@ impl ReduceArgs {
         }
     }
 
+    /// Samples per worker for elastic growth in a run of `plan` on `workers` (0: none; see
+    /// --batch-per-worker).
+    fn batch_per_worker(&self, plan: &RunPlan, workers: usize) -> u64 {
+        match self.batch_per_worker {
+            Some(n) => n,
+            None if self.max_workers.is_some_and(|m| m > workers)
+                && !plan.batching.is_constant() =>
+            {
+                plan.batching.first().div_ceil(workers as u64)
+            }
+            None => 0,
+        }
+    }
+
     /// Whether --min-workers or --max-workers was given.
     fn elastic_flags(&self) -> bool {
         self.min_workers.is_some() || self.max_workers.is_some()
@@ -226,6 +249,7 @@ impl ReduceArgs {
             heartbeat_timeout_ms,
             min_workers: membership.0,
             max_workers: membership.1,
+            batch_per_worker: None,
             pause_timeout: 300,
             checkpoint_every: 0,
             join_timeout: 120,
@@ -259,6 +283,8 @@ Examples:
   batchlab run --workers 4                            # the default NQM run on 4 local workers
   batchlab run --workers 2 --task mlp --batch 256 --micro 32 --steps 200
   batchlab run --workers 4 --allreduce tree --reduce fast
+  batchlab run --workers 1 --max-workers 4 --set batch_schedule.kind='\"step\"' \\
+      --set batch_schedule.at='[100, 200]'          # workers start as the batch doubles
 The numbers equal `batchlab train`'s with the same flags (exact reduction), on any --workers.";
 
 const COORDINATOR_HELP: &str = "\
@@ -279,7 +305,7 @@ Examples:
 #[derive(Args, Debug)]
 #[command(mut_arg("out", |a| a.help("Output folder for config.toml, metrics.csv, summary.json (and checkpoint.cbor while it runs). Default: runs/run-{task}-B{batch}-lr{lr}-s{seed}")))]
 // Elastic membership needs workers started on their own (`coordinator --listen`).
-#[command(mut_arg("min_workers", |a| a.hide(true)), mut_arg("max_workers", |a| a.hide(true)), mut_arg("pause_timeout", |a| a.hide(true)))]
+#[command(mut_arg("min_workers", |a| a.hide(true)), mut_arg("pause_timeout", |a| a.hide(true)))]
 #[command(after_long_help = RUN_HELP)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -509,6 +535,10 @@ pub struct Cluster {
     coordinator: Coordinator,
     /// Local worker processes (killed when dropped).
     children: Vec<Child>,
+    /// How to start one more local worker (local clusters only).
+    local: Option<LocalLaunch>,
+    /// Elastic growth of the runs: samples per worker (0: none; see --batch-per-worker).
+    batch_per_worker: u64,
     stop: tokio::sync::watch::Sender<bool>,
     server: Option<tokio::task::JoinHandle<()>>,
     reduce: ReduceArgs,
@@ -524,10 +554,10 @@ impl Cluster {
             bail!("--workers 0: expected at least 1 worker");
         }
         reduce.validate()?;
-        if reduce.elastic_flags() {
+        if reduce.min_workers.is_some() {
             bail!(
-                "--min-workers/--max-workers need workers started on their own (--listen and \
-                 `batchlab worker`): local workers live and die with this process"
+                "--min-workers needs workers started on their own (--listen and `batchlab \
+                 worker`): local workers live and die with this process"
             );
         }
         let token = random_token()?;
@@ -541,36 +571,18 @@ impl Cluster {
             anyhow::Ok((l, a))
         })?;
         let mut cluster = Self::start(rt, listener, workers, &token, reduce)?;
+        let launch = LocalLaunch {
+            exe,
+            coordinator: addr.to_string(),
+            token,
+            tls: reduce.tls.forward(),
+        };
         let _guard = cluster.rt.enter();
         for _ in 0..workers {
-            let child = Command::new(&exe)
-                .args([
-                    "worker",
-                    "--coordinator",
-                    &addr.to_string(),
-                    "--listen",
-                    "127.0.0.1:0",
-                    // Their coordinator is this process: it does not come back.
-                    "--rejoin",
-                    "false",
-                ])
-                .args(reduce.tls.forward())
-                .env("BATCHLAB_TOKEN", &token)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
-                )
-                .env_remove("RANK")
-                .env_remove("SLURM_PROCID")
-                .env_remove("JOB_COMPLETION_INDEX")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting worker {}", exe.display()))?;
-            cluster.children.push(child);
+            cluster.children.push(launch.spawn()?);
         }
         drop(_guard);
+        cluster.local = Some(launch);
         tracing::info!(workers, %addr, "started local workers");
         cluster.wait_ready()?;
         Ok(cluster)
@@ -629,6 +641,8 @@ impl Cluster {
             rt,
             coordinator,
             children: Vec::new(),
+            local: None,
+            batch_per_worker: 0,
             stop,
             server: Some(server),
             reduce: reduce.clone(),
@@ -637,9 +651,28 @@ impl Cluster {
         })
     }
 
-    /// The number of workers.
+    /// The number of workers the cluster started with.
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// Sets elastic growth for the runs of `plan` (see --batch-per-worker); says so when on.
+    pub fn grow_for(&mut self, plan: &RunPlan) {
+        self.batch_per_worker = self.reduce.batch_per_worker(plan, self.workers);
+        if self.batch_per_worker > 0 {
+            let max = self.reduce.max_workers.unwrap_or(self.workers);
+            tracing::info!(
+                per_worker = self.batch_per_worker,
+                max,
+                "elastic growth: a worker per {} samples of the batch, up to {max} workers{}",
+                self.batch_per_worker,
+                if self.local.is_some() {
+                    " (local workers start as the batch needs them)"
+                } else {
+                    " (joiners wait as standby until then)"
+                }
+            );
+        }
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -672,15 +705,23 @@ impl Cluster {
     ) -> Result<RunOutcome> {
         let mut spec = self.reduce.spec(cfg, seeds, return_params)?;
         spec.checkpoint_every = self.reduce.checkpoint_every;
+        spec.batch_per_worker = self.batch_per_worker;
         let coordinator = self.coordinator.clone();
+        let started = self.children.len();
         let children = &mut self.children;
-        self.rt.block_on(async {
+        let mut grown = Vec::new();
+        let launch = self.local.as_ref().filter(|_| spec.batch_per_worker > 0);
+        let result = self.rt.block_on(async {
             tokio::select! {
                 r = coordinator.run_checkpointed(spec, resume, on_row, on_checkpoint) => r.map_err(|e| anyhow!(e)),
                 e = dead_child(children) => Err(e),
+                e = start_as_wanted(&coordinator, launch, started, &mut grown) => Err(e),
                 sig = stop_signal() => bail!("interrupted by {sig}"),
             }
-        })
+        });
+        // Watched (and shut down) with the others from now on.
+        self.children.extend(grown);
+        result
     }
 
     /// Runs an all-reduce benchmark spec on the workers; every rank's result, by rank.
@@ -798,6 +839,82 @@ impl Drop for Cluster {
     }
 }
 
+/// How to start a local worker process of this binary.
+struct LocalLaunch {
+    exe: std::path::PathBuf,
+    coordinator: String,
+    token: String,
+    tls: Vec<std::ffi::OsString>,
+}
+
+impl LocalLaunch {
+    /// Starts one worker (within the runtime's context).
+    fn spawn(&self) -> Result<Child> {
+        Command::new(&self.exe)
+            .args([
+                "worker",
+                "--coordinator",
+                &self.coordinator,
+                "--listen",
+                "127.0.0.1:0",
+                // Their coordinator is this process: it does not come back.
+                "--rejoin",
+                "false",
+            ])
+            .args(&self.tls)
+            .env("BATCHLAB_TOKEN", &self.token)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
+            .env_remove("RANK")
+            .env_remove("SLURM_PROCID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting worker {}", self.exe.display()))
+    }
+}
+
+/// Elastic growth of a local cluster: starts a local worker (into `grown`) whenever the run
+/// wants more places than the `started + grown` workers there are; resolves only with an
+/// error (never without `launch`).
+async fn start_as_wanted(
+    coordinator: &Coordinator,
+    launch: Option<&LocalLaunch>,
+    started: usize,
+    grown: &mut Vec<Child>,
+) -> anyhow::Error {
+    let Some(launch) = launch else {
+        return std::future::pending().await;
+    };
+    let mut changes = coordinator.changes();
+    loop {
+        let (wanted, _) = coordinator.wanted();
+        while started + grown.len() < wanted {
+            match launch.spawn() {
+                Ok(child) => grown.push(child),
+                Err(e) => return e,
+            }
+            tracing::info!(
+                workers = started + grown.len(),
+                "started a local worker for the growing batch"
+            );
+        }
+        for (i, c) in grown.iter_mut().enumerate() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return anyhow!("worker process {} exited early with {status}", started + i);
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return std::future::pending().await; },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
 /// Resolves when a local worker process has exited (never when there are none).
 async fn dead_child(children: &mut [Child]) -> anyhow::Error {
     if children.is_empty() {
@@ -911,6 +1028,7 @@ fn drive(cluster: &mut Cluster, p: &Prepared) -> Result<RunOutcome> {
         None => Sink::create(p)?,
     });
     let write_error = std::cell::RefCell::new(None);
+    cluster.grow_for(&p.plan);
     tracing::info!(
         task = p.plan.task.name(),
         params = p.plan.task.num_params(),
@@ -1099,6 +1217,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let (micros, what) = largest_step(&p.plan);
     check_local_workers(args.workers, micros, &what)?;
+    if let Some(max) = args.reduce.max_workers {
+        check_local_workers(max, micros, &what).map_err(|e| {
+            anyhow!(
+                "{}",
+                e.to_string().replacen("--workers", "--max-workers", 1)
+            )
+        })?;
+    }
     run_local(&p, args.workers, &args.reduce).map(|_| ())
 }
 

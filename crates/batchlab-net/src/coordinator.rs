@@ -111,11 +111,16 @@ pub struct Member {
 /// survivors in their old rank order, then the joiners, up to `max` (a joiner beyond it waits
 /// for a place); with fewer than `min` the cluster pauses (forming stays open) until joiners
 /// make up the number.
+///
+/// A run whose batch grows caps the places at [`Membership::want`] (`max` until set): joiners
+/// beyond it wait as standby until the batch needs them; survivors are never dropped.
 #[derive(Debug, Clone)]
 pub struct Membership {
     target: usize,
     min: usize,
     max: usize,
+    /// The most places the run wants now (at most `max`).
+    wanted: usize,
     /// Every member that ever joined, by worker id (join order).
     members: Vec<Member>,
     lost: Vec<bool>,
@@ -151,6 +156,7 @@ impl Membership {
             target: workers,
             min: min.min(workers),
             max: max.max(workers),
+            wanted: max.max(workers),
             members: Vec::new(),
             lost: Vec::new(),
             generation: 0,
@@ -192,14 +198,47 @@ impl Membership {
                 self.generation = 1;
             }
         } else {
-            // At --max-workers it waits for a place (a member lost: a replacement).
+            // At --max-workers (or the places the batch wants) it waits for a place (a member
+            // lost: a replacement).
             self.waiting.push(id);
-            let members = self.current.iter().filter(|&&c| !self.lost[c]).count();
-            if members < self.max {
-                self.forming.get_or_insert_with(Default::default);
-            }
+            self.form_if_room();
         }
         Ok(id)
+    }
+
+    /// The places a generation may have now: `max`, or fewer while the batch needs fewer.
+    fn places(&self) -> usize {
+        self.max.min(self.wanted)
+    }
+
+    /// Starts forming the next generation when a joiner waits and a place is free.
+    fn form_if_room(&mut self) {
+        let members = self.current.iter().filter(|&&c| !self.lost[c]).count();
+        let waiting = self.waiting.iter().any(|&w| !self.lost[w]);
+        if self.generation > 0 && waiting && members < self.places() {
+            self.forming.get_or_insert_with(Default::default);
+        }
+    }
+
+    /// Caps the places of the next generations at `n` (within `min(workers, min)`…`max`), as a
+    /// run whose batch grows does; raising it lets waiting joiners in (a generation starts
+    /// forming). Returns the cap now in force.
+    pub fn want(&mut self, n: usize) -> usize {
+        self.wanted = n.clamp(self.min.max(1), self.max);
+        if self.elastic() {
+            self.form_if_room();
+        }
+        self.wanted
+    }
+
+    /// The places the run wants now (see [`Membership::want`]).
+    pub fn wanted(&self) -> usize {
+        self.wanted
+    }
+
+    /// Joiners waiting for a place.
+    pub fn waiting(&self) -> usize {
+        self.waiting.iter().filter(|&&w| !self.lost[w]).count()
     }
 
     fn assign(&self) -> Vec<usize> {
@@ -283,7 +322,9 @@ impl Membership {
         if next.len() < self.min.max(1) {
             return Forming::Paused { have: next.len() };
         }
-        next.truncate(self.max);
+        // Survivors keep their places; joiners fill the rest.
+        let survivors = self.current.iter().filter(|&&id| !self.lost[id]).count();
+        next.truncate(self.places().max(survivors));
         self.waiting.retain(|id| !next.contains(id));
         self.current = next;
         self.generation += 1;
@@ -544,6 +585,9 @@ impl Shared {
     }
 }
 
+/// How long a standby joiner of an elastic cluster waits for a place.
+const STANDBY_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -737,6 +781,16 @@ impl Coordinator {
             None => vec![0; members],
         };
         let mut inbox = self.shared.inbox.lock().await;
+        {
+            // Each run sets its own cap: growth starts from the generation it finds.
+            let mut s = self.state();
+            let cap = if spec.batch_per_worker > 0 {
+                s.members.current().len()
+            } else {
+                usize::MAX
+            };
+            s.members.want(cap);
+        }
         let task = self.start(
             &mut inbox,
             task_assignment::Kind::Run(spec.to_wire()),
@@ -801,11 +855,49 @@ impl Coordinator {
                 run.handle(report, rows_through, |w| members.is_lost(w))
             };
             match collected.map_err(|f| self.failed(f))? {
-                Collected::Row(member, row) => on_row(member, row),
+                Collected::Row(member, row) => {
+                    if order.batch_per_worker > 0 {
+                        self.grow(row.batch.div_ceil(order.batch_per_worker) as usize);
+                    }
+                    on_row(member, row)
+                }
                 Collected::Checkpoint(c) => on_checkpoint(c),
                 Collected::Nothing => {}
             }
         }
+    }
+
+    /// Elastic growth: lets the next generations have up to `workers` places (never fewer
+    /// than now); when that frees a place for a waiting joiner, the next generation forms at
+    /// the next step boundary.
+    fn grow(&self, workers: usize) {
+        let mut s = self.state();
+        let now = s.members.current().len();
+        let before = s.members.wanted();
+        let wanted = s.members.want(workers.max(now));
+        if wanted != before {
+            tracing::info!(
+                from = before,
+                to = wanted,
+                waiting = s.members.waiting(),
+                "the batch now wants {wanted} workers"
+            );
+            self.shared.try_form(&mut s);
+            drop(s);
+            self.shared.bump();
+        }
+    }
+
+    /// The places the current run wants (elastic growth; `--max-workers` otherwise) and the
+    /// joiners waiting for one.
+    pub fn wanted(&self) -> (usize, usize) {
+        let s = self.state();
+        (s.members.wanted(), s.members.waiting())
+    }
+
+    /// A receiver that changes with every change of membership, task or pause.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.version.subscribe()
     }
 
     /// The error of a run the collection declared failed (aborting the cluster where the run
@@ -1092,10 +1184,25 @@ impl coordinator_server::Coordinator for Service {
             "worker joined"
         );
         self.shared.bump();
-        let reply = self
-            .shared
-            .wait_placed(id, after, self.shared.cfg.join_timeout)
-            .await?;
+        // A joiner of a running elastic cluster is standby: it waits for a place as long as the
+        // cluster runs (until the batch grows, or a member is lost).
+        let standby = after > 0 && self.state().members.elastic();
+        let limit = if standby {
+            STANDBY_WAIT
+        } else {
+            self.shared.cfg.join_timeout
+        };
+        let reply = match self.shared.wait_placed(id, after, limit).await {
+            Ok(r) => r,
+            Err(e) => {
+                // It no longer waits: never give it a place.
+                let mut s = self.state();
+                if s.members.rank_of(id).is_none() {
+                    s.members.lose(id);
+                }
+                return Err(e);
+            }
+        };
         self.shared.state().last_seen[id] = Some(Instant::now());
         Ok(Response::new(reply))
     }
@@ -1310,6 +1417,49 @@ mod tests {
         assert_eq!(r.try_form(), Forming::Formed(4));
         assert_eq!(r.peers().unwrap(), ["a", "d", "e"]);
         assert_eq!(r.rank_of(e), Some(2));
+    }
+
+    #[test]
+    fn with_growth_joiners_wait_as_standby_until_the_batch_wants_them() {
+        let mut r = Membership::new(1, 1, 4);
+        r.join(member("a", None)).unwrap();
+        assert_eq!(r.want(1), 1);
+        for b in ["b", "c", "d"] {
+            r.join(member(b, None)).unwrap();
+        }
+        // Three standby, no place: nothing forms.
+        assert!(!r.is_forming());
+        assert_eq!((r.waiting(), r.try_form()), (3, Forming::Idle));
+        // The batch doubles: one more place, taken by the first joiner.
+        assert_eq!(r.want(2), 2);
+        assert!(r.is_forming());
+        r.regroup(0, 1).unwrap();
+        assert_eq!(r.try_form(), Forming::Formed(2));
+        assert_eq!(r.peers().unwrap(), ["a", "b"]);
+        assert_eq!(r.waiting(), 2);
+        // Beyond --max-workers the cap stops at it.
+        assert_eq!(r.want(100), 4);
+        for id in [0, 1] {
+            r.regroup(id, 2).unwrap();
+        }
+        assert_eq!(r.try_form(), Forming::Formed(3));
+        assert_eq!(r.peers().unwrap(), ["a", "b", "c", "d"]);
+        // A smaller cap never drops a member: a loss is replaced only up to the cap.
+        assert_eq!(r.want(2), 2);
+        let e = r.join(member("e", None)).unwrap();
+        assert!(!r.is_forming(), "four members already exceed two places");
+        assert_eq!(r.lose(3), Some(3));
+        for id in [0, 1, 2] {
+            r.regroup(id, 3).unwrap();
+        }
+        assert_eq!(r.try_form(), Forming::Formed(4));
+        assert_eq!(r.peers().unwrap(), ["a", "b", "c"]);
+        assert_eq!(r.rank_of(e), None);
+        // A standby joiner that stops waiting never gets a place.
+        r.lose(e);
+        assert_eq!(r.waiting(), 0);
+        assert_eq!(r.want(4), 4);
+        assert!(!r.is_forming());
     }
 
     #[test]

@@ -131,6 +131,10 @@ pub struct RunOrder {
     pub checkpoint_every: u64,
     /// A checkpoint's run state (CBOR) to start from (empty: step 0); set by the coordinator.
     pub(crate) resume: Vec<u8>,
+    /// Elastic growth, on the coordinator only (workers never see it): keep about this many
+    /// samples of the step's batch per worker, admitting waiting joiners as the batch grows
+    /// (0: admit every joiner at once, up to `--max-workers`).
+    pub batch_per_worker: u64,
 }
 
 impl RunOrder {
@@ -146,6 +150,7 @@ impl RunOrder {
             return_params: false,
             checkpoint_every: 0,
             resume: Vec::new(),
+            batch_per_worker: 0,
         }
     }
 
@@ -188,6 +193,7 @@ impl RunOrder {
             return_params: spec.return_params,
             checkpoint_every: spec.checkpoint_every,
             resume: spec.resume.clone(),
+            batch_per_worker: 0,
         })
     }
 }
