@@ -138,7 +138,7 @@ pub struct ReduceArgs {
     /// Elastic membership: admit workers that join mid-run, between steps, up to this many;
     /// each takes the run's state from a peer. With a batch that grows ([batch_schedule]),
     /// joiners wait as standby and are admitted as the batch needs them (see
-    /// --batch-per-worker); `run` then starts local workers as they are needed. Default:
+    /// --batch-per-worker); `run` then starts the extra local workers as standby. Default:
     /// --workers.
     #[arg(long, value_name = "N")]
     max_workers: Option<usize>,
@@ -284,7 +284,7 @@ Examples:
   batchlab run --workers 2 --task mlp --batch 256 --micro 32 --steps 200
   batchlab run --workers 4 --allreduce tree --reduce fast
   batchlab run --workers 1 --max-workers 4 --set batch_schedule.kind='\"step\"' \\
-      --set batch_schedule.at='[100, 200]'          # workers start as the batch doubles
+      --set batch_schedule.at='[100, 200]'          # workers join as the batch doubles
 The numbers equal `batchlab train`'s with the same flags (exact reduction), on any --workers.";
 
 const COORDINATOR_HELP: &str = "\
@@ -667,7 +667,7 @@ impl Cluster {
                 "elastic growth: a worker per {} samples of the batch, up to {max} workers{}",
                 self.batch_per_worker,
                 if self.local.is_some() {
-                    " (local workers start as the batch needs them)"
+                    " (local workers start as standby and join as the batch needs them)"
                 } else {
                     " (joiners wait as standby until then)"
                 }
@@ -707,21 +707,25 @@ impl Cluster {
         spec.checkpoint_every = self.reduce.checkpoint_every;
         spec.batch_per_worker = self.batch_per_worker;
         let coordinator = self.coordinator.clone();
-        let started = self.children.len();
+        // Before any local worker is started for it.
+        coordinator.cap_for(&spec);
+        // Local workers for a growing batch start at once as standby (a process start is
+        // slow next to a step); the coordinator admits them as the batch needs them.
+        if let Some(launch) = self.local.as_ref().filter(|_| spec.batch_per_worker > 0) {
+            let max = self.reduce.max_workers.unwrap_or(self.workers);
+            let _guard = self.rt.enter();
+            while self.children.len() < max {
+                self.children.push(launch.spawn()?);
+            }
+        }
         let children = &mut self.children;
-        let mut grown = Vec::new();
-        let launch = self.local.as_ref().filter(|_| spec.batch_per_worker > 0);
-        let result = self.rt.block_on(async {
+        self.rt.block_on(async {
             tokio::select! {
                 r = coordinator.run_checkpointed(spec, resume, on_row, on_checkpoint) => r.map_err(|e| anyhow!(e)),
                 e = dead_child(children) => Err(e),
-                e = start_as_wanted(&coordinator, launch, started, &mut grown) => Err(e),
                 sig = stop_signal() => bail!("interrupted by {sig}"),
             }
-        });
-        // Watched (and shut down) with the others from now on.
-        self.children.extend(grown);
-        result
+        })
     }
 
     /// Runs an all-reduce benchmark spec on the workers; every rank's result, by rank.
@@ -875,43 +879,6 @@ impl LocalLaunch {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting worker {}", self.exe.display()))
-    }
-}
-
-/// Elastic growth of a local cluster: starts a local worker (into `grown`) whenever the run
-/// wants more places than the `started + grown` workers there are; resolves only with an
-/// error (never without `launch`).
-async fn start_as_wanted(
-    coordinator: &Coordinator,
-    launch: Option<&LocalLaunch>,
-    started: usize,
-    grown: &mut Vec<Child>,
-) -> anyhow::Error {
-    let Some(launch) = launch else {
-        return std::future::pending().await;
-    };
-    let mut changes = coordinator.changes();
-    loop {
-        let (wanted, _) = coordinator.wanted();
-        while started + grown.len() < wanted {
-            match launch.spawn() {
-                Ok(child) => grown.push(child),
-                Err(e) => return e,
-            }
-            tracing::info!(
-                workers = started + grown.len(),
-                "started a local worker for the growing batch"
-            );
-        }
-        for (i, c) in grown.iter_mut().enumerate() {
-            if let Ok(Some(status)) = c.try_wait() {
-                return anyhow!("worker process {} exited early with {status}", started + i);
-            }
-        }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return std::future::pending().await; },
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
     }
 }
 

@@ -781,16 +781,7 @@ impl Coordinator {
             None => vec![0; members],
         };
         let mut inbox = self.shared.inbox.lock().await;
-        {
-            // Each run sets its own cap: growth starts from the generation it finds.
-            let mut s = self.state();
-            let cap = if spec.batch_per_worker > 0 {
-                s.members.current().len()
-            } else {
-                usize::MAX
-            };
-            s.members.want(cap);
-        }
+        self.cap_for(&spec);
         let task = self.start(
             &mut inbox,
             task_assignment::Kind::Run(spec.to_wire()),
@@ -888,16 +879,18 @@ impl Coordinator {
         }
     }
 
-    /// The places the current run wants (elastic growth; `--max-workers` otherwise) and the
-    /// joiners waiting for one.
-    pub fn wanted(&self) -> (usize, usize) {
-        let s = self.state();
-        (s.members.wanted(), s.members.waiting())
-    }
-
-    /// A receiver that changes with every change of membership, task or pause.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.shared.version.subscribe()
+    /// Sets the cap on places a run of `order` starts with: the current generation's size
+    /// when it grows with its batch (`batch_per_worker`), else `--max-workers`.
+    /// [`Coordinator::run_checkpointed`] does it; a caller that starts workers as the cap
+    /// allows calls it first.
+    pub fn cap_for(&self, order: &RunOrder) {
+        let mut s = self.state();
+        let cap = if order.batch_per_worker > 0 {
+            s.members.current().len()
+        } else {
+            usize::MAX
+        };
+        s.members.want(cap);
     }
 
     /// The error of a run the collection declared failed (aborting the cluster where the run
