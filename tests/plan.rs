@@ -15,7 +15,17 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
 
 /// A sweep folder whose analysis says `S(B) = s_min(1 + b_crit/B)`, measured on `B = 1…1024`.
 fn sweep_with_fit(dir: &std::path::Path, fit: Option<(f64, f64)>) -> std::path::PathBuf {
-    let sweep = dir.join("sweep");
+    sweep_at(dir, "sweep", 0.1, fit)
+}
+
+/// [`sweep_with_fit`] in `dir/name`, at target loss `target`.
+fn sweep_at(
+    dir: &std::path::Path,
+    name: &str,
+    target: f64,
+    fit: Option<(f64, f64)>,
+) -> std::path::PathBuf {
+    let sweep = dir.join(name);
     std::fs::create_dir_all(&sweep).unwrap();
     let best: Vec<serde_json::Value> = [1u64, 32, 1024]
         .iter()
@@ -25,7 +35,7 @@ fn sweep_with_fit(dir: &std::path::Path, fit: Option<(f64, f64)>) -> std::path::
         serde_json::json!({"s_min": s_min, "e_min": s_min * b_crit, "b_crit": b_crit,
                            "rms_log_residual": 0.0, "n": 3})
     });
-    let doc = serde_json::json!({"target": 0.1, "fit": fit, "best": best});
+    let doc = serde_json::json!({"target": target, "fit": fit, "best": best});
     std::fs::write(sweep.join("analysis.json"), doc.to_string()).unwrap();
     sweep
 }
@@ -84,6 +94,103 @@ fn the_plan_gives_the_formulas_time_and_best_batch_for_each_worker_count() {
     let rows = std::fs::read_to_string(out.join("plan.csv")).unwrap();
     assert_eq!(rows.lines().count(), 1 + 21 + 19 + 17 + 15);
     assert!(text(&o).contains("fastest: B = "), "{}", text(&o));
+}
+
+/// Sweeps at three targets: a plan for each, the target falling, with B_crit growing as
+/// the sweeps' fits say and each target's best batch from its own fit.
+#[test]
+fn several_sweeps_plan_every_target_and_show_b_crit_as_the_target_falls() {
+    let _alone = alone();
+    let dir = tempfile::tempdir().unwrap();
+    // Given out of order: (target, S_min, B_crit).
+    let fits = [
+        (0.01, 400.0, 4000.0),
+        (0.1, 100.0, 100.0),
+        (0.03, 200.0, 800.0),
+    ];
+    let sweeps: Vec<String> = fits
+        .iter()
+        .map(|&(t, s, b)| {
+            let d = sweep_at(dir.path(), &format!("sweep-{t}"), t, Some((s, b)));
+            d.to_str().unwrap().to_owned()
+        })
+        .collect();
+    let out = dir.path().join("plan");
+    let o = batchlab(&[
+        "plan",
+        "--sweep",
+        &sweeps.join(","),
+        "--out",
+        out.to_str().unwrap(),
+        "--per-sample-us",
+        "100",
+        "--grad-bytes",
+        "4M",
+        "--alpha-us",
+        "100",
+        "--bandwidth-gbs",
+        "1",
+        "--workers",
+        "1,64",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    let targets = plan["targets"].as_array().unwrap();
+    let got: Vec<(f64, f64)> = targets
+        .iter()
+        .map(|p| {
+            (
+                p["target"].as_f64().unwrap(),
+                p["statistics"]["fit"]["b_crit"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, [(0.1, 100.0), (0.03, 800.0), (0.01, 4000.0)]);
+    // The headline is the lowest target's plan.
+    assert_eq!(plan["target"].as_f64(), Some(0.01));
+    // Each target's best batch on 64 workers is its own fit's argmin over the powers of two.
+    for (p, &(_, s_min, b_crit)) in targets.iter().zip([fits[1], fits[2], fits[0]].iter()) {
+        let time = |b: f64| {
+            let ring = 2.0 * 63.0 * 100e-6 + 2.0 * 63.0 / 64.0 * 4e6 / 1e9;
+            s_min * (1.0 + b_crit / b) * (100e-6 * (b / 64.0).ceil() + ring)
+        };
+        let want = (6..=20)
+            .map(|k| f64::from(1u32 << k))
+            .min_by(|&a, &b| time(a).total_cmp(&time(b)))
+            .unwrap();
+        let on64 = &p["fastest_per_workers"].as_array().unwrap()[1];
+        assert_eq!(on64["batch"].as_f64(), Some(want), "{p}");
+    }
+    assert!(t.contains("as the target falls:"), "{t}");
+    // B_crit = 4000 lies beyond the measured B = 1…1024: said so.
+    assert!(t.contains("outside B = 1…1024 (extrapolated)"), "{t}");
+    let rows = std::fs::read_to_string(out.join("plan.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 1 + 3 * (21 + 15));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("As the target loss falls"));
+    // Two sweeps of one target are refused, naming both.
+    let twin = sweep_at(dir.path(), "twin", 0.1, Some((1.0, 1.0)));
+    let o = batchlab(&[
+        "plan",
+        "--sweep",
+        &format!("{},{}", sweeps[1], twin.to_str().unwrap()),
+        "--per-sample-us",
+        "100",
+        "--params",
+        "1M",
+        "--alpha-us",
+        "10",
+        "--bandwidth-gbs",
+        "10",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("both are of target loss 1e-1; expected one sweep per target"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

@@ -35,9 +35,11 @@ The compute may come from `batchlab bench step --workers 1,... --out DIR` (its s
 #[derive(Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct PlanArgs {
-    /// A sweep's folder (its analysis.json holds the fit of S(B)).
-    #[arg(long)]
-    sweep: PathBuf,
+    /// A sweep's folder (its analysis.json holds the fit of S(B)). Several (comma-separated or
+    /// repeated), each swept to its own target loss: the plan for every target, and how
+    /// B_crit and the best (B, N) move as the target falls.
+    #[arg(long, value_delimiter = ',', required = true)]
+    sweep: Vec<PathBuf>,
     /// `batchlab bench step`'s step.json (timed with a one-worker row): the compute of one
     /// sample, the update and the gradient's bytes as measured here. Given several (at other
     /// batch sizes, comma-separated or repeated), the compute is the least-squares line through
@@ -419,8 +421,37 @@ fn system(args: &PlanArgs) -> Result<System> {
     })
 }
 
+/// The plan for one sweep's target.
+struct Planned<'a> {
+    sweep: &'a Path,
+    target: f64,
+    stats: Statistics,
+    points: Vec<PlanPoint>,
+    fastest: Vec<PlanPoint>,
+}
+
+impl Planned<'_> {
+    /// The best point under each objective asked for.
+    fn choices(&self, args: &PlanArgs) -> Vec<(&'static str, Option<&PlanPoint>)> {
+        let mut choices = vec![("fastest", plan::best(&self.points, Objective::Fastest))];
+        if let Some(h) = args.deadline_h {
+            let o = Objective::Deadline {
+                seconds: h * 3600.0,
+            };
+            choices.push((
+                "fewest worker-hours within the deadline",
+                plan::best(&self.points, o),
+            ));
+        }
+        if let Some(w) = args.budget_worker_hours {
+            let o = Objective::Budget { worker_hours: w };
+            choices.push(("fastest within the budget", plan::best(&self.points, o)));
+        }
+        choices
+    }
+}
+
 pub fn run(args: PlanArgs) -> Result<()> {
-    let (stats, target) = statistics(&args.sweep)?;
     let sys = system(&args)?;
     if args.workers.contains(&0) {
         bail!("--workers 0: expected worker counts of at least 1");
@@ -455,14 +486,36 @@ pub fn run(args: PlanArgs) -> Result<()> {
     } else {
         args.batches.iter().map(|&b| b as f64).collect()
     };
-    let points = stats.grid(&sys, &batches, &workers);
-    if points.is_empty() {
+    // One plan per sweep, the target falling: the last (lowest target) is the plan's headline.
+    let mut plans = Vec::new();
+    for dir in &args.sweep {
+        let (stats, target) = statistics(dir)?;
+        let points = stats.grid(&sys, &batches, &workers);
+        if points.is_empty() {
+            bail!(
+                "no batch size of --batches holds at least one sample per worker of --workers \
+                 (expected some B ≥ N)"
+            );
+        }
+        let fastest = plan::fastest_per_workers(&points);
+        plans.push(Planned {
+            sweep: dir,
+            target,
+            stats,
+            points,
+            fastest,
+        });
+    }
+    plans.sort_by(|a, b| b.target.total_cmp(&a.target));
+    if let Some(w) = plans.windows(2).find(|w| w[0].target == w[1].target) {
         bail!(
-            "no batch size of --batches holds at least one sample per worker of --workers \
-             (expected some B ≥ N)"
+            "--sweep {} and {}: both are of target loss {:e}; expected one sweep per target",
+            w[0].sweep.display(),
+            w[1].sweep.display(),
+            w[0].target
         );
     }
-    let fastest = plan::fastest_per_workers(&points);
+    let head = plans.last().expect("at least one --sweep");
     let schedule = match &args.schedule {
         Some(dir) => {
             let batches = schedule_batches(dir)?;
@@ -473,31 +526,34 @@ pub fn run(args: PlanArgs) -> Result<()> {
         }
         None => Vec::new(),
     };
-    let mut choices = vec![("fastest", plan::best(&points, Objective::Fastest))];
-    if let Some(h) = args.deadline_h {
-        let o = Objective::Deadline {
-            seconds: h * 3600.0,
-        };
-        choices.push((
-            "fewest worker-hours within the deadline",
-            plan::best(&points, o),
-        ));
-    }
-    if let Some(w) = args.budget_worker_hours {
-        let o = Objective::Budget { worker_hours: w };
-        choices.push(("fastest within the budget", plan::best(&points, o)));
-    }
+    let choices = head.choices(&args);
 
-    let out = args.out.clone().unwrap_or_else(|| args.sweep.join("plan"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.sweep[0].join("plan"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    write_csv(&out.join("plan.csv"), &points)?;
+    write_csv(&out.join("plan.csv"), &plans)?;
+    let targets: Vec<serde_json::Value> = plans
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "sweep": p.sweep,
+                "target": p.target,
+                "statistics": p.stats,
+                "fastest_per_workers": p.fastest,
+                "choices": p.choices(&args).iter().map(|(what, q)| serde_json::json!({"objective": what, "point": q})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let json = serde_json::json!({
-        "sweep": args.sweep,
-        "target": target,
-        "statistics": stats,
+        "sweep": head.sweep,
+        "target": head.target,
+        "statistics": head.stats,
         "system": sys,
-        "fastest_per_workers": fastest,
+        "fastest_per_workers": head.fastest,
         "choices": choices.iter().map(|(what, p)| serde_json::json!({"objective": what, "point": p})).collect::<Vec<_>>(),
+        "targets": targets,
         "schedule": args.schedule.as_ref().map(|d| serde_json::json!({"run": d, "per_workers": schedule})),
         "deadline_h": args.deadline_h,
         "budget_worker_hours": args.budget_worker_hours,
@@ -506,20 +562,39 @@ pub fn run(args: PlanArgs) -> Result<()> {
         &out.join("plan.json"),
         &(serde_json::to_string_pretty(&json)? + "\n"),
     )?;
-    let text = table(&stats, &sys, target, &fastest, &choices);
-    let assumptions = text.lines().next().unwrap_or_default();
-    let picks: Vec<String> = text
+    let tables: Vec<String> = plans
+        .iter()
+        .map(|p| table(&p.stats, &sys, p.target, &p.fastest, &p.choices(&args)))
+        .collect();
+    let mut text = tables.concat();
+    if plans.len() > 1 {
+        text += &falling_table(&plans, &args);
+    }
+    // The report's headline: the lowest target's plan.
+    let headline = tables.last().expect("a plan");
+    let assumptions = headline.lines().next().unwrap_or_default();
+    let picks: Vec<String> = headline
         .lines()
         .filter(|l| choices.iter().any(|(what, _)| l.starts_with(what)))
         .map(str::to_owned)
         .collect();
+    let falling = (plans.len() > 1).then(|| falling_rows(&plans, &args));
     crate::output::write_atomic(
         &out.join("report.html"),
-        &plan::page(assumptions, &points, &fastest, &picks),
+        &plan::page(
+            assumptions,
+            &head.points,
+            &head.fastest,
+            &picks,
+            falling.as_ref(),
+        ),
     )?;
     print!("{text}");
     if let Some(dir) = &args.schedule {
-        print!("{}", schedule_table(dir, &schedule, &fastest));
+        print!(
+            "{}",
+            schedule_table(dir, &schedule, &head.fastest, head.target)
+        );
     }
     println!(
         "wrote {}, {} and {}",
@@ -530,10 +605,87 @@ pub fn run(args: PlanArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_csv(path: &Path, points: &[PlanPoint]) -> Result<()> {
+/// How the plan moves as the target falls: per target, the fit, the fastest choice, and the
+/// best batch on the fewest and the most workers.
+fn falling_rows(plans: &[Planned], args: &PlanArgs) -> plan::FallingTable {
+    let header = [
+        "target",
+        "S_min",
+        "B_crit",
+        "B_crit vs measured B",
+        "fastest (B, N)",
+        "its time",
+        "best B on fewest N",
+        "best B on most N",
+    ];
+    let rows = plans
+        .iter()
+        .map(|p| {
+            let f = &p.stats.fit;
+            let inside = (p.stats.measured.0..=p.stats.measured.1).contains(&f.b_crit);
+            let fastest = p.choices(args)[0].1;
+            let first = p.fastest.first();
+            let last = p.fastest.last();
+            vec![
+                format!("{:.4e}", p.target),
+                format!("{:.1}", f.s_min),
+                format!("{:.0}", f.b_crit),
+                if inside {
+                    format!("within B = {}…{}", p.stats.measured.0, p.stats.measured.1)
+                } else {
+                    format!(
+                        "outside B = {}…{} (extrapolated)",
+                        p.stats.measured.0, p.stats.measured.1
+                    )
+                },
+                fastest.map_or("none".into(), |q| format!("({}, {})", q.batch, q.workers)),
+                fastest.map_or(String::new(), |q| duration(q.time_s)),
+                first.map_or(String::new(), |q| format!("{} on {}", q.batch, q.workers)),
+                last.map_or(String::new(), |q| format!("{} on {}", q.batch, q.workers)),
+            ]
+        })
+        .collect();
+    plan::FallingTable {
+        header: header.map(str::to_owned).to_vec(),
+        rows,
+    }
+}
+
+/// [`falling_rows`] as text.
+fn falling_table(plans: &[Planned], args: &PlanArgs) -> String {
+    use std::fmt::Write;
+    let t = falling_rows(plans, args);
+    let width: Vec<usize> = (0..t.header.len())
+        .map(|c| {
+            t.rows
+                .iter()
+                .map(|r| r[c].chars().count())
+                .chain([t.header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&width)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let mut s = String::from("as the target falls:\n");
+    let _ = writeln!(s, "{}", line(&t.header));
+    for r in &t.rows {
+        let _ = writeln!(s, "{}", line(r));
+    }
+    s
+}
+
+fn write_csv(path: &Path, plans: &[Planned]) -> Result<()> {
     let mut w =
         csv::Writer::from_path(path).with_context(|| format!("creating {}", path.display()))?;
     w.write_record([
+        "target",
         "workers",
         "batch",
         "step_s",
@@ -545,8 +697,12 @@ fn write_csv(path: &Path, points: &[PlanPoint]) -> Result<()> {
         "goodput",
         "extrapolated",
     ])?;
-    for p in points {
+    for (target, p) in plans
+        .iter()
+        .flat_map(|q| q.points.iter().map(move |p| (q.target, p)))
+    {
         w.write_record([
+            target.to_string(),
             p.workers.to_string(),
             p.batch.to_string(),
             p.step.total_s.to_string(),
@@ -564,7 +720,12 @@ fn write_csv(path: &Path, points: &[PlanPoint]) -> Result<()> {
 }
 
 /// The schedule's time per worker count beside the fastest constant batch's.
-fn schedule_table(dir: &Path, points: &[plan::SchedulePoint], fastest: &[PlanPoint]) -> String {
+fn schedule_table(
+    dir: &Path,
+    points: &[plan::SchedulePoint],
+    fastest: &[PlanPoint],
+    target: f64,
+) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let Some(first) = points.first() else {
@@ -582,7 +743,10 @@ fn schedule_table(dir: &Path, points: &[plan::SchedulePoint], fastest: &[PlanPoi
     let _ = writeln!(
         s,
         "{:>7} {:>11} {:>13} {:>22}",
-        "workers", "time", "worker-hours", "fastest constant B"
+        "workers",
+        "time",
+        "worker-hours",
+        format!("fastest constant B to {target:.3e}")
     );
     for p in points {
         let constant = fastest

@@ -351,11 +351,24 @@ pub fn heatmap(
 /// The plan's report page: what it assumed, the fastest batch per worker count as a table, and
 /// heatmaps of time and worker-hours to target over every `(B, N)`. `choices` are the
 /// objectives' picks in words.
+/// How a plan moves as the target loss falls (one row per target), for the report.
+#[derive(Debug, Clone)]
+pub struct FallingTable {
+    /// Column names.
+    pub header: Vec<String>,
+    /// One row per target, the target falling.
+    pub rows: Vec<Vec<String>>,
+}
+
+/// The plan's report page: the fastest batch per worker count, heatmaps of time and
+/// worker-hours over every (B, N), and, where several targets were planned, how the plan
+/// moves as the target falls.
 pub fn page(
     assumptions: &str,
     points: &[PlanPoint],
     fastest: &[PlanPoint],
     choices: &[String],
+    falling: Option<&FallingTable>,
 ) -> String {
     use crate::report::{Section, Table, heatmap_svg, html_page};
     let table = Table {
@@ -398,7 +411,7 @@ pub fn page(
         "Worker-hours to target",
         "worker-hours",
     );
-    let sections = [
+    let mut sections = vec![
         Section {
             title: "The fastest batch size per worker count".to_owned(),
             text: choices.join("\n\n"),
@@ -415,6 +428,23 @@ pub fn page(
             table: None,
         },
     ];
+    if let Some(f) = falling {
+        sections.insert(
+            1,
+            Section {
+                title: "As the target loss falls".to_owned(),
+                text: "One sweep per target: the fit S(B) = S_min(1 + B_crit/B) at each, the \
+                       fastest (B, N), and the best batch on the fewest and the most workers. The \
+                       tables above and the heatmaps are of the lowest target."
+                    .to_owned(),
+                figures: Vec::new(),
+                table: Some(Table {
+                    header: f.header.clone(),
+                    rows: f.rows.clone(),
+                }),
+            },
+        );
+    }
     html_page("batchlab plan", assumptions, &sections)
 }
 
@@ -612,6 +642,7 @@ mod tests {
             &points,
             &fastest_per_workers(&points),
             &["pick".into()],
+            None,
         );
         assert!(
             html.contains("Time to target") && html.contains("<svg"),
