@@ -8,6 +8,7 @@ mod exec;
 mod lrfind;
 mod output;
 mod plan;
+mod reproduce;
 mod sweep;
 mod train;
 mod warmup;
@@ -50,6 +51,10 @@ enum Command {
     /// Time and worker-hours to a sweep's target on N workers, per batch size, from its fitted
     /// S(B) and a model of compute and network; the fastest batch per worker count.
     Plan(plan::PlanArgs),
+    /// Published claims about batch size, each checked by one command with a verdict: the
+    /// entry's experiments, the published figure beside the measured one, holds / does not
+    /// hold / inconclusive.
+    Reproduce(reproduce::ReproduceArgs),
     /// Re-analyse a study folder (from `sweep`, `warmup` or `lr-find`) and render its report.html again.
     Report {
         /// The study folder.
@@ -86,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::LrFind(args) => lrfind::run(args),
         Command::Warmup(args) => warmup::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Reproduce(args) => reproduce::run(args),
         Command::Report { dir } => report(&dir),
         Command::Coordinator(args) => cluster::coordinator(args),
         Command::Worker(args) => cluster::worker(args),

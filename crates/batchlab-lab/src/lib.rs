@@ -10,6 +10,8 @@
 //! - [`plan`]: time and worker-hours to target on `N` workers: the sweep's `S(B)` times a
 //!   modelled step (compute of `B/N` samples, the gradient's all-reduce under the α-β model).
 //! - [`report`]: self-contained HTML with SVG plots, and the terminal summary.
+//! - [`reproduce`]: the catalog of published claims, the rules that judge them, the verdict
+//!   table and report.
 //! - [`sweep`]: the batch-size sweep as a plan of trials (the tuned-rate search).
 //! - [`warmup`]: the warmup stability grid (peak rate × warmup length × shape × momentum),
 //!   each run's record, the largest stable rate per warmup, where warmup helps or hurts.
@@ -18,6 +20,7 @@ pub mod fit;
 pub mod lrfind;
 pub mod plan;
 pub mod report;
+pub mod reproduce;
 pub mod study;
 pub mod sweep;
 pub mod warmup;
