@@ -121,7 +121,7 @@ fn an_unknown_entry_is_refused_naming_it_and_the_catalog() {
     let o = batchlab(&["reproduce", "no-such-claim"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        text(&o).contains("no entry \"no-such-claim\" in the catalog; expected one of: mccandlish"),
+        text(&o).contains("no entry \"no-such-claim\" in the catalog; expected one of: mccandlish, smith-batch-for-decay"),
         "{}",
         text(&o)
     );
@@ -130,4 +130,87 @@ fn an_unknown_entry_is_refused_naming_it_and_the_catalog() {
     for field in ["claim:", "source:", "rule:", "default:", "--quick:"] {
         assert!(text(&o).contains(field), "{}", text(&o));
     }
+}
+
+/// The rule of docs/science.md#reproduce for `smith-batch-for-decay`, written out here: the
+/// median of per-seed ratios of final eval losses.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+#[test]
+fn batch_for_decay_quick_judges_its_own_runs_and_workers_change_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut a = vec![
+            "reproduce",
+            "smith-batch-for-decay",
+            "--quick",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        let o = batchlab(&a);
+        assert!(o.status.success(), "{}", text(&o));
+        out.join("smith-batch-for-decay")
+    };
+    let here = run("here", &[]);
+    let verdict = json(&here.join("verdict.json"));
+    // Every figure from the runs' own summaries, read here.
+    let summary = |name: &str, seed: u64| {
+        json(&here.join(format!("{name}-s{seed}")).join("summary.json"))["summary"].clone()
+    };
+    let loss = |name: &str, seed: u64| summary(name, seed)["final_eval_loss"].as_f64().unwrap();
+    let seeds = 0..4u64;
+    let grow = median(
+        seeds
+            .clone()
+            .map(|s| loss("grow", s) / loss("decay", s))
+            .collect(),
+    );
+    let control = median(
+        seeds
+            .clone()
+            .map(|s| loss("control", s) / loss("decay", s))
+            .collect(),
+    );
+    let want = if control < 1.1 {
+        "inconclusive"
+    } else if (0.9..=1.1).contains(&grow) {
+        "holds"
+    } else {
+        "does_not_hold"
+    };
+    let checks = verdict["checks"].as_array().unwrap();
+    assert_eq!(checks[0]["verdict"], want, "{}", checks[0]);
+    assert!(
+        checks[0]["measured"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("grow/decay {grow:.3}")),
+        "{}",
+        checks[0]
+    );
+    // Same samples; the grown batch takes 16000/32 + 16000/160 + 16000/800 = 620 updates.
+    for s in seeds.clone() {
+        assert_eq!(summary("grow", s)["steps"], 620);
+        assert_eq!(summary("decay", s)["steps"], 1500);
+        assert_eq!(
+            summary("grow", s)["samples"],
+            summary("decay", s)["samples"]
+        );
+    }
+    assert_eq!(checks[1]["verdict"], "holds", "{}", checks[1]);
+
+    let workers = run("workers", &["--workers", "2"]);
+    let w = json(&workers.join("verdict.json"));
+    assert_eq!(w["figures"], verdict["figures"]);
+    assert_eq!(w["checks"], verdict["checks"]);
 }

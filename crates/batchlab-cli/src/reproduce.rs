@@ -123,6 +123,7 @@ fn run_entry(entry: &Entry, args: &ReproduceArgs) -> Result<reproduce::Verdict> 
     let start = Instant::now();
     let (checks, plot, ran, figures) = match entry.name {
         "mccandlish" => mccandlish(&dir, args)?,
+        "smith-batch-for-decay" => batch_for_decay(&dir, args)?,
         other => bail!("the entry {other} has no experiment"),
     };
     let wall = start.elapsed().as_secs_f64();
@@ -312,6 +313,179 @@ fn mccandlish(dir: &Path, args: &ReproduceArgs) -> Result<Outcome> {
     );
     let figures = serde_json::json!({ "per_task": tasks, "falling_target": falling });
     Ok((checks, Some(plot), ran, figures))
+}
+
+/// Parses a training's flags as `batchlab train` would.
+#[derive(Parser, Debug)]
+struct TrainCommand {
+    #[command(flatten)]
+    args: crate::train::TrainArgs,
+}
+
+/// Parses the cluster flags as the experiments do.
+#[derive(Parser, Debug)]
+struct ExecCommand {
+    #[command(flatten)]
+    exec: crate::exec::ExecArgs,
+}
+
+/// `smith-batch-for-decay`: per seed, the rate decayed ×1/5 at 1 and 2 epochs, the batch grown
+/// ×5 at the same samples, and neither, over 3 epochs of an MLP on teacher data.
+fn batch_for_decay(dir: &Path, args: &ReproduceArgs) -> Result<Outcome> {
+    // Divisible by every batch (32, 160, 800): the milestones fall between steps.
+    const EPOCH: u64 = 16_000;
+    const B0: u64 = 32;
+    let seeds: Vec<u64> = (0..if args.quick { 4 } else { 8 }).collect();
+    let base = [
+        "--task",
+        "mlp",
+        "--set",
+        "task.hidden=[32]",
+        "--set",
+        "task.data.input_dim=32",
+        "--set",
+        "task.data.classes=4",
+        "--set",
+        "task.data.train_size=16000",
+        "--batch",
+        "32",
+        "--micro",
+        "8",
+        "--set",
+        "task.data.label_noise=0.2",
+        "--lr",
+        "1.0",
+        "--set",
+        "eval_every=4",
+    ];
+    let epoch = EPOCH.to_string();
+    // Steps over 3 epochs: decay and control at B0 all the way; grow at B0, 5·B0, 25·B0.
+    let flat_steps = 3 * EPOCH / B0;
+    let grow_steps = EPOCH / B0 + EPOCH / (5 * B0) + EPOCH / (25 * B0);
+    let schedules: [(&str, Vec<String>, u64); 3] = [
+        (
+            "decay",
+            vec![
+                "--set".into(),
+                "schedule.decay=\"step\"".into(),
+                "--set".into(),
+                "schedule.unit=\"samples\"".into(),
+                "--set".into(),
+                format!("schedule.step_size={epoch}"),
+                "--set".into(),
+                "schedule.gamma=0.2".into(),
+            ],
+            flat_steps,
+        ),
+        (
+            "grow",
+            vec![
+                "--set".into(),
+                "batch_schedule.kind=\"step\"".into(),
+                "--set".into(),
+                "batch_schedule.unit=\"samples\"".into(),
+                "--set".into(),
+                format!("batch_schedule.at=[{EPOCH}, {}]", 2 * EPOCH),
+                "--set".into(),
+                "batch_schedule.factor=5".into(),
+            ],
+            grow_steps,
+        ),
+        ("control", Vec::new(), flat_steps),
+    ];
+    let exec_argv: Vec<String> = std::iter::once("exec".to_owned())
+        .chain(exec_flags(args))
+        .collect();
+    let exec = crate::exec::Executor::start(&ExecCommand::try_parse_from(&exec_argv)?.exec)?;
+    println!(
+        "smith-batch-for-decay: {} runs {}",
+        3 * seeds.len(),
+        exec.describe()
+    );
+    let result = (|| {
+        let mut runs: Vec<Vec<reproduce::ScheduleRun>> = vec![Vec::new(); 3];
+        let mut curves = Vec::new();
+        for (k, (name, flags, steps)) in schedules.iter().enumerate() {
+            for &seed in &seeds {
+                let mut argv: Vec<String> = std::iter::once("train".to_owned())
+                    .chain(base.iter().map(|s| (*s).to_owned()))
+                    .chain(flags.iter().cloned())
+                    .collect();
+                argv.extend([
+                    "--steps".into(),
+                    steps.to_string(),
+                    "--seed".into(),
+                    seed.to_string(),
+                ]);
+                let cfg = TrainCommand::try_parse_from(&argv)?.args.load(&[])?;
+                let out = dir.join(format!("{name}-s{seed}"));
+                let f = exec.run(&cfg, &out, false, crate::output::Rows::Every, &|_| {})?;
+                runs[k].push(reproduce::ScheduleRun {
+                    seed,
+                    final_loss: f.summary.final_eval_loss.filter(|l| l.is_finite()),
+                    steps: f.summary.steps,
+                    samples: f.summary.samples,
+                });
+                if seed == 0 {
+                    curves.push((format!("{name} (seed 0)"), eval_curve(&out)?));
+                }
+            }
+        }
+        anyhow::Ok((runs, curves))
+    })();
+    exec.close(result.as_ref().err());
+    let (runs, curves) = result?;
+    let checks = reproduce::batch_for_decay(&runs[0], &runs[1], &runs[2], grow_steps);
+    let ran = format!(
+        "{} runs of batchlab train ({}): an MLP 32-32-4 on teacher data ({EPOCH} samples, 20 % \
+         of labels flipped), batch {B0} in microbatches of 8, rate 1.0, 3 epochs. decay: the \
+         rate ×0.2 at 1 and 2 \
+         epochs ({flat_steps} steps); grow: the batch ×5 at the same samples, the rate \
+         constant ({grow_steps} steps); control: neither. Seeds {:?}; each run's folder under \
+         {}.",
+        3 * seeds.len(),
+        exec_describe(args),
+        seeds,
+        dir.display()
+    );
+    let figures = serde_json::json!({ "decay": runs[0], "grow": runs[1], "control": runs[2] });
+    Ok((
+        checks,
+        Some(reproduce::schedules_plot(&curves)),
+        ran,
+        figures,
+    ))
+}
+
+/// Where an entry's runs went, in words.
+fn exec_describe(args: &ReproduceArgs) -> String {
+    match (args.workers, args.listen) {
+        (0, _) => "in this process".to_owned(),
+        (n, None) => format!("on {n} local worker processes"),
+        (n, Some(a)) => format!("on {n} workers that joined {a}"),
+    }
+}
+
+/// (samples, eval loss) of every evaluated step of the run in `dir`.
+fn eval_curve(dir: &Path) -> Result<Vec<(f64, f64)>> {
+    let path = dir.join("metrics.csv");
+    let mut r =
+        csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    let h = r.headers()?.clone();
+    let col = |name: &str| {
+        h.iter()
+            .position(|c| c == name)
+            .with_context(|| format!("{}: no {name} column", path.display()))
+    };
+    let (samples, eval) = (col("samples")?, col("eval_loss")?);
+    let mut out = Vec::new();
+    for rec in r.records() {
+        let rec = rec?;
+        if let (Ok(s), Ok(l)) = (rec[samples].parse::<f64>(), rec[eval].parse::<f64>()) {
+            out.push((s, l));
+        }
+    }
+    Ok(out)
 }
 
 /// The digits data (`data/digits.csv`), carried in the binary so that `reproduce` runs from

@@ -74,25 +74,46 @@ pub struct Entry {
 pub const NOISE_FACTOR: f64 = 10.0;
 
 /// The catalog, in the order `--list` prints it.
-pub const CATALOG: &[Entry] = &[Entry {
-    name: "mccandlish",
-    claim: "The critical batch size B_crit is predicted by the gradient noise scale (B_crit ≈ \
+pub const CATALOG: &[Entry] = &[
+    Entry {
+        name: "mccandlish",
+        claim: "The critical batch size B_crit is predicted by the gradient noise scale (B_crit ≈ \
             B_noise, estimated by B_simple), and grows as the target loss falls",
-    source: "McCandlish, Kaplan, Amodei et al. 2018, An Empirical Model of Large-Batch \
+        source: "McCandlish, Kaplan, Amodei et al. 2018, An Empirical Model of Large-Batch \
              Training, arXiv:1812.06162 (§2.2–2.3, §3)",
-    rule: "Per task, B_crit/B_simple (B_simple measured near the target) within a factor of 10: \
+        rule: "Per task, B_crit/B_simple (B_simple measured near the target) within a factor of 10: \
            holds when every task is, does not hold when a task whose fit lies inside its \
            measured batch sizes is outside, inconclusive otherwise. Growth: B_crit over three \
            falling targets; holds when each step up is beyond both 95 % intervals, does not \
            hold when one step down is, inconclusive otherwise or when a fit lies outside its \
            measured batch sizes.",
-    default_form: "sweeps (tuned rate, 4 selection + 16 held-out seeds) of the NQM at 10 %, 3 % \
+        default_form: "sweeps (tuned rate, 4 selection + 16 held-out seeds) of the NQM at 10 %, 3 % \
                    and 1 % of the initial loss, and at one target each of linear regression \
                    (d = 20), logistic regression, an MLP 32-32-4 on teacher data and an MLP \
                    64-32-10 on the digits data (12-rate grids); about 2 min",
-    quick_form: "the NQM alone (no cross-task check) at 30 %, 10 % and 3 % of the initial loss, \
+        quick_form: "the NQM alone (no cross-task check) at 30 %, 10 % and 3 % of the initial loss, \
                  batch sizes 4 to 1024 (the long small-batch runs cut); about 20 s",
-}];
+    },
+    Entry {
+        name: "smith-batch-for-decay",
+        claim: "Increasing the batch by a factor instead of decaying the rate by it reaches the same \
+            loss against samples, in fewer parameter updates",
+        source: "Smith, Kindermans, Ying & Le 2018, Don't Decay the Learning Rate, Increase the \
+             Batch Size, ICLR (§5.1: the rate decayed, or the batch grown, by a factor of 5 at \
+             the same epochs)",
+        rule: "Runs per seed: the rate decayed ×1/5 at two sample milestones (decay), the batch \
+           grown ×5 at the same milestones with the rate constant (grow), and neither \
+           (control), all over the same samples. Same loss: the median over seeds of the paired \
+           ratio of final eval losses grow/decay within [0.9, 1.1] holds, outside does not \
+           hold; inconclusive when a run did not finish or when the decay does not matter \
+           (median control/decay below 1.1: then no schedule can be told apart). Fewer \
+           updates: grow's steps below decay's, equal to the schedule's count.",
+        default_form: "an MLP 32-32-4 on teacher data (16 000 samples, 20 % of labels flipped: a \
+                   noise floor the rate decay matters for), batch 32 → 160 → 800 or rate \
+                   1.0 → 0.2 → 0.04 at 1 and 2 epochs, 3 epochs, 8 seeds (24 runs); about 3 s",
+        quick_form: "4 seeds (12 runs); about 1 s",
+    },
+];
 
 /// The entry called `name`.
 pub fn find(name: &str) -> Option<&'static Entry> {
@@ -273,6 +294,153 @@ pub fn b_crit_grows_as_target_falls(points: &[CriticalPoint]) -> Check {
         tolerance: "each rise beyond both 95 % intervals".to_owned(),
         verdict,
         why: why.join("; "),
+    }
+}
+
+/// One run of `smith-batch-for-decay`, as its summary reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRun {
+    /// Its seed (runs of one seed see the same samples in the same order).
+    pub seed: u64,
+    /// The final evaluation loss (`None`: the run diverged or did not finish).
+    pub final_loss: Option<f64>,
+    /// Parameter updates.
+    pub steps: u64,
+    /// Samples consumed.
+    pub samples: u64,
+}
+
+/// The median of `v` (empty: NaN).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
+}
+
+/// Per seed, `a`'s final loss over `b`'s (seeds that both finished).
+fn paired_ratios(a: &[ScheduleRun], b: &[ScheduleRun]) -> Option<Vec<f64>> {
+    a.iter()
+        .map(|x| {
+            let y = b.iter().find(|y| y.seed == x.seed)?;
+            Some(x.final_loss? / y.final_loss?)
+        })
+        .collect::<Option<Vec<f64>>>()
+        .filter(|r| !r.is_empty() && r.iter().all(|v| v.is_finite()))
+}
+
+/// `smith-batch-for-decay`'s rules (see its [`Entry::rule`]): same loss, fewer updates.
+/// `expected_steps` is the grow schedule's step count from its milestones.
+pub fn batch_for_decay(
+    decay: &[ScheduleRun],
+    grow: &[ScheduleRun],
+    control: &[ScheduleRun],
+    expected_steps: u64,
+) -> Vec<Check> {
+    let no_interval = "none: no procedure of measured coverage for a median of paired ratios; the seeds' \
+         range is shown instead";
+    let grow_decay = paired_ratios(grow, decay);
+    let control_decay = paired_ratios(control, decay);
+    let range = |r: &[f64]| {
+        format!(
+            "{no_interval}: {:.3}–{:.3} over {} seeds",
+            r.iter().copied().fold(f64::INFINITY, f64::min),
+            r.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            r.len()
+        )
+    };
+    let same_loss = match (&grow_decay, &control_decay) {
+        (Some(g), Some(c)) => {
+            let (mg, mc) = (median(g.clone()), median(c.clone()));
+            let (verdict, why) = if mc < 1.1 {
+                (
+                    Verdict::Inconclusive,
+                    format!(
+                        "the decay does not matter here (control/decay {mc:.3}): the schedules \
+                         cannot be told apart"
+                    ),
+                )
+            } else if (0.9..=1.1).contains(&mg) {
+                (
+                    Verdict::Holds,
+                    format!("grow/decay {mg:.3}, while no schedule at all ends {mc:.2}× higher"),
+                )
+            } else {
+                (
+                    Verdict::DoesNotHold,
+                    format!("grow/decay {mg:.3}, outside [0.9, 1.1] (control/decay {mc:.2})"),
+                )
+            };
+            Check {
+                claim: "growing the batch ×5 ends at the loss of decaying the rate ×1/5, over \
+                        the same samples"
+                    .to_owned(),
+                published: "equivalent test accuracy against epochs (§5.1, Fig. 2)".to_owned(),
+                measured: format!(
+                    "median final eval loss ratio grow/decay {mg:.3}; control/decay {mc:.3}"
+                ),
+                interval: range(g),
+                tolerance: "grow/decay in [0.9, 1.1]".to_owned(),
+                verdict,
+                why,
+            }
+        }
+        _ => Check {
+            claim: "growing the batch ×5 ends at the loss of decaying the rate ×1/5, over the \
+                    same samples"
+                .to_owned(),
+            published: "equivalent test accuracy against epochs (§5.1, Fig. 2)".to_owned(),
+            measured: "a run ended without a final loss".to_owned(),
+            interval: "none".to_owned(),
+            tolerance: "grow/decay in [0.9, 1.1]".to_owned(),
+            verdict: Verdict::Inconclusive,
+            why: "a run diverged or did not finish".to_owned(),
+        },
+    };
+    let steps = |r: &[ScheduleRun]| median(r.iter().map(|x| x.steps as f64).collect());
+    let samples_equal = grow
+        .iter()
+        .chain(control)
+        .all(|x| decay.iter().all(|y| y.samples == x.samples));
+    let (sg, sd) = (steps(grow), steps(decay));
+    let fewer = Check {
+        claim: "in fewer parameter updates".to_owned(),
+        published: "fewer updates in proportion to the batch (§5.1)".to_owned(),
+        measured: format!(
+            "grow {sg:.0} steps, decay {sd:.0} ({:.2}×), schedule's count {expected_steps}",
+            sg / sd
+        ),
+        interval: "none needed: step counts are exact".to_owned(),
+        tolerance: "grow < decay, grow = the schedule's count, equal samples".to_owned(),
+        verdict: if sg < sd && sg == expected_steps as f64 && samples_equal {
+            Verdict::Holds
+        } else {
+            Verdict::DoesNotHold
+        },
+        why: if samples_equal {
+            format!("{:.0} of {sd:.0} updates", sg)
+        } else {
+            "the runs consumed different samples".to_owned()
+        },
+    };
+    vec![same_loss, fewer]
+}
+
+/// Eval loss against samples for each schedule (one seed's run): the plot that shows
+/// `smith-batch-for-decay`'s claim.
+pub fn schedules_plot(curves: &[(String, Vec<(f64, f64)>)]) -> Plot {
+    Plot {
+        title: "Eval loss against samples".to_owned(),
+        x_label: "samples".to_owned(),
+        y_label: "eval loss".to_owned(),
+        log_y: true,
+        lines: curves
+            .iter()
+            .map(|(label, p)| Series::new(label.clone(), p.clone()))
+            .collect(),
+        ..Plot::default()
     }
 }
 
@@ -493,6 +661,55 @@ mod tests {
         assert_eq!(
             b_crit_grows_as_target_falls(&rising[..1]).verdict,
             Verdict::Inconclusive
+        );
+    }
+
+    #[test]
+    fn batch_for_decay_needs_a_decay_that_matters_and_equal_losses() {
+        let run = |seed, loss, steps| ScheduleRun {
+            seed,
+            final_loss: Some(loss),
+            steps,
+            samples: 1000,
+        };
+        let decay = [run(0, 1.0, 100), run(1, 2.0, 100)];
+        let grow = [run(1, 2.1, 40), run(0, 1.05, 40)];
+        let control = [run(0, 1.5, 100), run(1, 3.0, 100)];
+        let c = batch_for_decay(&decay, &grow, &control, 40);
+        assert_eq!(c[0].verdict, Verdict::Holds, "{}", c[0].why);
+        assert_eq!(c[1].verdict, Verdict::Holds, "{}", c[1].why);
+        // Paired by seed, not by order: ratios 1.05 and 1.05.
+        assert!(
+            c[0].measured.contains("grow/decay 1.050"),
+            "{}",
+            c[0].measured
+        );
+        let worse = [run(0, 1.5, 40), run(1, 3.0, 40)];
+        assert_eq!(
+            batch_for_decay(&decay, &worse, &control, 40)[0].verdict,
+            Verdict::DoesNotHold
+        );
+        // A decay that changes nothing: no verdict on the schedules.
+        assert_eq!(
+            batch_for_decay(&decay, &grow, &decay, 40)[0].verdict,
+            Verdict::Inconclusive
+        );
+        let mut diverged = grow.clone();
+        diverged[0].final_loss = None;
+        assert_eq!(
+            batch_for_decay(&decay, &diverged, &control, 40)[0].verdict,
+            Verdict::Inconclusive
+        );
+        // A step count off the schedule's, or different samples: does not hold.
+        assert_eq!(
+            batch_for_decay(&decay, &grow, &control, 41)[1].verdict,
+            Verdict::DoesNotHold
+        );
+        let mut short = grow.clone();
+        short[0].samples = 900;
+        assert_eq!(
+            batch_for_decay(&decay, &short, &control, 40)[1].verdict,
+            Verdict::DoesNotHold
         );
     }
 
