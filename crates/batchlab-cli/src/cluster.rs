@@ -136,7 +136,7 @@ pub struct ReduceArgs {
     #[arg(long, value_name = "N")]
     min_workers: Option<usize>,
     /// Elastic membership: admit workers that join mid-run, between steps, up to this many;
-    /// each takes the run's state from a peer. With a batch that grows ([batch_schedule]),
+    /// each takes the run's state from a peer. With a batch that grows (`[batch_schedule]`),
     /// joiners wait as standby and are admitted as the batch needs them (see
     /// --batch-per-worker); `run` then starts the extra local workers as standby. Default:
     /// --workers.

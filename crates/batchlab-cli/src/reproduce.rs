@@ -2,7 +2,7 @@
 //! resumable folders), hands their figures to the entry's rule (`batchlab_lab::reproduce`),
 //! and prints the verdict table; writes verdict.json and report.html.
 //!
-//!   NAME ──► its studies (sweeps …) in OUT/NAME/<study>/ ──► figures ──► rule ──► verdict
+//!   NAME ──► its studies (sweeps …) in OUT/NAME/STUDY/ ──► figures ──► rule ──► verdict
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
