@@ -154,10 +154,10 @@ fn a_batch_that_follows_the_noise_scale_gives_train_s_numbers_on_worker_processe
 }
 
 /// Elastic growth: a run that starts on one local worker with a batch that doubles twice
-/// starts workers as the batch needs them (a worker per 64 samples, up to four), admits them
-/// mid-run, and its numbers equal `batchlab train`'s.
+/// starts three standby workers and admits them mid-run as the batch needs them (a worker
+/// per 64 samples, up to four), and its numbers equal `batchlab train`'s.
 #[test]
-fn a_growing_batch_starts_local_workers_as_it_needs_them_and_keeps_train_s_numbers() {
+fn a_growing_batch_admits_standby_local_workers_as_it_needs_them_and_keeps_train_s_numbers() {
     let dir = tempfile::tempdir().unwrap();
     // MLP's run, 1500 steps long: the workers have time to start while it runs.
     let mut base: Vec<&str> = MLP.to_vec();

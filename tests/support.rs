@@ -48,13 +48,28 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, below the kernel's ephemeral range: a port
+/// handed out for `:0` (a worker's, a client's) can never take it between this check and the
+/// caller's bind, which is how a port from `:0` itself was lost to concurrent tests.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_low.max(10_001));
+    // A random start: concurrent tests of one binary (and of others) spread over the range.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let start = h.finish();
+    let span = u64::from(hi - lo);
+    for i in 0..span {
+        let port = lo + ((start + i) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {lo}..{hi}");
 }
 
 /// Every number a study folder holds (each trial's `metrics.csv`, `trials.json`,
